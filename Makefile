@@ -1,0 +1,35 @@
+# mlserve: every target sets up its own environment first (virtualenv, pinned packages, Debian tools).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export BENTOML_DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup test demo bench bench-rollout render clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt scripts/setup.sh
+	bash scripts/setup.sh $(VENV)
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) -m rollout demo --report .mlserve/demo-report.json
+
+bench: setup
+	$(PY) -m bench.serving
+
+bench-rollout: setup
+	$(PY) -m bench.rollout
+
+render: setup
+	$(PY) -m infra.render --stack $${STACK:-prod} --out build/$${STACK:-prod}
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what mlserve needs on a fresh Debian machine: Debian tools (prometheus/promtool,
+# haproxy, wrk) when missing, then a virtualenv with the exact pins of requirements.txt.
+set -euo pipefail
+venv=${1:-.venv}
+need=()
+command -v promtool >/dev/null || need+=(prometheus)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v wrk >/dev/null || need+=(wrk)
+if ((${#need[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then echo "setup: need root to apt-get install ${need[*]}" >&2; exit 1; fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+# Debian's prometheus package starts a system service on port 9090; tests start their own.
+if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+  systemctl stop prometheus || true
+fi
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q --upgrade pip
+"$venv/bin/pip" install -q -r requirements.txt
