@@ -1,0 +1,564 @@
+"""Stack config, loaded into frozen dataclasses and checked before any resource exists.
+
+Every key is declared once, in `Pulumi.yaml` (type, default, description). Stack files and
+`pulumi config set --path` hold only overrides, nested under their first path segment
+(`mlserve:traffic: {challengerWeight: 25}`) or flat (`mlserve:traffic.challengerWeight: 25`).
+Values come from one of two places: the Pulumi runtime inside a real `pulumi up`/`preview`
+(`values_from_pulumi`), or the project files themselves for `infra.render`, the rollout CLI and the
+tests (`load_stack_config`). Either way `parse_config` checks every value and every cross-key rule and
+raises one `ConfigError` listing all problems, each naming the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from infra.errors import ConfigError
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+NAMESPACE = "mlserve"
+
+ROUTERS = ("service", "seldon")
+GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+# Kubernetes resource quantities: a decimal number with an optional binary or decimal SI suffix.
+_QUANTITY = re.compile(r"^(\d+(\.\d+)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_MODEL_URI = re.compile(r"^(models:/[^/@]+(@[A-Za-z0-9_-]+|/\d+)|runs:/[^/]+/.+|[a-z][a-z0-9+.-]*://.+)$")
+
+
+# --------------------------------------------------------------------------------------------------
+# Typed config
+# --------------------------------------------------------------------------------------------------
+
+
+def key(path: str, check: Callable[[Any], str | None] | None = None) -> Any:
+    """Declare a dataclass field read from stack config key `path`, with an optional value check."""
+    return field(metadata={"key": path, "check": check})
+
+
+@dataclass(frozen=True)
+class Toleration:
+    """One Kubernetes toleration parsed from "KEY[=VALUE]:EFFECT"."""
+
+    key: str
+    value: str | None
+    effect: str
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = key("model.name", lambda v: _non_empty(v))
+    champion_uri: str = key("model.championUri", lambda v: _model_uri(v, required=True))
+    challenger_uri: str = key("model.challengerUri", lambda v: _model_uri(v, required=False))
+    tracking_uri: str = key("model.trackingUri", lambda v: _non_empty(v))
+
+    @property
+    def has_challenger(self) -> bool:
+        return bool(self.challenger_uri)
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    repository: str = key("image.repository", lambda v: _image_repository(v))
+    push: bool = key("image.push")
+    platform: str = key("image.platform", lambda v: _one_of(v, ("linux/amd64", "linux/arm64")))
+
+    @property
+    def registry(self) -> str | None:
+        """The registry host of `repository`, or None when it names none (Docker Hub shorthand)."""
+        first, _, rest = self.repository.partition("/")
+        if rest and ("." in first or ":" in first or first == "localhost"):
+            return first
+        return None
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    port: int = key("serving.port", lambda v: _between(v, 1024, 65535))
+    replicas: int = key("serving.replicas", lambda v: _between(v, 1, 1000))
+    cpu_request: str = key("serving.cpuRequest", lambda v: _quantity(v))
+    cpu_limit: str = key("serving.cpuLimit", lambda v: _quantity(v))
+    memory_request: str = key("serving.memoryRequest", lambda v: _quantity(v))
+    memory_limit: str = key("serving.memoryLimit", lambda v: _quantity(v))
+    startup_timeout_seconds: int = key("serving.startupTimeoutSeconds", lambda v: _between(v, 10, 3600))
+    max_unavailable: int = key("serving.maxUnavailable", lambda v: _between(v, 1, 1000))
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    enabled: bool = key("gpu.enabled")
+    resource: str = key("gpu.resource", lambda v: _one_of(v, GPU_RESOURCES))
+    count: int = key("gpu.count", lambda v: _between(v, 1, 16))
+    node_selector: tuple[str, ...] = key("gpu.nodeSelector", lambda v: _each(v, _node_selector_entry))
+    tolerations: tuple[str, ...] = key("gpu.tolerations", lambda v: _each(v, _toleration_entry))
+
+    @property
+    def node_selector_labels(self) -> dict[str, str]:
+        return dict(entry.split("=", 1) for entry in self.node_selector)
+
+    @property
+    def parsed_tolerations(self) -> tuple[Toleration, ...]:
+        return tuple(parse_toleration(entry) for entry in self.tolerations)
+
+
+@dataclass(frozen=True)
+class AutoscalingConfig:
+    enabled: bool = key("autoscaling.enabled")
+    min_replicas: int = key("autoscaling.minReplicas", lambda v: _between(v, 1, 1000))
+    max_replicas: int = key("autoscaling.maxReplicas", lambda v: _between(v, 1, 1000))
+    target_cpu_utilization: int = key("autoscaling.targetCpuUtilization", lambda v: _between(v, 1, 100))
+    target_memory_utilization: int = key("autoscaling.targetMemoryUtilization", lambda v: _between(v, 1, 100))
+    target_requests_per_second: int = key("autoscaling.targetRequestsPerSecond", lambda v: _between(v, 1, 100000))
+
+
+@dataclass(frozen=True)
+class LoadBalancerConfig:
+    port: int = key("loadBalancer.port", lambda v: _between(v, 1, 65535))
+    source_ranges: tuple[str, ...] = key("loadBalancer.sourceRanges", lambda v: _each(v, _cidr))
+
+
+@dataclass(frozen=True)
+class TrafficConfig:
+    router: str = key("traffic.router", lambda v: _one_of(v, ROUTERS))
+    challenger_weight: int = key("traffic.challengerWeight", lambda v: _between(v, 0, 100))
+
+    @property
+    def champion_weight(self) -> int:
+        return 100 - self.challenger_weight
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    steps: tuple[int, ...] = key("rollout.steps", lambda v: _rollout_steps(v))
+    interval_seconds: int = key("rollout.intervalSeconds", lambda v: _between(v, 1, 86400))
+    failure_threshold: int = key("rollout.failureThreshold", lambda v: _between(v, 1, 100))
+    min_requests: int = key("rollout.minRequests", lambda v: _between(v, 1, 10**9))
+    max_error_rate_percent: float = key("rollout.maxErrorRatePercent", lambda v: _between(v, 0, 100))
+    max_p95_latency_ms: int = key("rollout.maxP95LatencyMs", lambda v: _between(v, 1, 600000))
+    prometheus_url: str = key("rollout.prometheusUrl", lambda v: _url(v))
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Everything one stack deploys; built only by `parse_config`, so every instance is valid."""
+
+    stack: str
+    namespace: str = key("namespace", lambda v: _dns_label(v))
+    app_name: str = key("appName", lambda v: _dns_label(v, max_length=40))
+    model: ModelConfig = field(default=None)  # type: ignore[assignment]
+    image: ImageConfig = field(default=None)  # type: ignore[assignment]
+    serving: ServingConfig = field(default=None)  # type: ignore[assignment]
+    gpu: GpuConfig = field(default=None)  # type: ignore[assignment]
+    autoscaling: AutoscalingConfig = field(default=None)  # type: ignore[assignment]
+    load_balancer: LoadBalancerConfig = field(default=None)  # type: ignore[assignment]
+    traffic: TrafficConfig = field(default=None)  # type: ignore[assignment]
+    rollout: RolloutConfig = field(default=None)  # type: ignore[assignment]
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """The model variants this stack runs: the champion, and the challenger when one is configured."""
+        return ("champion", "challenger") if self.model.has_challenger else ("champion",)
+
+    def model_uri(self, variant: str) -> str:
+        return self.model.champion_uri if variant == "champion" else self.model.challenger_uri
+
+
+SECTIONS: tuple[type, ...] = (
+    ModelConfig, ImageConfig, ServingConfig, GpuConfig, AutoscalingConfig,
+    LoadBalancerConfig, TrafficConfig, RolloutConfig,
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Declarations (Pulumi.yaml) and raw values
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """One key declared in Pulumi.yaml's `config:` block."""
+
+    key: str
+    type: str
+    default: Any
+    description: str
+    item_type: str | None = None
+
+
+def read_declarations(project_dir: Path = PROJECT_DIR) -> dict[str, Declaration]:
+    """Every `mlserve:` key declared in `Pulumi.yaml`, by dotted key."""
+    project = yaml.safe_load((project_dir / "Pulumi.yaml").read_text())
+    declarations = {}
+    for full_key, spec in (project.get("config") or {}).items():
+        namespace, _, name = full_key.partition(":")
+        if namespace != NAMESPACE:
+            continue
+        declarations[name] = Declaration(
+            key=name,
+            type=spec["type"],
+            default=spec.get("default"),
+            description=spec.get("description", ""),
+            item_type=(spec.get("items") or {}).get("type"),
+        )
+    return declarations
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config objects to dotted keys: {"traffic": {"challengerWeight": 5}} -> {"traffic.challengerWeight": 5}."""
+    flat: dict[str, Any] = {}
+    for name, value in values.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def read_stack_file(stack: str, project_dir: Path = PROJECT_DIR) -> dict[str, Any]:
+    """The `mlserve:` overrides in `Pulumi.STACK.yaml`, as dotted keys; raises ConfigError if the file is missing."""
+    path = project_dir / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        known = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml"))
+        raise ConfigError([f"stack {stack!r}: no file {path.name}; stacks with a file here: {', '.join(known) or 'none'}"])
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{path.name} is not valid YAML: {err}"]) from err
+    return stack_values(document.get("config") or {})
+
+
+def stack_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The `mlserve:` entries of a Pulumi config map (`mlserve:traffic` -> nested object), as dotted keys."""
+    values: dict[str, Any] = {}
+    for full_key, value in config.items():
+        namespace, _, name = full_key.partition(":")
+        if namespace != NAMESPACE:
+            continue
+        if isinstance(value, Mapping):
+            values.update(flatten(value, f"{name}."))
+        else:
+            values[name] = value
+    return values
+
+
+def parse_override(assignment: str) -> tuple[str, Any]:
+    """`KEY.PATH=VALUE` from the command line; the value is read as YAML so `25`, `true`, `[5, 50]` keep their types."""
+    name, sep, raw = assignment.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError([f"override {assignment!r} is not KEY.PATH=VALUE (e.g. traffic.challengerWeight=25)"])
+    name = name.strip().removeprefix(f"{NAMESPACE}:")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return name, value
+
+
+def load_stack_config(
+    stack: str,
+    project_dir: Path = PROJECT_DIR,
+    overrides: Mapping[str, Any] | None = None,
+) -> StackConfig:
+    """Defaults from Pulumi.yaml, then Pulumi.STACK.yaml, then `overrides` (dotted keys); checked as a whole."""
+    values = read_stack_file(stack, project_dir)
+    values.update(overrides or {})
+    return parse_config(stack, values, read_declarations(project_dir))
+
+
+def values_from_pulumi(declarations: Mapping[str, Declaration]) -> dict[str, Any]:
+    """Read every declared key from the running Pulumi program's config (nested path objects or flat keys)."""
+    import pulumi
+
+    config = pulumi.Config(NAMESPACE)
+    values: dict[str, Any] = {}
+    for top in sorted({name.split(".", 1)[0] for name in declarations}):
+        nested = config.get_object(top)
+        if isinstance(nested, Mapping):
+            values.update(flatten(nested, f"{top}."))
+        elif nested is not None:
+            values[top] = nested
+    for name in declarations:
+        if name not in values and (flat := config.get(name)) is not None:
+            values[name] = flat
+    return values
+
+
+def load_from_pulumi(project_dir: Path = PROJECT_DIR) -> StackConfig:
+    """The config of the stack the running Pulumi program deploys."""
+    import pulumi
+
+    declarations = read_declarations(project_dir)
+    return parse_config(pulumi.get_stack(), values_from_pulumi(declarations), declarations)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing and checks
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_config(stack: str, values: Mapping[str, Any], declarations: Mapping[str, Declaration]) -> StackConfig:
+    """Typed, checked config from dotted-key values over the declared defaults; raises ConfigError with every problem."""
+    problems: list[str] = []
+    for name in values:
+        if name not in declarations:
+            close = difflib.get_close_matches(name, declarations, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else "every key is declared, with its description, in Pulumi.yaml"
+            problems.append(f"{name}: unknown key; {hint}")
+
+    def build(section: type) -> Any:
+        kwargs = {}
+        for spec in fields(section):
+            if "key" not in spec.metadata:
+                continue
+            name = spec.metadata["key"]
+            declaration = declarations.get(name)
+            if declaration is None:
+                problems.append(f"{name}: not declared in Pulumi.yaml (a bug in mlserve, not in your stack)")
+                kwargs[spec.name] = None
+                continue
+            raw = values.get(name, declaration.default)
+            value, problem = coerce(raw, declaration, as_decimal=spec.type in ("float", float))
+            if problem is None and spec.metadata["check"] is not None:
+                problem = spec.metadata["check"](value)
+            if problem is not None:
+                problems.append(f"{name}: {problem} (got {raw!r})")
+            kwargs[spec.name] = value
+        return kwargs
+
+    top = build(StackConfig)
+    sections = {section: section(**build(section)) for section in SECTIONS}
+    config = StackConfig(
+        stack=stack,
+        **top,
+        model=sections[ModelConfig],
+        image=sections[ImageConfig],
+        serving=sections[ServingConfig],
+        gpu=sections[GpuConfig],
+        autoscaling=sections[AutoscalingConfig],
+        load_balancer=sections[LoadBalancerConfig],
+        traffic=sections[TrafficConfig],
+        rollout=sections[RolloutConfig],
+    )
+    if not problems:
+        problems.extend(cross_key_problems(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def cross_key_problems(config: StackConfig) -> list[str]:
+    """Rules that involve more than one key; run once every key is valid on its own."""
+    problems = []
+    scaling, serving, traffic = config.autoscaling, config.serving, config.traffic
+    if scaling.min_replicas > scaling.max_replicas:
+        problems.append(
+            f"autoscaling.minReplicas: {scaling.min_replicas} is above autoscaling.maxReplicas "
+            f"{scaling.max_replicas}; minReplicas must be <= maxReplicas"
+        )
+    if traffic.challenger_weight > 0 and not config.model.has_challenger:
+        problems.append(
+            f"traffic.challengerWeight: {traffic.challenger_weight} sends traffic to a challenger but "
+            "model.challengerUri is empty; set model.challengerUri or use weight 0"
+        )
+    if traffic.router == "service" and 0 < traffic.challenger_weight:
+        problems.append(
+            f"traffic.challengerWeight: {traffic.challenger_weight} needs a weighted router; "
+            "traffic.router 'service' sends every request to the champion (use traffic.router: seldon, or weight 0)"
+        )
+    if config.image.push and config.image.registry is None:
+        problems.append(
+            f"image.repository: {config.image.repository!r} names no registry host but image.push is true; "
+            "use REGISTRY/PATH (e.g. ghcr.io/acme/churn-model, localhost:5001/churn-model) or image.push: false"
+        )
+    for request_key, limit_key, request, limit in (
+        ("serving.cpuRequest", "serving.cpuLimit", serving.cpu_request, serving.cpu_limit),
+        ("serving.memoryRequest", "serving.memoryLimit", serving.memory_request, serving.memory_limit),
+    ):
+        if quantity_value(request) > quantity_value(limit):
+            problems.append(f"{request_key}: {request!r} is above {limit_key} {limit!r}; a request must not exceed its limit")
+    if config.gpu.enabled and not config.gpu.node_selector:
+        problems.append(
+            "gpu.nodeSelector: empty while gpu.enabled is true; name the GPU node pool "
+            "(e.g. [\"nvidia.com/gpu.present=true\"]) so GPU pods land on GPU nodes"
+        )
+    return problems
+
+
+def coerce(raw: Any, declaration: Declaration, as_decimal: bool = False) -> tuple[Any, str | None]:
+    """A raw config value as its declared type, or a message saying what that type accepts."""
+    kind = "decimal" if as_decimal else declaration.type
+    if kind == "array":
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError:
+                return raw, f"expected a list of {declaration.item_type}s, e.g. [a, b]"
+        if not isinstance(raw, (list, tuple)):
+            return raw, f"expected a list of {declaration.item_type}s"
+        items = []
+        item_declaration = Declaration(declaration.key, declaration.item_type or "string", None, "")
+        for index, item in enumerate(raw):
+            value, problem = coerce(item, item_declaration)
+            if problem is not None:
+                return raw, f"item {index}: {problem}"
+            items.append(value)
+        return tuple(items), None
+    return _coerce_scalar(raw, kind)
+
+
+def _coerce_scalar(raw: Any, kind: str) -> tuple[Any, str | None]:
+    if kind == "boolean":
+        if isinstance(raw, bool):
+            return raw, None
+        if isinstance(raw, str) and raw.lower() in ("true", "false"):
+            return raw.lower() == "true", None
+        return raw, "expected a boolean (true or false)"
+    if kind == "integer":
+        if isinstance(raw, bool):
+            return raw, "expected an integer"
+        if isinstance(raw, int):
+            return raw, None
+        # Pulumi mocks and JSON hand numbers over as floats; a whole float is the integer it names.
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw), None
+        if isinstance(raw, str) and re.fullmatch(r"[+-]?\d+", raw.strip()):
+            return int(raw), None
+        return raw, "expected an integer"
+    if kind == "decimal":
+        if isinstance(raw, bool):
+            return raw, "expected a number"
+        try:
+            number = float(Decimal(str(raw).strip()))
+        except (InvalidOperation, ValueError):
+            return raw, "expected a number such as 0.5"
+        if not math.isfinite(number):
+            return raw, "expected a finite number"
+        return number, None
+    if isinstance(raw, bool) or raw is None or isinstance(raw, (list, dict)):
+        return raw, "expected a string"
+    if isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)
+    return str(raw), None
+
+
+def quantity_value(quantity: str) -> float:
+    """A Kubernetes quantity in base units (cores or bytes), for comparing a request with its limit."""
+    match = _QUANTITY.match(quantity)
+    if match is None:
+        raise ValueError(f"not a Kubernetes quantity: {quantity!r}")
+    multipliers = {
+        None: 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    }
+    return float(match.group(1)) * multipliers[match.group(3)]
+
+
+def parse_toleration(entry: str) -> Toleration:
+    """"KEY[=VALUE]:EFFECT" (e.g. "nvidia.com/gpu:NoSchedule") as a Toleration."""
+    taint, _, effect = entry.rpartition(":")
+    taint_key, sep, value = taint.partition("=")
+    return Toleration(key=taint_key, value=value if sep else None, effect=effect)
+
+
+# Checks: each returns None when the value is fine, else what is allowed.
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _between(value: float, low: float, high: float) -> str | None:
+    return None if low <= value <= high else f"must be between {low} and {high}"
+
+
+def _one_of(value: str, allowed: tuple[str, ...]) -> str | None:
+    return None if value in allowed else f"must be one of {', '.join(allowed)}"
+
+
+def _quantity(value: str) -> str | None:
+    if _QUANTITY.match(value) and quantity_value(value) > 0:
+        return None
+    return "must be a positive Kubernetes quantity such as 500m, 2, 512Mi or 4Gi"
+
+
+def _dns_label(value: str, max_length: int = 63) -> str | None:
+    if _DNS_LABEL.match(value) and len(value) <= max_length:
+        return None
+    return f"must be a DNS label: lower-case letters, digits and '-', at most {max_length} characters"
+
+
+def _model_uri(value: str, required: bool) -> str | None:
+    if not value:
+        return "must not be empty" if required else None
+    if _MODEL_URI.match(value):
+        return None
+    return "must be an MLflow model URI: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a storage URL"
+
+
+def _image_repository(value: str) -> str | None:
+    if re.fullmatch(r"[a-z0-9]+([._:-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*", value) and "@" not in value:
+        last = value.rsplit("/", 1)[-1]
+        if ":" not in last:
+            return None
+    return "must be an image repository without tag or digest, e.g. ghcr.io/acme/churn-model"
+
+
+def _url(value: str) -> str | None:
+    return None if re.match(r"^https?://[^\s/]+", value) else "must be an http(s) URL, e.g. http://127.0.0.1:9090"
+
+
+def _cidr(value: str) -> str | None:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return "must be a CIDR such as 10.0.0.0/8"
+    return None
+
+
+def _node_selector_entry(value: str) -> str | None:
+    label_key, sep, label_value = value.partition("=")
+    if sep and _LABEL_KEY.match(label_key) and _LABEL_VALUE.match(label_value):
+        return None
+    return "must be KEY=VALUE with a valid label key and value, e.g. nvidia.com/gpu.present=true"
+
+
+def _toleration_entry(value: str) -> str | None:
+    toleration = parse_toleration(value)
+    if toleration.effect in TAINT_EFFECTS and _LABEL_KEY.match(toleration.key):
+        return None
+    return f"must be KEY[=VALUE]:EFFECT with EFFECT one of {', '.join(TAINT_EFFECTS)}, e.g. nvidia.com/gpu:NoSchedule"
+
+
+def _each(values: tuple[str, ...], check: Callable[[str], str | None]) -> str | None:
+    for index, value in enumerate(values):
+        if (problem := check(value)) is not None:
+            return f"item {index} ({value!r}) {problem}"
+    return None
+
+
+def _rollout_steps(steps: tuple[int, ...]) -> str | None:
+    if not steps:
+        return "must list at least one weight, ending at 100"
+    if any(not 0 < step <= 100 for step in steps):
+        return "every step must be a weight between 1 and 100"
+    if list(steps) != sorted(set(steps)):
+        return "steps must be strictly ascending"
+    if steps[-1] != 100:
+        return "the last step must be 100 (promotion)"
+    return None

@@ -1,0 +1,173 @@
+"""`python -m infra.render --stack STACK --out DIR [--set KEY.PATH=VALUE ...]`: the stack as files, no cluster.
+
+Runs the same `build_stack` as `pulumi up`, under Pulumi's mocks, with the defaults of Pulumi.yaml,
+then Pulumi.STACK.yaml, then the `--set` overrides, and writes every Kubernetes object exactly as it
+would be applied (apiVersion, kind, metadata, spec; integers as integers) to DIR/KIND-NAME.yaml. Pulumi
+resources that are not Kubernetes objects (the Docker image, Helm releases) go to DIR/_pulumi/ as JSON.
+Values known only after deployment are written as a marked placeholder, never a made-up real value.
+Invalid config exits 2 with every problem listed. Diff two output folders to review a config change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+
+from infra.config import StackConfig, load_stack_config, parse_override
+from infra.errors import ConfigError
+from infra.image import DockerContext
+from infra.stack import build_stack
+
+UNKNOWN_DIGEST = "<digest known after pulumi up>"
+PULUMI_DIR = "_pulumi"
+_MANIFEST_KEYS_FIRST = ("apiVersion", "kind", "metadata")
+
+
+@dataclass(frozen=True)
+class RenderedResource:
+    """One resource the program registered: its Pulumi type and name, and its inputs as applied."""
+
+    type: str
+    name: str
+    inputs: dict[str, Any]
+
+    @property
+    def is_kubernetes_object(self) -> bool:
+        return self.type.startswith("kubernetes:") and "apiVersion" in self.inputs and "kind" in self.inputs
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The Kubernetes object: apiVersion, kind, metadata first, nested keys sorted so renders diff cleanly."""
+        ordered = {name: self.inputs[name] for name in _MANIFEST_KEYS_FIRST if name in self.inputs}
+        ordered.update({name: self.inputs[name] for name in sorted(self.inputs) if name not in ordered})
+        return {name: sorted_keys(value) for name, value in ordered.items()}
+
+    @property
+    def kind(self) -> str:
+        return self.inputs.get("kind") or self.type.rsplit(":", 1)[-1]
+
+    @property
+    def object_name(self) -> str:
+        return (self.inputs.get("metadata") or {}).get("name") or self.name
+
+    @property
+    def file_name(self) -> str:
+        if self.is_kubernetes_object:
+            return f"{self.kind.lower()}-{self.object_name}.yaml"
+        return f"{PULUMI_DIR}/{self.type.rsplit(':', 1)[-1].lower()}-{self.name}.json"
+
+
+def integers_as_integers(value: Any) -> Any:
+    """Pulumi's mocks hand every number over as a float; Kubernetes wants 3, not 3.0."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {name: integers_as_integers(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [integers_as_integers(item) for item in value]
+    return value
+
+
+def sorted_keys(value: Any) -> Any:
+    """Mappings with their keys sorted, recursively; lists keep their order."""
+    if isinstance(value, dict):
+        return {name: sorted_keys(value[name]) for name in sorted(value)}
+    if isinstance(value, list):
+        return [sorted_keys(item) for item in value]
+    return value
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Pulumi mocks that record every resource and answer outputs a preview would not know yet."""
+
+    def __init__(self) -> None:
+        self.resources: list[RenderedResource] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        inputs = integers_as_integers(dict(args.inputs))
+        self.resources.append(RenderedResource(type=args.typ, name=args.name, inputs=inputs))
+        outputs = dict(inputs)
+        if args.typ == "docker:index/image:Image":
+            outputs["repoDigest"] = f"{inputs['imageName'].rsplit(':', 1)[0]}@{UNKNOWN_DIGEST}"
+        return f"{args.name}-id", outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        return {}
+
+
+_mocks: RecordingMocks | None = None
+
+
+def install_mocks() -> RecordingMocks:
+    """Install the recording mocks once per process (`set_mocks` is process-global)."""
+    global _mocks
+    if _mocks is None:
+        _mocks = RecordingMocks()
+        pulumi.runtime.set_mocks(_mocks, project="mlserve", stack="render", preview=False)
+    return _mocks
+
+
+def render_resources(config: StackConfig) -> list[RenderedResource]:
+    """Run the program for `config` under the mocks; every resource it registers, in a stable order."""
+    mocks = install_mocks()
+    mocks.resources.clear()
+    # The image is not built when rendering: the context is named, never read.
+    context = DockerContext(directory=Path("build/image"), bento_tag="churn-model:unbuilt")
+    pulumi.runtime.test(lambda: build_stack(config, context))()
+    resources = [resource for resource in mocks.resources if not resource.type.startswith("pulumi:")]
+    resources = [r for r in resources if not r.type.startswith("mlserve:")]
+    return sorted(resources, key=lambda r: (not r.is_kubernetes_object, r.kind, r.object_name, r.name))
+
+
+def write_resources(resources: list[RenderedResource], out_dir: Path) -> list[Path]:
+    """Write each resource to its own file under a fresh `out_dir`; returns the paths in order."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    paths = []
+    for resource in resources:
+        path = out_dir / resource.file_name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resource.is_kubernetes_object:
+            path.write_text(yaml.safe_dump(resource.manifest, sort_keys=False, width=120))
+        else:
+            path.write_text(json.dumps({"type": resource.type, "name": resource.name, "inputs": resource.inputs}, indent=2, sort_keys=True) + "\n")
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.render", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stack", required=True, help="stack name; reads Pulumi.STACK.yaml")
+    parser.add_argument("--out", required=True, type=Path, help="folder to write (replaced)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+        help="override a config key, e.g. --set traffic.challengerWeight=25 (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        overrides = dict(parse_override(assignment) for assignment in args.set)
+        config = load_stack_config(args.stack, overrides=overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    resources = render_resources(config)
+    paths = write_resources(resources, args.out)
+    for resource, path in zip(resources, paths):
+        namespace = (resource.inputs.get("metadata") or {}).get("namespace")
+        where = f"{namespace}/{resource.object_name}" if namespace else resource.object_name
+        print(f"{resource.kind:<26} {where:<44} {path}")
+    print(f"{len(paths)} resources for stack {args.stack!r} written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

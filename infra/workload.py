@@ -1,0 +1,202 @@
+"""Pure builders of the model pods: labels, container, probes, resources, GPU scheduling, security.
+
+Every function returns plain Kubernetes data (camelCase dicts, exactly as applied), so the same pod
+template serves the plain Deployment path and Seldon's `componentSpecs`, and the unit tests need no
+Pulumi engine. Components only wire these together.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from infra.config import StackConfig
+
+CONTAINER_NAME = "model-server"
+PORT_NAME = "http"
+VARIANT_LABEL = "mlserve.io/variant"
+# The BentoML image runs as the `bentoml` user it creates (uid/gid 1034); a numeric id lets the
+# kubelet enforce runAsNonRoot.
+BENTO_UID = 1034
+TMP_VOLUME = "tmp"
+PROBE_PERIOD_SECONDS = 5
+TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+Manifest = dict[str, Any]
+
+
+def resource_name(config: StackConfig, variant: str) -> str:
+    """Kubernetes name of a variant's workload objects, e.g. `churn-model-champion`."""
+    return f"{config.app_name}-{variant}"
+
+
+def selector_labels(config: StackConfig, variant: str) -> dict[str, str]:
+    """The labels that pick one variant's pods; immutable once a Deployment exists."""
+    return {
+        "app.kubernetes.io/name": config.app_name,
+        "app.kubernetes.io/instance": resource_name(config, variant),
+        VARIANT_LABEL: variant,
+    }
+
+
+def standard_labels(config: StackConfig, variant: str | None = None) -> dict[str, str]:
+    """Recommended `app.kubernetes.io/*` labels, plus the variant for per-variant objects."""
+    labels = {
+        "app.kubernetes.io/name": config.app_name,
+        "app.kubernetes.io/part-of": "mlserve",
+        "app.kubernetes.io/component": "model-server",
+        "app.kubernetes.io/managed-by": "pulumi",
+        "mlserve.io/stack": config.stack,
+    }
+    if variant is not None:
+        labels.update(selector_labels(config, variant))
+    return labels
+
+
+def container_env(config: StackConfig, variant: str) -> list[Manifest]:
+    """What the model server reads: the model to load, its variant name, the registry; telemetry off."""
+    env = {
+        "MODEL_URI": config.model_uri(variant),
+        "MODEL_VARIANT": variant,
+        "MODEL_NAME": config.model.name,
+        "MLFLOW_TRACKING_URI": config.model.tracking_uri,
+        # Read-only root filesystem: everything BentoML and MLflow write goes to the tmp volume.
+        "BENTOML_HOME": "/tmp/bentoml",
+        "HOME": "/tmp",
+        **TELEMETRY_OFF,
+    }
+    return [{"name": name, "value": value} for name, value in env.items()]
+
+
+def probes(config: StackConfig) -> Manifest:
+    """Liveness, readiness and a startup probe long enough for a slow model load."""
+    http_get = {"port": PORT_NAME, "scheme": "HTTP"}
+    startup_failures = math.ceil(config.serving.startup_timeout_seconds / PROBE_PERIOD_SECONDS)
+    return {
+        "startupProbe": {
+            "httpGet": {**http_get, "path": "/livez"},
+            "periodSeconds": PROBE_PERIOD_SECONDS,
+            "timeoutSeconds": 3,
+            "failureThreshold": startup_failures,
+        },
+        "livenessProbe": {
+            "httpGet": {**http_get, "path": "/livez"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {**http_get, "path": "/readyz"},
+            "periodSeconds": PROBE_PERIOD_SECONDS,
+            "timeoutSeconds": 3,
+            "failureThreshold": 2,
+        },
+    }
+
+
+def resources(config: StackConfig) -> Manifest:
+    """Requests and limits; GPUs are extended resources, set as limits (requests default to them)."""
+    serving = config.serving
+    limits: dict[str, Any] = {"cpu": serving.cpu_limit, "memory": serving.memory_limit}
+    if config.gpu.enabled:
+        limits[config.gpu.resource] = config.gpu.count
+    return {
+        "requests": {"cpu": serving.cpu_request, "memory": serving.memory_request},
+        "limits": limits,
+    }
+
+
+def container_security_context() -> Manifest:
+    """Pod Security Standards 'restricted': non-root, read-only root, no escalation, no capabilities."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": BENTO_UID,
+        "runAsGroup": BENTO_UID,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> Manifest:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": BENTO_UID,
+        "runAsGroup": BENTO_UID,
+        "fsGroup": BENTO_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def gpu_scheduling(config: StackConfig) -> Manifest:
+    """Node selector and tolerations that put GPU pods on GPU nodes; empty when GPUs are off."""
+    if not config.gpu.enabled:
+        return {}
+    tolerations = [{"key": config.gpu.resource, "operator": "Exists", "effect": "NoSchedule"}]
+    for toleration in config.gpu.parsed_tolerations:
+        entry: Manifest = {"key": toleration.key, "effect": toleration.effect}
+        if toleration.value is None:
+            entry["operator"] = "Exists"
+        else:
+            entry.update(operator="Equal", value=toleration.value)
+        if entry not in tolerations:
+            tolerations.append(entry)
+    scheduling: Manifest = {"tolerations": tolerations}
+    if config.gpu.node_selector:
+        scheduling["nodeSelector"] = config.gpu.node_selector_labels
+    return scheduling
+
+
+def topology_spread(config: StackConfig, variant: str) -> list[Manifest]:
+    """Spread replicas across zones and nodes, preferring (not requiring) it so small clusters still schedule."""
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": topology_key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(config, variant)},
+        }
+        for topology_key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+    ]
+
+
+def model_container(config: StackConfig, variant: str, image: Any) -> Manifest:
+    """The BentoML model-server container of one variant; `image` is the digest reference (may be an Output)."""
+    return {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [{"name": PORT_NAME, "containerPort": config.serving.port, "protocol": "TCP"}],
+        "env": container_env(config, variant),
+        **probes(config),
+        "resources": resources(config),
+        "securityContext": container_security_context(),
+        "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],
+    }
+
+
+def pod_spec(config: StackConfig, variant: str, image: Any) -> Manifest:
+    """The whole pod spec of one variant, shared by every path that runs model pods."""
+    return {
+        "containers": [model_container(config, variant, image)],
+        "volumes": [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}}],
+        "securityContext": pod_security_context(),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+        "topologySpreadConstraints": topology_spread(config, variant),
+        **gpu_scheduling(config),
+    }
+
+
+def pod_template(config: StackConfig, variant: str, image: Any) -> Manifest:
+    """Pod template (labels + spec) for a Deployment or a Seldon predictor."""
+    return {
+        "metadata": {
+            "labels": standard_labels(config, variant),
+            "annotations": {"mlserve.io/model-uri": config.model_uri(variant)},
+        },
+        "spec": pod_spec(config, variant, image),
+    }
