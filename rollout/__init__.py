@@ -1,0 +1,1 @@
+"""Progressive delivery for mlserve: routers, metrics providers, analysis, the canary scheduler, and the CLI."""

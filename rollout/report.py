@@ -1,0 +1,74 @@
+"""Rollout reports: the run as JSON (every step, every measurement, the verdict) and a PNG chart beside it.
+
+The chart has three panels over time since the rollout started: the challenger's weight, the error
+rate of each variant, and the p95 latency of each variant. It uses matplotlib's Agg backend, so it
+renders on machines without a display.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rollout.scheduler import RolloutResult
+
+
+def chart_path(report_path: Path) -> Path:
+    """The PNG that sits beside a report: `run.json` -> `run.png`."""
+    return Path(report_path).with_suffix(".png")
+
+
+def write_report(result: RolloutResult, report_path: Path, context: dict | None = None) -> tuple[Path, Path]:
+    """Write the JSON report and its chart; returns both paths."""
+    report_path = Path(report_path)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    data = {**result.to_dict(), **({"context": context} if context else {})}
+    report_path.write_text(json.dumps(data, indent=2) + "\n")
+    png = chart_path(report_path)
+    render_chart(result, png)
+    return report_path, png
+
+
+def _series(result: RolloutResult, role: str, key: str):
+    times, values = [], []
+    start = result.records[0].time
+    for record in result.records:
+        sample = getattr(record.measurement, role, None) if record.measurement else None
+        if sample is None:
+            continue
+        value = sample.error_rate if key == "error_rate" else sample.p95_seconds
+        if value is None:
+            continue
+        times.append(record.time - start)
+        values.append(value * 100 if key == "error_rate" else value * 1000)
+    return times, values
+
+
+def render_chart(result: RolloutResult, png_path: Path) -> None:
+    """Draw weight, error rate and p95 latency per variant over time into `png_path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, (ax_weight, ax_errors, ax_latency) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    if result.records:
+        start = result.records[0].time
+        times = [record.time - start for record in result.records]
+        ax_weight.step(times, [record.weight for record in result.records], where="post", color="tab:purple")
+        for role, color in (("champion", "tab:blue"), ("challenger", "tab:orange")):
+            ax_errors.plot(*_series(result, role, "error_rate"), marker="o", label=role, color=color)
+            ax_latency.plot(*_series(result, role, "p95"), marker="o", label=role, color=color)
+    verdict = result.verdict.value if result.verdict else "in progress"
+    ax_weight.set_title(f"rollout: {verdict}")
+    ax_weight.set_ylabel("challenger weight (%)")
+    ax_weight.set_ylim(-5, 105)
+    ax_errors.set_ylabel("error rate (%)")
+    ax_latency.set_ylabel("p95 latency (ms)")
+    ax_latency.set_xlabel("seconds since start")
+    for axis in (ax_weight, ax_errors, ax_latency):
+        axis.grid(alpha=0.3)
+    ax_errors.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)

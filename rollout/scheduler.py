@@ -1,0 +1,206 @@
+"""The canary loop: set a weight, wait an interval, analyse, then advance, hold, roll back or promote.
+
+State lives in the router (the stack's `traffic.challengerWeight`, or HAProxy's runtime weights), not
+in this process: a rollout that was killed resumes from whatever weight the router reports. Failed
+checks are counted over the whole rollout; at `failure_threshold` the weight goes back to 0 and the
+reason is recorded. Inconclusive and error measurements (too little traffic, no data, Prometheus
+unreachable) hold the current step: they never advance and never roll back. Reaching 100 promotes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Callable
+
+from rollout.analysis import Measurement, Phase, Thresholds, error_measurement, judge
+from rollout.errors import MetricsQueryError, MetricsUnreachableError, RolloutError
+from rollout.metrics import MetricsProvider, collect_sample
+from rollout.router import TrafficRouter
+
+
+class Decision(str, Enum):
+    """What the scheduler did after a measurement (or at the start)."""
+
+    START = "start"
+    RESUME = "resume"
+    ADVANCE = "advance"
+    HOLD = "hold"
+    ROLLBACK = "rollback"
+    PROMOTE = "promote"
+    ABORT = "abort"
+
+
+class Verdict(str, Enum):
+    """How a rollout ended."""
+
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """Steps, pacing and limits of one rollout, plus the PromQL selectors of the two variants."""
+
+    steps: tuple[int, ...]
+    interval_seconds: float
+    failure_threshold: int
+    thresholds: Thresholds
+    champion_selector: str = 'variant="champion"'
+    challenger_selector: str = 'variant="challenger"'
+
+    def __post_init__(self):
+        problems = []
+        if not self.steps or any(not 0 < step <= 100 for step in self.steps):
+            problems.append(f"steps must be percentages in 1..100, got {list(self.steps)}")
+        elif list(self.steps) != sorted(set(self.steps)):
+            problems.append(f"steps must be strictly increasing, got {list(self.steps)}")
+        if self.interval_seconds <= 0:
+            problems.append(f"interval must be positive, got {self.interval_seconds}")
+        if self.failure_threshold < 1:
+            problems.append(f"failure threshold must be at least 1, got {self.failure_threshold}")
+        if problems:
+            raise RolloutError("invalid rollout plan: " + "; ".join(problems))
+
+    def next_step(self, weight: int) -> int:
+        """The first step above `weight`; 100 once the listed steps are exhausted."""
+        return next((step for step in self.steps if step > weight), 100)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One line of a rollout's history: when, at which weight, what was measured, what was decided."""
+
+    time: float
+    weight: int
+    decision: Decision
+    reason: str
+    measurement: Measurement | None = None
+    failed_checks: int = 0
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (ISO time plus epoch seconds)."""
+        return {
+            "time": datetime.fromtimestamp(self.time, timezone.utc).isoformat(),
+            "epoch_seconds": self.time,
+            "weight": self.weight,
+            "decision": self.decision.value,
+            "reason": self.reason,
+            "failed_checks": self.failed_checks,
+            "measurement": self.measurement.to_dict() if self.measurement else None,
+        }
+
+
+@dataclass
+class RolloutResult:
+    """A whole run: its verdict, why, and every step."""
+
+    verdict: Verdict | None = None
+    reason: str = ""
+    records: list[StepRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form with a top-level `verdict`."""
+        return {
+            "verdict": self.verdict.value if self.verdict else None,
+            "reason": self.reason,
+            "steps": [record.to_dict() for record in self.records],
+        }
+
+
+def measure(provider: MetricsProvider, plan: RolloutPlan, window_seconds: float) -> Measurement:
+    """Query both variants over the window and judge them; backend failures become `error` values."""
+    try:
+        champion = collect_sample(provider, "champion", plan.champion_selector, window_seconds)
+        challenger = collect_sample(provider, "challenger", plan.challenger_selector, window_seconds)
+    except MetricsUnreachableError as err:
+        return error_measurement(str(err))
+    except MetricsQueryError as err:
+        return error_measurement(f"query failed: {err}")
+    return judge(champion, challenger, plan.thresholds)
+
+
+class Scheduler:
+    """Runs one rollout to a verdict.
+
+    `wait(seconds)` sleeps and returns True when the rollout should stop (Ctrl-C, `abort`); `clock`
+    gives the current epoch seconds. Both are injectable so tests run a rollout in simulated time.
+    """
+
+    def __init__(
+        self,
+        router: TrafficRouter,
+        provider: MetricsProvider,
+        plan: RolloutPlan,
+        *,
+        wait: Callable[[float], bool],
+        clock: Callable[[], float] = time.time,
+        on_record: Callable[[StepRecord], None] | None = None,
+        measure_fn: Callable[[MetricsProvider, RolloutPlan, float], Measurement] = measure,
+    ):
+        self.router = router
+        self.provider = provider
+        self.plan = plan
+        self.wait = wait
+        self.clock = clock
+        self.on_record = on_record
+        self.measure_fn = measure_fn
+        self.result = RolloutResult()
+
+    def _record(self, weight: int, decision: Decision, reason: str, measurement=None, failed_checks=0) -> None:
+        record = StepRecord(self.clock(), weight, decision, reason, measurement, failed_checks)
+        self.result.records.append(record)
+        if self.on_record:
+            self.on_record(record)
+
+    def _finish(self, verdict: Verdict, reason: str) -> RolloutResult:
+        self.result.verdict = verdict
+        self.result.reason = reason
+        return self.result
+
+    def _promote(self, weight: int) -> RolloutResult:
+        described = self.router.promote()
+        self._record(weight, Decision.PROMOTE, described)
+        return self._finish(Verdict.PROMOTED, described)
+
+    def run(self) -> RolloutResult:
+        """Start (or resume) and loop until promoted, rolled back or stopped."""
+        plan = self.plan
+        weight = self.router.get_weight()
+        if weight == 0:
+            weight = plan.steps[0]
+            self.router.set_weight(weight)
+            self._record(weight, Decision.START, f"challenger weight set to {weight}%")
+        else:
+            self._record(weight, Decision.RESUME, f"resuming at the stack's current weight {weight}%")
+        if weight >= 100:
+            return self._promote(weight)
+        step_started = self.clock()
+        failed_checks = 0
+        while True:
+            if self.wait(plan.interval_seconds):
+                self._record(weight, Decision.ABORT, "stopped by the operator; weight left in place")
+                return self._finish(Verdict.ABORTED, f"stopped at weight {weight}%")
+            window = max(self.clock() - step_started, plan.interval_seconds)
+            measurement = self.measure_fn(self.provider, plan, math.ceil(window))
+            if measurement.phase is Phase.PASSED:
+                weight = plan.next_step(weight)
+                self.router.set_weight(weight)
+                self._record(weight, Decision.ADVANCE, measurement.reason, measurement, failed_checks)
+                if weight >= 100:
+                    return self._promote(weight)
+                step_started = self.clock()
+            elif measurement.phase is Phase.FAILED:
+                failed_checks += 1
+                if failed_checks >= plan.failure_threshold:
+                    self.router.set_weight(0)
+                    reason = f"{failed_checks} failed checks (threshold {plan.failure_threshold}): {measurement.reason}"
+                    self._record(0, Decision.ROLLBACK, reason, measurement, failed_checks)
+                    return self._finish(Verdict.ROLLED_BACK, reason)
+                self._record(weight, Decision.HOLD, f"failed check: {measurement.reason}", measurement, failed_checks)
+            else:
+                self._record(weight, Decision.HOLD, f"{measurement.phase.value}: {measurement.reason}", measurement, failed_checks)

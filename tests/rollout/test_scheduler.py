@@ -1,0 +1,100 @@
+"""The canary loop in simulated time: advance, hold, roll back, promote, resume, stop."""
+
+from __future__ import annotations
+
+import pytest
+
+from rollout.errors import MetricsUnreachableError, RolloutError
+from rollout.scheduler import Decision, RolloutPlan, Scheduler, Verdict, measure
+
+from rollout_fakes import FakeRouter, SimClock, scripted
+
+
+@pytest.mark.parametrize(
+    ("case", "start_weight", "phases", "verdict", "weights", "decisions"),
+    [
+        ("all checks pass: every step then promotion", 0, "PPPP", Verdict.PROMOTED,
+         [5, 10, 25, 50, 100], ["start", "advance", "advance", "advance", "advance", "promote"]),
+        ("two failed checks roll back", 0, "FF", Verdict.ROLLED_BACK,
+         [5, 0], ["start", "hold", "rollback"]),
+        ("failed checks count across steps", 0, "PFPF", Verdict.ROLLED_BACK,
+         [5, 10, 25, 0], ["start", "advance", "hold", "advance", "rollback"]),
+        ("inconclusive and error hold without counting", 0, "IEIEPPPP", Verdict.PROMOTED,
+         [5, 10, 25, 50, 100], ["start", "hold", "hold", "hold", "hold", "advance", "advance", "advance", "advance", "promote"]),
+        ("resume from the router's weight", 25, "PP", Verdict.PROMOTED,
+         [50, 100], ["resume", "advance", "advance", "promote"]),
+        ("resume between steps advances to the next step", 30, "PP", Verdict.PROMOTED,
+         [50, 100], ["resume", "advance", "advance", "promote"]),
+        ("resume at 100 promotes at once", 100, "", Verdict.PROMOTED, [], ["resume", "promote"]),
+    ],
+    ids=lambda value: value if isinstance(value, str) and " " in value else None,
+)
+def test_rollout_paths(plan, case, start_weight, phases, verdict, weights, decisions):
+    router, clock = FakeRouter(start_weight), SimClock()
+    result = Scheduler(router, None, plan, wait=clock.wait, clock=clock, measure_fn=scripted(phases)).run()
+    assert result.verdict is verdict
+    assert router.history == weights
+    assert [record.decision.value for record in result.records] == decisions
+    assert router.promoted is (verdict is Verdict.PROMOTED)
+
+
+def test_rollback_records_why(plan):
+    router, clock = FakeRouter(), SimClock()
+    result = Scheduler(router, None, plan, wait=clock.wait, clock=clock, measure_fn=scripted("FF")).run()
+    assert router.weight == 0
+    assert "2 failed checks (threshold 2)" in result.reason
+    assert result.to_dict()["verdict"] == "rolled_back"
+
+
+def test_no_data_never_advances(plan):
+    router, clock = FakeRouter(), SimClock(stop_after=50)
+    result = Scheduler(router, None, plan, wait=clock.wait, clock=clock, measure_fn=scripted("I" * 25 + "E" * 25)).run()
+    assert result.verdict is Verdict.ABORTED
+    assert router.history == [5]
+    assert router.weight == 5  # stopping leaves the weight for a later resume
+
+
+def test_window_grows_while_holding(plan):
+    router, clock = FakeRouter(), SimClock()
+    measure_fn = scripted("IIP" + "PPP")
+    Scheduler(router, None, plan, wait=clock.wait, clock=clock, measure_fn=measure_fn).run()
+    assert measure_fn.windows[:4] == [60, 120, 180, 60]
+
+
+class DownProvider:
+    def query(self, promql):
+        raise MetricsUnreachableError("Prometheus at http://127.0.0.1:1 is unreachable")
+
+    def is_online(self):
+        return False
+
+
+class EmptyProvider:
+    def query(self, promql):
+        return None
+
+    def is_online(self):
+        return True
+
+
+@pytest.mark.parametrize(("provider", "phase"), [(DownProvider(), "error"), (EmptyProvider(), "inconclusive")])
+def test_measure_tells_unreachable_from_no_data(plan, provider, phase):
+    assert measure(provider, plan, 60).phase.value == phase
+
+
+@pytest.mark.parametrize("provider", [DownProvider(), EmptyProvider()])
+def test_real_measure_holds_on_missing_metrics(plan, provider):
+    router, clock = FakeRouter(), SimClock(stop_after=5)
+    result = Scheduler(router, provider, plan, wait=clock.wait, clock=clock).run()
+    assert router.history == [5]
+    assert {record.decision for record in result.records} == {Decision.START, Decision.HOLD, Decision.ABORT}
+
+
+@pytest.mark.parametrize(
+    ("steps", "interval", "threshold", "problem"),
+    [((), 60, 2, "steps"), ((10, 5), 60, 2, "increasing"), ((5, 120), 60, 2, "1..100"),
+     ((5,), 0, 2, "interval"), ((5,), 60, 0, "failure threshold")],
+)
+def test_bad_plans_are_refused(limits, steps, interval, threshold, problem):
+    with pytest.raises(RolloutError, match=problem):
+        RolloutPlan(steps=steps, interval_seconds=interval, failure_threshold=threshold, thresholds=limits)
