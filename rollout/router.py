@@ -56,9 +56,11 @@ class StackConfigRouter:
         project_dir: Path,
         *,
         config_only: bool = False,
+        default_weight: int = 0,
         on_output: Callable[[str], None] | None = None,
     ):
         self.stack_name = stack_name
+        self.default_weight = default_weight
         self.project_dir = Path(project_dir)
         self.config_only = config_only
         self._on_output = on_output
@@ -84,9 +86,17 @@ class StackConfigRouter:
             raise RouterError(f"stack {self.stack_name!r}: {action} failed: {err}") from err
 
     def get_weight(self) -> int:
-        """Read `traffic.challengerWeight` from the stack's config."""
+        """Read `traffic.challengerWeight` from the stack's config (`default_weight` when the stack does not set it)."""
+        from pulumi import automation as auto
+
         stack = self._selected_stack()
-        value = self._run(f"reading {WEIGHT_KEY}", lambda: stack.get_config(WEIGHT_KEY, path=True)).value
+        try:
+            value = stack.get_config(WEIGHT_KEY, path=True).value
+        except auto.CommandError as err:
+            # A stack file without the key runs on Pulumi.yaml's default, which `config get` does not report.
+            if "not found" in str(err):
+                return self.default_weight
+            raise RouterError(f"stack {self.stack_name!r}: reading {WEIGHT_KEY} failed: {err}") from err
         try:
             return check_weight(int(value))
         except ValueError as err:
