@@ -285,15 +285,19 @@ def values_from_pulumi(declarations: Mapping[str, Declaration]) -> dict[str, Any
 
     config = pulumi.Config(NAMESPACE)
     values: dict[str, Any] = {}
-    for top in sorted({name.split(".", 1)[0] for name in declarations}):
-        nested = config.get_object(top)
+    for name in declarations:
+        if (flat := config.get(name)) is not None:
+            values[name] = flat
+    # Path config (`pulumi config set --path traffic.challengerWeight 25`) arrives as one JSON object per
+    # first segment, and wins over a flat key of the same name.
+    for top in sorted({name.split(".", 1)[0] for name in declarations if "." in name}):
+        raw = config.get(top)
+        try:
+            nested = json.loads(raw) if raw else None
+        except json.JSONDecodeError:
+            nested = None
         if isinstance(nested, Mapping):
             values.update(flatten(nested, f"{top}."))
-        elif nested is not None:
-            values[top] = nested
-    for name in declarations:
-        if name not in values and (flat := config.get(name)) is not None:
-            values[name] = flat
     return values
 
 
@@ -313,6 +317,7 @@ def load_from_pulumi(project_dir: Path = PROJECT_DIR) -> StackConfig:
 def parse_config(stack: str, values: Mapping[str, Any], declarations: Mapping[str, Declaration]) -> StackConfig:
     """Typed, checked config from dotted-key values over the declared defaults; raises ConfigError with every problem."""
     problems: list[str] = []
+    bad_keys: set[str] = set()
     for name in values:
         if name not in declarations:
             close = difflib.get_close_matches(name, declarations, n=1, cutoff=0.6)
@@ -336,6 +341,7 @@ def parse_config(stack: str, values: Mapping[str, Any], declarations: Mapping[st
                 problem = spec.metadata["check"](value)
             if problem is not None:
                 problems.append(f"{name}: {problem} (got {raw!r})")
+                bad_keys.add(name)
             kwargs[spec.name] = value
         return kwargs
 
@@ -353,33 +359,37 @@ def parse_config(stack: str, values: Mapping[str, Any], declarations: Mapping[st
         traffic=sections[TrafficConfig],
         rollout=sections[RolloutConfig],
     )
-    if not problems:
-        problems.extend(cross_key_problems(config))
+    problems.extend(cross_key_problems(config, bad_keys))
     if problems:
         raise ConfigError(problems)
     return config
 
 
-def cross_key_problems(config: StackConfig) -> list[str]:
-    """Rules that involve more than one key; run once every key is valid on its own."""
+def cross_key_problems(config: StackConfig, bad_keys: set[str] = frozenset()) -> list[str]:
+    """Rules that involve more than one key; each runs only when the keys it reads are valid on their own."""
+
+    def valid(*keys: str) -> bool:
+        return not bad_keys.intersection(keys)
+
     problems = []
     scaling, serving, traffic = config.autoscaling, config.serving, config.traffic
-    if scaling.min_replicas > scaling.max_replicas:
+    if valid("autoscaling.minReplicas", "autoscaling.maxReplicas") and scaling.min_replicas > scaling.max_replicas:
         problems.append(
             f"autoscaling.minReplicas: {scaling.min_replicas} is above autoscaling.maxReplicas "
             f"{scaling.max_replicas}; minReplicas must be <= maxReplicas"
         )
-    if traffic.challenger_weight > 0 and not config.model.has_challenger:
+    weight_valid = valid("traffic.challengerWeight", "traffic.router", "model.challengerUri")
+    if weight_valid and traffic.challenger_weight > 0 and not config.model.has_challenger:
         problems.append(
             f"traffic.challengerWeight: {traffic.challenger_weight} sends traffic to a challenger but "
             "model.challengerUri is empty; set model.challengerUri or use weight 0"
         )
-    if traffic.router == "service" and 0 < traffic.challenger_weight:
+    if weight_valid and traffic.router == "service" and 0 < traffic.challenger_weight:
         problems.append(
             f"traffic.challengerWeight: {traffic.challenger_weight} needs a weighted router; "
             "traffic.router 'service' sends every request to the champion (use traffic.router: seldon, or weight 0)"
         )
-    if config.image.push and config.image.registry is None:
+    if valid("image.push", "image.repository") and config.image.push and config.image.registry is None:
         problems.append(
             f"image.repository: {config.image.repository!r} names no registry host but image.push is true; "
             "use REGISTRY/PATH (e.g. ghcr.io/acme/churn-model, localhost:5001/churn-model) or image.push: false"
@@ -388,9 +398,9 @@ def cross_key_problems(config: StackConfig) -> list[str]:
         ("serving.cpuRequest", "serving.cpuLimit", serving.cpu_request, serving.cpu_limit),
         ("serving.memoryRequest", "serving.memoryLimit", serving.memory_request, serving.memory_limit),
     ):
-        if quantity_value(request) > quantity_value(limit):
+        if valid(request_key, limit_key) and quantity_value(request) > quantity_value(limit):
             problems.append(f"{request_key}: {request!r} is above {limit_key} {limit!r}; a request must not exceed its limit")
-    if config.gpu.enabled and not config.gpu.node_selector:
+    if valid("gpu.enabled", "gpu.nodeSelector") and config.gpu.enabled and not config.gpu.node_selector:
         problems.append(
             "gpu.nodeSelector: empty while gpu.enabled is true; name the GPU node pool "
             "(e.g. [\"nvidia.com/gpu.present=true\"]) so GPU pods land on GPU nodes"

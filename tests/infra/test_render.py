@@ -1,0 +1,101 @@
+"""The program under Pulumi's mocks, and `python -m infra.render` as a reviewer runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from infra.config import PROJECT_DIR
+from infra.render import UNKNOWN_DIGEST
+from tests.infra.conftest import KUBERNETES_VERSION, manifests
+
+STACKS = ["dev", "prod"]
+CORE_KINDS = {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "Namespace"}
+
+
+def core_manifests(resources):
+    return [m for m in manifests(resources) if m["kind"] in CORE_KINDS]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_core_manifest_validates_strictly(render, stack):
+    rendered = core_manifests(render(stack))
+    assert rendered
+    for manifest in rendered:
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_stack_renders_the_serving_objects(render, stack):
+    kinds = {m["kind"] for m in manifests(render(stack))}
+    assert CORE_KINDS <= kinds
+    services = manifests(render(stack), "Service")
+    assert [s["spec"]["type"] for s in services].count("LoadBalancer") == 1
+
+
+def test_prod_runs_both_variants_on_gpus(render):
+    deployments = {d["metadata"]["name"]: d for d in manifests(render("prod"), "Deployment")}
+    assert set(deployments) == {"churn-model-champion", "churn-model-challenger"}
+    for deployment in deployments.values():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert pod["nodeSelector"] and pod["tolerations"]
+
+
+def test_pods_run_the_image_digest_never_a_tag(render):
+    for deployment in manifests(render("prod"), "Deployment"):
+        image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert image == f"ghcr.io/acme/mlserve/churn-model@{UNKNOWN_DIGEST}"
+
+
+def test_numbers_render_as_integers(render):
+    hpa = manifests(render("prod"), "HorizontalPodAutoscaler")[0]
+    assert type(hpa["spec"]["maxReplicas"]) is int
+    assert "maxReplicas: 10\n" in yaml.safe_dump(hpa)
+
+
+def test_hpa_is_autoscaling_v2_with_cpu_and_requests_per_second(render):
+    for hpa in manifests(render("prod"), "HorizontalPodAutoscaler"):
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        types = {m["type"] for m in hpa["spec"]["metrics"]}
+        assert {"Resource", "Pods"} <= types
+
+
+def test_autoscaling_off_fixes_replicas(render):
+    rendered = render("dev", **{"autoscaling.enabled": False, "serving.replicas": 2})
+    assert not manifests(rendered, "HorizontalPodAutoscaler")
+    assert manifests(rendered, "Deployment")[0]["spec"]["replicas"] == 2
+
+
+def run_render(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "infra.render", *args], cwd=PROJECT_DIR, capture_output=True, text=True)
+
+
+def test_cli_writes_one_valid_file_per_object(tmp_path):
+    result = run_render("--stack", "prod", "--out", str(tmp_path / "p"))
+    assert result.returncode == 0, result.stderr
+    files = sorted((tmp_path / "p").glob("*.yaml"))
+    assert len(files) >= 11
+    listed = [line for line in result.stdout.splitlines() if line.endswith((".yaml", ".json"))]
+    assert len(listed) == len(list((tmp_path / "p").rglob("*.*")))
+    for path in files:
+        kubernetes_validate.validate(yaml.safe_load(path.read_text()), KUBERNETES_VERSION, strict=True)
+
+
+def test_cli_rejects_invalid_config_with_exit_2(tmp_path):
+    result = run_render("--stack", "prod", "--set", "traffic.challengerWeight=150", "--set", "autoscaling.minReplicas=0",
+                        "--out", str(tmp_path / "x"))
+    assert result.returncode == 2
+    assert "traffic.challengerWeight" in result.stderr and "autoscaling.minReplicas" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_set_changes_only_what_it_names(tmp_path):
+    assert run_render("--stack", "prod", "--out", str(tmp_path / "a")).returncode == 0
+    assert run_render("--stack", "prod", "--set", "autoscaling.maxReplicas=12", "--out", str(tmp_path / "b")).returncode == 0
+    changed = [p.name for p in sorted((tmp_path / "a").glob("*.yaml")) if p.read_text() != (tmp_path / "b" / p.name).read_text()]
+    assert changed == ["horizontalpodautoscaler-churn-model-challenger.yaml", "horizontalpodautoscaler-churn-model-champion.yaml"]

@@ -1,0 +1,109 @@
+"""Pure pod builders: the qualities every model pod must have, whichever path renders it."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra import workload
+from infra.serving import REQUESTS_PER_SECOND_METRIC, hpa_spec, service_spec
+from tests.infra.conftest import stack_config
+
+IMAGE = "ghcr.io/acme/churn@sha256:abc"
+
+
+@pytest.fixture(params=["dev", "prod"])
+def config(request):
+    return stack_config(request.param)
+
+
+def test_container_carries_model_uri_and_variant(config):
+    container = workload.model_container(config, "champion", IMAGE)
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["MODEL_URI"] == config.model.champion_uri
+    assert env["MODEL_VARIANT"] == "champion"
+    assert env["BENTOML_DO_NOT_TRACK"] == env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert container["image"] == IMAGE
+    assert container["ports"] == [{"name": "http", "containerPort": config.serving.port, "protocol": "TCP"}]
+
+
+def test_probes_hit_livez_and_readyz_and_startup_covers_slow_loads(config):
+    probes = workload.probes(config)
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    startup = probes["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= config.serving.startup_timeout_seconds
+
+
+def test_security_context_is_restricted(config):
+    container = workload.model_container(config, "champion", IMAGE)["securityContext"]
+    assert container["runAsNonRoot"] is True and container["runAsUser"] > 0
+    assert container["readOnlyRootFilesystem"] is True
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["capabilities"] == {"drop": ["ALL"]}
+    assert container["seccompProfile"] == {"type": "RuntimeDefault"}
+    pod = workload.pod_spec(config, "champion", IMAGE)
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    # A read-only root needs somewhere to write: /tmp is an emptyDir.
+    assert {"name": "tmp", "mountPath": "/tmp"} in workload.model_container(config, "champion", IMAGE)["volumeMounts"]
+    assert any(volume["name"] == "tmp" and "emptyDir" in volume for volume in pod["volumes"])
+
+
+def test_requests_and_limits_come_from_config(config):
+    resources = workload.resources(config)
+    assert resources["requests"] == {"cpu": config.serving.cpu_request, "memory": config.serving.memory_request}
+    assert resources["limits"]["memory"] == config.serving.memory_limit
+
+
+def test_gpu_pods_get_limits_node_selector_and_tolerations():
+    config = stack_config("prod")
+    pod = workload.pod_spec(config, "challenger", IMAGE)
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "limit_key", "toleration"),
+    [
+        ({"gpu.resource": "amd.com/gpu", "gpu.count": 2}, "amd.com/gpu", {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}),
+        ({"gpu.tolerations": ["pool=gpu:NoExecute"]}, "nvidia.com/gpu", {"key": "pool", "operator": "Equal", "value": "gpu", "effect": "NoExecute"}),
+    ],
+)
+def test_gpu_scheduling_follows_config(overrides, limit_key, toleration):
+    config = stack_config("prod", **overrides)
+    pod = workload.pod_spec(config, "champion", IMAGE)
+    assert pod["containers"][0]["resources"]["limits"][limit_key] == config.gpu.count
+    assert toleration in pod["tolerations"]
+
+
+def test_cpu_pods_have_no_gpu_scheduling():
+    pod = workload.pod_spec(stack_config("dev"), "champion", IMAGE)
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert set(pod["containers"][0]["resources"]["limits"]) == {"cpu", "memory"}
+
+
+def test_labels_are_standard_and_selectors_are_per_variant(config):
+    labels = workload.standard_labels(config, "challenger")
+    for name in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by",
+                 "app.kubernetes.io/part-of", "app.kubernetes.io/component"):
+        assert labels[name]
+    assert workload.selector_labels(config, "champion") != workload.selector_labels(config, "challenger")
+    spread = workload.topology_spread(config, "champion")
+    assert {constraint["topologyKey"] for constraint in spread} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+
+
+def test_hpa_scales_on_cpu_memory_and_requests_per_second(config):
+    metrics = hpa_spec(config, "champion")["metrics"]
+    resource_names = {m["resource"]["name"] for m in metrics if m["type"] == "Resource"}
+    assert resource_names == {"cpu", "memory"}
+    pods = [m["pods"] for m in metrics if m["type"] == "Pods"]
+    assert pods[0]["metric"]["name"] == REQUESTS_PER_SECOND_METRIC
+    assert pods[0]["target"]["averageValue"] == str(config.autoscaling.target_requests_per_second)
+
+
+def test_entry_point_is_a_load_balancer_on_the_champion():
+    config = stack_config("prod", **{"loadBalancer.sourceRanges": ["10.0.0.0/8"]})
+    spec = service_spec(config, "champion", public=True)
+    assert spec["type"] == "LoadBalancer"
+    assert spec["selector"]["mlserve.io/variant"] == "champion"
+    assert spec["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
