@@ -29,6 +29,8 @@ from scipy import stats
 REQUESTS_METRIC = "model_predictions_total"
 ERRORS_METRIC = "model_prediction_errors_total"
 LATENCY_METRIC = "model_prediction_latency_seconds"
+# error_type values that are the client's fault (4xx); everything else counts against the model.
+CLIENT_ERROR_TYPES = "invalid_input|payload_too_large"
 
 
 class Phase(str, Enum):
@@ -110,15 +112,15 @@ class VariantQueries:
 def variant_queries(selector: str, window_seconds: int) -> VariantQueries:
     """PromQL for a variant's request count, server-error count and p95 latency over the last window.
 
-    `selector` is a PromQL label matcher list without braces, e.g. `variant="challenger"`. Every
-    request the server handled, successful or not, is observed in the latency histogram, so its
-    `_count` is the request total; client mistakes (4xx) are the caller's fault, not the model's, and
-    are left out of the error count.
+    `selector` is a PromQL label matcher list without braces, e.g. `variant="challenger"`. The model
+    server counts every prediction request, successful or not, in `model_predictions_total`, and the
+    failed ones again in `model_prediction_errors_total{error_type}`. Client mistakes
+    (`invalid_input`, `payload_too_large`) are the caller's fault, not the model's, and are left out.
     """
     window = f"{max(int(math.ceil(window_seconds)), 1)}s"
     return VariantQueries(
-        requests=f"sum(increase({LATENCY_METRIC}_count{{{selector}}}[{window}]))",
-        errors=f'sum(increase({ERRORS_METRIC}{{{selector},error_type!~"client.*"}}[{window}]))',
+        requests=f"sum(increase({REQUESTS_METRIC}{{{selector}}}[{window}]))",
+        errors=f'sum(increase({ERRORS_METRIC}{{{selector},error_type!~"{CLIENT_ERROR_TYPES}"}}[{window}]))',
         p95_seconds=(
             f"histogram_quantile(0.95, sum by (le) (rate({LATENCY_METRIC}_bucket{{{selector}}}[{window}])))"
         ),

@@ -55,6 +55,8 @@ def test_failed_measurement_explains_itself():
 
 def test_queries_key_on_service_metrics():
     queries = variant_queries('variant="challenger"', 30)
-    assert queries.requests == 'sum(increase(model_prediction_latency_seconds_count{variant="challenger"}[30s]))'
-    assert "model_prediction_errors_total" in queries.errors and "[30s]" in queries.errors
+    assert queries.requests == 'sum(increase(model_predictions_total{variant="challenger"}[30s]))'
+    assert queries.errors == (
+        'sum(increase(model_prediction_errors_total{variant="challenger",error_type!~"invalid_input|payload_too_large"}[30s]))'
+    )
     assert queries.p95_seconds.startswith("histogram_quantile(0.95, sum by (le) (rate(model_prediction_latency_seconds_bucket")
