@@ -152,6 +152,23 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    enabled: bool = key("monitoring.enabled")
+    install_stack: bool = key("monitoring.installStack")
+    install_adapter: bool = key("monitoring.installAdapter")
+    namespace: str = key("monitoring.namespace", lambda v: _dns_label(v))
+    release_label: str = key("monitoring.releaseLabel", lambda v: _label_value(v))
+    scrape_interval: str = key("monitoring.scrapeInterval", lambda v: _duration(v))
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    error_rate_percent: float = key("alerts.errorRatePercent", lambda v: _between(v, 0.001, 100))
+    p95_latency_ms: int = key("alerts.p95LatencyMs", lambda v: _between(v, 1, 600000))
+    for_duration: str = key("alerts.forDuration", lambda v: _duration(v))
+
+
+@dataclass(frozen=True)
 class StackConfig:
     """Everything one stack deploys; built only by `parse_config`, so every instance is valid."""
 
@@ -166,6 +183,8 @@ class StackConfig:
     load_balancer: LoadBalancerConfig = field(default=None)  # type: ignore[assignment]
     traffic: TrafficConfig = field(default=None)  # type: ignore[assignment]
     rollout: RolloutConfig = field(default=None)  # type: ignore[assignment]
+    monitoring: MonitoringConfig = field(default=None)  # type: ignore[assignment]
+    alerts: AlertsConfig = field(default=None)  # type: ignore[assignment]
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -178,7 +197,7 @@ class StackConfig:
 
 SECTIONS: tuple[type, ...] = (
     ModelConfig, ImageConfig, ServingConfig, GpuConfig, AutoscalingConfig,
-    LoadBalancerConfig, TrafficConfig, RolloutConfig,
+    LoadBalancerConfig, TrafficConfig, RolloutConfig, MonitoringConfig, AlertsConfig,
 )
 
 
@@ -358,6 +377,8 @@ def parse_config(stack: str, values: Mapping[str, Any], declarations: Mapping[st
         load_balancer=sections[LoadBalancerConfig],
         traffic=sections[TrafficConfig],
         rollout=sections[RolloutConfig],
+        monitoring=sections[MonitoringConfig],
+        alerts=sections[AlertsConfig],
     )
     problems.extend(cross_key_problems(config, bad_keys))
     if problems:
@@ -509,6 +530,16 @@ def _dns_label(value: str, max_length: int = 63) -> str | None:
     if _DNS_LABEL.match(value) and len(value) <= max_length:
         return None
     return f"must be a DNS label: lower-case letters, digits and '-', at most {max_length} characters"
+
+
+def _label_value(value: str) -> str | None:
+    return None if value and _LABEL_VALUE.match(value) else "must be a Kubernetes label value (letters, digits, '-', '_', '.')"
+
+
+def _duration(value: str) -> str | None:
+    if re.fullmatch(r"(\d+(ms|s|m|h|d|w|y))+", value):
+        return None
+    return "must be a Prometheus duration such as 30s, 5m or 1h"
 
 
 def _model_uri(value: str, required: bool) -> str | None:
