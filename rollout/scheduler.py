@@ -167,40 +167,74 @@ class Scheduler:
         self._record(weight, Decision.PROMOTE, described)
         return self._finish(Verdict.PROMOTED, described)
 
-    def run(self) -> RolloutResult:
-        """Start (or resume) and loop until promoted, rolled back or stopped."""
-        plan = self.plan
+    def _begin(self) -> int:
+        """Read the router's weight: 0 starts at the first step, anything else resumes there."""
         weight = self.router.get_weight()
         if weight == 0:
-            weight = plan.steps[0]
+            weight = self.plan.steps[0]
             self.router.set_weight(weight)
             self._record(weight, Decision.START, f"challenger weight set to {weight}%")
         else:
             self._record(weight, Decision.RESUME, f"resuming at the stack's current weight {weight}%")
+        return weight
+
+    def _decide(self, weight: int, measurement: Measurement, failed_checks: int) -> tuple[int, int]:
+        """Apply one measurement: advance, hold, roll back or promote. Returns (weight, failed checks)."""
+        plan = self.plan
+        if measurement.phase is Phase.PASSED:
+            weight = plan.next_step(weight)
+            self.router.set_weight(weight)
+            self._record(weight, Decision.ADVANCE, measurement.reason, measurement, failed_checks)
+            if weight >= 100:
+                self._promote(weight)
+        elif measurement.phase is Phase.FAILED:
+            failed_checks += 1
+            if failed_checks >= plan.failure_threshold:
+                self.router.set_weight(0)
+                reason = f"{failed_checks} failed checks (threshold {plan.failure_threshold}): {measurement.reason}"
+                self._record(0, Decision.ROLLBACK, reason, measurement, failed_checks)
+                self._finish(Verdict.ROLLED_BACK, reason)
+                return 0, failed_checks
+            self._record(weight, Decision.HOLD, f"failed check: {measurement.reason}", measurement, failed_checks)
+        else:
+            self._record(weight, Decision.HOLD, f"{measurement.phase.value}: {measurement.reason}", measurement, failed_checks)
+        return weight, failed_checks
+
+    def run(self) -> RolloutResult:
+        """Start (or resume) and loop until promoted, rolled back or stopped."""
+        weight = self._begin()
         if weight >= 100:
             return self._promote(weight)
         step_started = self.clock()
         failed_checks = 0
-        while True:
-            if self.wait(plan.interval_seconds):
+        while self.result.verdict is None:
+            if self.wait(self.plan.interval_seconds):
                 self._record(weight, Decision.ABORT, "stopped by the operator; weight left in place")
                 return self._finish(Verdict.ABORTED, f"stopped at weight {weight}%")
-            window = max(self.clock() - step_started, plan.interval_seconds)
-            measurement = self.measure_fn(self.provider, plan, math.ceil(window))
-            if measurement.phase is Phase.PASSED:
-                weight = plan.next_step(weight)
-                self.router.set_weight(weight)
-                self._record(weight, Decision.ADVANCE, measurement.reason, measurement, failed_checks)
-                if weight >= 100:
-                    return self._promote(weight)
+            window = max(self.clock() - step_started, self.plan.interval_seconds)
+            measurement = self.measure_fn(self.provider, self.plan, math.ceil(window))
+            previous = weight
+            weight, failed_checks = self._decide(weight, measurement, failed_checks)
+            if weight != previous:
                 step_started = self.clock()
-            elif measurement.phase is Phase.FAILED:
-                failed_checks += 1
-                if failed_checks >= plan.failure_threshold:
-                    self.router.set_weight(0)
-                    reason = f"{failed_checks} failed checks (threshold {plan.failure_threshold}): {measurement.reason}"
-                    self._record(0, Decision.ROLLBACK, reason, measurement, failed_checks)
-                    return self._finish(Verdict.ROLLED_BACK, reason)
-                self._record(weight, Decision.HOLD, f"failed check: {measurement.reason}", measurement, failed_checks)
-            else:
-                self._record(weight, Decision.HOLD, f"{measurement.phase.value}: {measurement.reason}", measurement, failed_checks)
+        return self.result
+
+    def run_once(self, failed_checks: int = 0) -> tuple[RolloutResult, int]:
+        """One decision and return (config-only mode, where each change goes through a pull request).
+
+        At weight 0 this writes the first step. Otherwise it judges the last `interval_seconds` and
+        advances, holds, rolls back or promotes. `failed_checks` carries the count between invocations;
+        the result's verdict stays None while the rollout is still under way.
+        """
+        weight = self.router.get_weight()
+        if weight == 0:
+            self._begin()
+            return self.result, 0
+        if weight >= 100:
+            self._record(weight, Decision.RESUME, f"stack is at {weight}%")
+            self._promote(weight)
+            return self.result, 0
+        self._record(weight, Decision.RESUME, f"judging the stack's current weight {weight}%")
+        measurement = self.measure_fn(self.provider, self.plan, math.ceil(self.plan.interval_seconds))
+        _, failed_checks = self._decide(weight, measurement, failed_checks)
+        return self.result, failed_checks

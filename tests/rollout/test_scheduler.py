@@ -98,3 +98,23 @@ def test_real_measure_holds_on_missing_metrics(plan, provider):
 def test_bad_plans_are_refused(limits, steps, interval, threshold, problem):
     with pytest.raises(RolloutError, match=problem):
         RolloutPlan(steps=steps, interval_seconds=interval, failure_threshold=threshold, thresholds=limits)
+
+
+@pytest.mark.parametrize(
+    ("case", "start_weight", "failed_before", "phase", "weight_after", "verdict", "failed_after"),
+    [
+        ("weight 0 writes the first step", 0, 0, None, 5, None, 0),
+        ("a passed check writes the next step", 10, 0, "P", 25, None, 0),
+        ("a first failed check only counts", 10, 0, "F", 10, None, 1),
+        ("a failed check at the threshold rolls back", 10, 1, "F", 0, Verdict.ROLLED_BACK, 2),
+        ("no data holds", 10, 1, "I", 10, None, 1),
+        ("passing the last step promotes", 50, 0, "P", 0, Verdict.PROMOTED, 0),
+    ],
+    ids=lambda value: value if isinstance(value, str) and " " in value else None,
+)
+def test_run_once_for_config_only_mode(plan, case, start_weight, failed_before, phase, weight_after, verdict, failed_after):
+    router, clock = FakeRouter(start_weight), SimClock()
+    scheduler = Scheduler(router, None, plan, wait=clock.wait, clock=clock, measure_fn=scripted(phase or ""))
+    result, failed = scheduler.run_once(failed_before)
+    assert (router.weight, result.verdict, failed) == (weight_after, verdict, failed_after)
+    assert clock.waits == 0

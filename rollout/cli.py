@@ -1,0 +1,285 @@
+"""`python -m rollout start|status|promote|abort --stack STACK` and `python -m rollout demo`.
+
+Every stack command reads the stack's typed config (`infra.config.load_stack_config`): invalid config,
+like a bad argument, exits 2 with every problem named. `start` holds the stack's rollout lock, prints
+each decision as it happens and, with `--report FILE.json`, writes the run and a chart beside it.
+
+Exit codes: 0 promoted (or, in config-only mode, a change written), 1 rolled back, 2 bad arguments or
+config, 3 refused (another rollout holds the lock, or the router failed), 130 stopped by the operator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from rollout.analysis import Thresholds
+from rollout.errors import RolloutError, RolloutLockedError
+from rollout.lock import RolloutLock, lock_holder, lock_path, state_dir
+from rollout.metrics import PrometheusProvider
+from rollout.report import write_report
+from rollout.router import ROUTER_TYPES, make_router
+from rollout.scheduler import RolloutPlan, Scheduler, StepRecord, Verdict, measure
+
+EXIT_OK, EXIT_ROLLED_BACK, EXIT_USAGE, EXIT_REFUSED, EXIT_STOPPED = 0, 1, 2, 3, 130
+
+
+class UsageError(Exception):
+    """A command-line or stack-config problem; the message names it."""
+
+
+def plan_from_config(rollout_config) -> RolloutPlan:
+    """The scheduler's plan from the stack's `rollout.*` config section."""
+    return RolloutPlan(
+        steps=tuple(rollout_config.steps),
+        interval_seconds=rollout_config.interval_seconds,
+        failure_threshold=rollout_config.failure_threshold,
+        thresholds=Thresholds(
+            min_requests=rollout_config.min_requests,
+            max_error_rate=float(rollout_config.max_error_rate_percent) / 100,
+            max_p95_seconds=rollout_config.max_p95_latency_ms / 1000,
+        ),
+    )
+
+
+def print_record(record: StepRecord, started: float, stream=sys.stdout) -> None:
+    """One progress line per decision: elapsed time, weight, decision, reason."""
+    elapsed = record.time - started
+    stream.write(f"\r[{elapsed:7.1f}s] weight {record.weight:3d}%  {record.decision.value:<8} {record.reason}\n")
+    stream.flush()
+
+
+class Progress:
+    """Prints decisions; on a terminal also a live countdown to the next analysis."""
+
+    def __init__(self, stop: threading.Event, stream=sys.stdout):
+        self.stop = stop
+        self.stream = stream
+        self.started: float | None = None
+        self.live = stream.isatty()
+
+    def on_record(self, record: StepRecord) -> None:
+        if self.started is None:
+            self.started = record.time
+        print_record(record, self.started, self.stream)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep until the next analysis; True when the operator asked to stop."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.live:
+                self.stream.write(f"\r  next analysis in {left:5.1f}s ")
+                self.stream.flush()
+            if self.stop.wait(min(left, 1.0)):
+                return True
+        if self.live:
+            self.stream.write("\r" + " " * 32 + "\r")
+        return False
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """Ctrl-C and SIGTERM (sent by `abort`) end the wait between analyses instead of killing mid-update."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+
+def _load_config(stack: str, overrides: dict | None = None):
+    from infra.config import load_stack_config
+    from infra.errors import ConfigError
+
+    try:
+        return load_stack_config(stack, overrides=overrides or {})
+    except ConfigError as err:
+        raise UsageError(str(err)) from err
+    except FileNotFoundError as err:
+        raise UsageError(f"--stack {stack!r}: no such stack file ({err.filename})") from err
+
+
+def _router(args, config):
+    from infra.config import PROJECT_DIR
+
+    if args.router == "haproxy":
+        if not args.haproxy_socket:
+            raise UsageError("--router haproxy needs --haproxy-socket PATH (HAProxy's admin-level stats socket)")
+        return make_router("haproxy", socket_path=Path(args.haproxy_socket))
+    return make_router(
+        "stack",
+        stack_name=args.stack,
+        project_dir=PROJECT_DIR,
+        config_only=getattr(args, "config_only", False),
+        default_weight=config.traffic.challenger_weight,
+        on_output=None,
+    )
+
+
+def _checks_file(stack: str) -> Path:
+    return state_dir() / f"rollout-{stack.replace('/', '_')}.checks.json"
+
+
+def cmd_start(args) -> int:
+    config = _load_config(args.stack)
+    if not config.model.challenger_uri:
+        raise UsageError(f"stack {args.stack!r} has no model.challengerUri: there is no challenger to roll out")
+    plan = plan_from_config(config.rollout)
+    provider = PrometheusProvider(config.rollout.prometheus_url)
+    router = _router(args, config)
+    stop = threading.Event()
+    progress = Progress(stop)
+    print(
+        f"rollout of {config.model.challenger_uri} on stack {args.stack!r}: steps {list(plan.steps)}, "
+        f"every {plan.interval_seconds:g}s, rollback after {plan.failure_threshold} failed checks; "
+        f"metrics from {config.rollout.prometheus_url}"
+    )
+    with RolloutLock(args.stack):
+        scheduler = Scheduler(router, provider, plan, wait=progress.wait, on_record=progress.on_record)
+        if args.config_only:
+            checks = _checks_file(args.stack)
+            before = json.loads(checks.read_text())["failed_checks"] if checks.exists() else 0
+            result, failed = scheduler.run_once(before)
+            if result.verdict is None:
+                checks.write_text(json.dumps({"failed_checks": failed}))
+            else:
+                checks.unlink(missing_ok=True)
+            print(f"config-only: Pulumi.{args.stack}.yaml updated; apply it through your pull request")
+        else:
+            stop_on_signals(stop)
+            result = scheduler.run()
+    if args.report:
+        context = {"stack": args.stack, "challenger_uri": config.model.challenger_uri, "plan": _plan_dict(plan)}
+        report, chart = write_report(result, Path(args.report), context)
+        print(f"report: {report} (chart {chart})")
+    verdict = result.verdict.value if result.verdict else "in progress"
+    print(f"verdict: {verdict}" + (f" ({result.reason})" if result.reason else ""))
+    return {Verdict.PROMOTED: EXIT_OK, Verdict.ROLLED_BACK: EXIT_ROLLED_BACK, Verdict.ABORTED: EXIT_STOPPED}.get(
+        result.verdict, EXIT_OK
+    )
+
+
+def _plan_dict(plan: RolloutPlan) -> dict:
+    return {
+        "steps": list(plan.steps),
+        "interval_seconds": plan.interval_seconds,
+        "failure_threshold": plan.failure_threshold,
+        "min_requests": plan.thresholds.min_requests,
+        "max_error_rate": plan.thresholds.max_error_rate,
+        "max_p95_seconds": plan.thresholds.max_p95_seconds,
+        "significance": plan.thresholds.significance,
+    }
+
+
+def cmd_status(args) -> int:
+    config = _load_config(args.stack)
+    holder = lock_holder(args.stack)
+    print(f"stack:              {args.stack}")
+    print(f"champion:           {config.model.champion_uri}")
+    print(f"challenger:         {config.model.challenger_uri or '(none)'}")
+    print(f"challenger weight:  {config.traffic.challenger_weight}% (from Pulumi.{args.stack}.yaml)")
+    print(f"steps:              {list(config.rollout.steps)} every {config.rollout.interval_seconds}s")
+    print(f"rollout running:    {f'yes, pid {holder}' if holder else 'no'}")
+    provider = PrometheusProvider(config.rollout.prometheus_url, timeout_seconds=3)
+    if not provider.is_online():
+        print(f"prometheus:         unreachable at {config.rollout.prometheus_url}")
+        return EXIT_OK
+    measurement = measure(provider, plan_from_config(config.rollout), config.rollout.interval_seconds)
+    print(f"last {config.rollout.interval_seconds}s:          {measurement.phase.value}: {measurement.reason}")
+    return EXIT_OK
+
+
+def cmd_promote(args) -> int:
+    config = _load_config(args.stack)
+    if not config.model.challenger_uri:
+        raise UsageError(f"stack {args.stack!r} has no model.challengerUri to promote")
+    with RolloutLock(args.stack):
+        print(_router(args, config).promote())
+    return EXIT_OK
+
+
+def cmd_abort(args) -> int:
+    config = _load_config(args.stack)
+    holder = lock_holder(args.stack)
+    if holder and holder != os.getpid():
+        print(f"stopping the rollout running as pid {holder}")
+        os.kill(holder, signal.SIGTERM)
+        deadline = time.monotonic() + args.wait
+        while lock_holder(args.stack) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if lock_holder(args.stack):
+            print(f"pid {holder} still holds {lock_path(args.stack)} after {args.wait}s", file=sys.stderr)
+            return EXIT_REFUSED
+    with RolloutLock(args.stack):
+        _router(args, config).set_weight(0)
+    _checks_file(args.stack).unlink(missing_ok=True)
+    print(f"aborted: challenger weight set to 0 on stack {args.stack!r} ({args.reason})")
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from rollout.demo import run_demo
+
+    return run_demo(faulty_challenger=args.faulty_challenger, report=Path(args.report) if args.report else None)
+
+
+def _stack_name(value: str) -> str:
+    if not value or not all(ch.isalnum() or ch in "-_./" for ch in value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a stack name (letters, digits, - _ . /)")
+    return value
+
+
+def _report_path(value: str) -> str:
+    if not value.endswith(".json"):
+        raise argparse.ArgumentTypeError(f"{value!r} must end in .json (the chart is written beside it as .png)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; bad arguments exit 2 with a message naming the problem."""
+    parser = argparse.ArgumentParser(prog="python -m rollout", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{start,status,promote,abort,demo}")
+
+    def stack_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--stack", required=True, type=_stack_name, help="Pulumi stack, e.g. prod")
+        sub.add_argument("--router", choices=ROUTER_TYPES, default="stack",
+                         help="stack: Pulumi stack config + up (default); haproxy: a local HAProxy")
+        sub.add_argument("--haproxy-socket", help="HAProxy admin socket (with --router haproxy)")
+        return sub
+
+    start = stack_command("start", "step the challenger's weight, judging each step against Prometheus")
+    start.add_argument("--report", type=_report_path, help="write the run as JSON (and a PNG chart beside it)")
+    start.add_argument("--config-only", action="store_true",
+                       help="make one decision, write it to Pulumi.STACK.yaml and stop (apply via pull request)")
+    stack_command("status", "show weights, models, whether a rollout runs, and the last interval's analysis")
+    stack_command("promote", "make the challenger the champion now (weight back to 0)")
+    abort = stack_command("abort", "stop a running rollout and set the challenger's weight to 0")
+    abort.add_argument("--reason", default="aborted by operator", help="recorded in the output")
+    abort.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the running rollout to stop")
+    demo = commands.add_parser("demo", help="the whole loop locally: MLflow, bentoml serve, HAProxy, Prometheus")
+    demo.add_argument("--faulty-challenger", action="store_true",
+                      help="serve a challenger version that fails part of its traffic (shows a rollback)")
+    demo.add_argument("--report", type=_report_path, help="write the run as JSON (and a PNG chart beside it)")
+    return parser
+
+
+COMMANDS = {"start": cmd_start, "status": cmd_status, "promote": cmd_promote, "abort": cmd_abort, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, dispatch, and turn domain errors into clear messages and exit codes."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as err:
+        parser.exit(EXIT_USAGE, f"{parser.prog} {args.command}: error: {err}\n")
+    except RolloutLockedError as err:
+        print(f"refused: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    except RolloutError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_REFUSED
