@@ -1,0 +1,80 @@
+"""``python -m service serve``: register the demo model if the registry has none, then run ``bentoml serve``.
+
+Flags: ``--port P`` (default 3000; 0 picks a free port, printed on stderr before the server starts),
+``--host`` (default 127.0.0.1), ``--variant champion|challenger`` (default champion), ``--model-uri URI``
+(default ``models:/customer-churn-classifier@<variant>``), ``--workers N`` (default 1). The registry is
+``MLFLOW_TRACKING_URI``, else SQLite in ``MLSERVE_HOME`` (default ``.mlserve/``). The process is replaced by
+``bentoml serve``, so its pid is the server's and it exits non-zero when the model cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def serve_command(host: str, port: int) -> list[str]:
+    """The ``bentoml serve`` command line for the service in this checkout."""
+    return [sys.executable, "-m", "bentoml", "serve", "service.service:ChurnClassifier",
+            "--host", host, "--port", str(port), "--working-dir", str(REPO_ROOT)]
+
+
+def serve_environment(model_uri: str, variant: str, workers: int, tracking_uri: str) -> dict[str, str]:
+    """The environment the server runs with: this one plus the model selection and telemetry off."""
+    return {
+        **os.environ,
+        **TELEMETRY_OFF,
+        "MODEL_URI": model_uri,
+        "MODEL_VARIANT": variant,
+        "MLSERVE_WORKERS": str(workers),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description="mlserve model server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the churn model with bentoml serve")
+    serve.add_argument("--port", type=int, default=3000, help="port to listen on; 0 picks a free one")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--variant", choices=("champion", "challenger"), default="champion")
+    serve.add_argument("--model-uri", default=None, help="default models:/customer-churn-classifier@VARIANT")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    os.environ.update(TELEMETRY_OFF)
+
+    from service.service import MODEL_NAME, tracking_uri_from_env
+    from service.train import demo_models_registered, register_demo_models
+
+    tracking_uri = tracking_uri_from_env()
+    if not demo_models_registered(tracking_uri):
+        print(f"mlserve: no {MODEL_NAME} champion/challenger in {tracking_uri}; registering the demo models",
+              file=sys.stderr)
+        register_demo_models(tracking_uri)
+    port = args.port or free_port(args.host)
+    model_uri = args.model_uri or f"models:/{MODEL_NAME}@{args.variant}"
+    print(f"mlserve: serving {model_uri} as {args.variant} on http://{args.host}:{port}", file=sys.stderr,
+          flush=True)
+    command = serve_command(args.host, port)
+    os.chdir(REPO_ROOT)
+    os.execve(command[0], command, serve_environment(model_uri, args.variant, args.workers, tracking_uri))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
