@@ -134,10 +134,19 @@ class LoadBalancerConfig:
 class TrafficConfig:
     router: str = key("traffic.router", lambda v: _one_of(v, ROUTERS))
     challenger_weight: int = key("traffic.challengerWeight", lambda v: _between(v, 0, 100))
+    shadow: bool = key("traffic.shadow")
 
     @property
     def champion_weight(self) -> int:
         return 100 - self.challenger_weight
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    install_seldon: bool = key("platform.installSeldon")
+    install_istio: bool = key("platform.installIstio")
+    seldon_namespace: str = key("platform.seldonNamespace", lambda v: _dns_label(v))
+    istio_namespace: str = key("platform.istioNamespace", lambda v: _dns_label(v))
 
 
 @dataclass(frozen=True)
@@ -183,6 +192,7 @@ class StackConfig:
     load_balancer: LoadBalancerConfig = field(default=None)  # type: ignore[assignment]
     traffic: TrafficConfig = field(default=None)  # type: ignore[assignment]
     rollout: RolloutConfig = field(default=None)  # type: ignore[assignment]
+    platform: PlatformConfig = field(default=None)  # type: ignore[assignment]
     monitoring: MonitoringConfig = field(default=None)  # type: ignore[assignment]
     alerts: AlertsConfig = field(default=None)  # type: ignore[assignment]
 
@@ -197,7 +207,7 @@ class StackConfig:
 
 SECTIONS: tuple[type, ...] = (
     ModelConfig, ImageConfig, ServingConfig, GpuConfig, AutoscalingConfig,
-    LoadBalancerConfig, TrafficConfig, RolloutConfig, MonitoringConfig, AlertsConfig,
+    LoadBalancerConfig, TrafficConfig, PlatformConfig, RolloutConfig, MonitoringConfig, AlertsConfig,
 )
 
 
@@ -377,6 +387,7 @@ def parse_config(stack: str, values: Mapping[str, Any], declarations: Mapping[st
         load_balancer=sections[LoadBalancerConfig],
         traffic=sections[TrafficConfig],
         rollout=sections[RolloutConfig],
+        platform=sections[PlatformConfig],
         monitoring=sections[MonitoringConfig],
         alerts=sections[AlertsConfig],
     )
@@ -410,6 +421,16 @@ def cross_key_problems(config: StackConfig, bad_keys: set[str] = frozenset()) ->
             f"traffic.challengerWeight: {traffic.challenger_weight} needs a weighted router; "
             "traffic.router 'service' sends every request to the champion (use traffic.router: seldon, or weight 0)"
         )
+    shadow_valid = valid("traffic.shadow", "traffic.router", "traffic.challengerWeight", "model.challengerUri")
+    if shadow_valid and traffic.shadow:
+        if traffic.router != "seldon":
+            problems.append(f"traffic.shadow: true needs traffic.router seldon (got {traffic.router!r}); "
+                            "a plain Service cannot mirror requests")
+        if traffic.challenger_weight > 0:
+            problems.append(f"traffic.shadow: true with traffic.challengerWeight {traffic.challenger_weight}; "
+                            "a shadow answers nobody, so its weight must be 0 (set one or the other)")
+        if not config.model.has_challenger:
+            problems.append("traffic.shadow: true but model.challengerUri is empty; the shadow serves the challenger model")
     if valid("image.push", "image.repository") and config.image.push and config.image.registry is None:
         problems.append(
             f"image.repository: {config.image.repository!r} names no registry host but image.push is true; "

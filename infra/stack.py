@@ -8,32 +8,39 @@ import pulumi_kubernetes as k8s
 from infra import outputs
 from infra.config import StackConfig
 from infra.image import BentoImage, BentoImageArgs, DockerContext
+from infra.platform import Platform, PlatformArgs
+from infra.seldon import SeldonTraffic, SeldonTrafficArgs
 from infra.serving import ModelServing, ModelServingArgs
 from infra.workload import standard_labels
 
 
+def namespace_labels(config: StackConfig) -> dict[str, str]:
+    """Pod Security Admission: enforce 'restricted' where every container is ours. Seldon adds its executor
+    container to each predictor pod, which is not restricted-compliant, so there we enforce 'baseline'
+    and keep 'restricted' as a warning."""
+    enforce = "restricted" if config.traffic.router == "service" else "baseline"
+    return {
+        **standard_labels(config),
+        "pod-security.kubernetes.io/enforce": enforce,
+        "pod-security.kubernetes.io/enforce-version": "latest",
+        "pod-security.kubernetes.io/warn": "restricted",
+    }
+
+
 def build_stack(config: StackConfig, docker_context: DockerContext) -> None:
     """Create every resource of the stack described by `config` and export its outputs."""
-    namespace = k8s.core.v1.Namespace(
-        "namespace",
-        metadata={
-            "name": config.namespace,
-            "labels": {
-                **standard_labels(config),
-                # Pod Security Admission enforces what the pod builders already do.
-                "pod-security.kubernetes.io/enforce": "restricted",
-                "pod-security.kubernetes.io/enforce-version": "latest",
-            },
-        },
-    )
+    namespace = k8s.core.v1.Namespace("namespace", metadata={"name": config.namespace, "labels": namespace_labels(config)})
     image = BentoImage(config.app_name, BentoImageArgs(config=config.image, context=docker_context))
-    serving = ModelServing(
-        config.app_name,
-        ModelServingArgs(config=config, image=image.digest_reference),
-        opts=pulumi.ResourceOptions(depends_on=[namespace]),
-    )
+    platform = Platform("platform", PlatformArgs(config=config))
+    after_platform = pulumi.ResourceOptions(depends_on=[namespace, *platform.ready])
+    if config.traffic.router == "seldon":
+        SeldonTraffic(config.app_name, SeldonTrafficArgs(config=config, image=image.digest_reference), opts=after_platform)
+        endpoint = platform.endpoint or ""
+    else:
+        serving = ModelServing(config.app_name, ModelServingArgs(config=config, image=image.digest_reference), opts=after_platform)
+        endpoint = serving.endpoint
     pulumi.export(outputs.NAMESPACE, config.namespace)
     pulumi.export(outputs.IMAGE, image.digest_reference)
-    pulumi.export(outputs.ENDPOINT, serving.endpoint)
+    pulumi.export(outputs.ENDPOINT, endpoint)
     pulumi.export(outputs.CHALLENGER_WEIGHT, config.traffic.challenger_weight)
     pulumi.export(outputs.VARIANTS, list(config.variants))

@@ -24,6 +24,12 @@ INVALID = [
     ("weight-on-plain-service", {"traffic.router": "service", "traffic.challengerWeight": 10},
      "traffic.challengerWeight", "seldon"),
     ("unknown-router", {"traffic.router": "istio-magic"}, "traffic.router", "service, seldon"),
+    ("shadow-with-weight", {"traffic.shadow": True, "traffic.challengerWeight": 10}, "traffic.shadow", "weight must be 0"),
+    ("shadow-on-plain-service", {"traffic.shadow": True, "traffic.challengerWeight": 0, "traffic.router": "service"},
+     "traffic.shadow", "seldon"),
+    ("shadow-without-challenger", {"traffic.shadow": True, "traffic.challengerWeight": 0, "model.challengerUri": ""},
+     "traffic.shadow", "model.challengerUri"),
+    ("seldon-namespace-not-dns", {"platform.seldonNamespace": "Seldon System"}, "platform.seldonNamespace", "DNS label"),
     ("zero-min-replicas", {"autoscaling.minReplicas": 0}, "autoscaling.minReplicas", "between 1"),
     ("negative-replicas", {"serving.replicas": -1}, "serving.replicas", "between 1"),
     ("min-above-max", {"autoscaling.minReplicas": 8, "autoscaling.maxReplicas": 4}, "autoscaling.minReplicas", "maxReplicas"),
@@ -141,7 +147,7 @@ def test_pulumi_runtime_reads_path_config_and_flat_config_alike():
         values = values_from_pulumi(declarations)
     finally:
         pulumi.runtime.set_all_config(previous)
-    assert values["traffic.challengerWeight"] == 0
+    assert values["traffic.challengerWeight"] == 10
     assert values["gpu.nodeSelector"] == ["nvidia.com/gpu.present=true"]
     assert values["serving.port"] == "3100"
     from infra.config import parse_config
