@@ -1,8 +1,8 @@
 """``python -m service serve``: register the demo model if the registry has none, then run ``bentoml serve``.
 
 Flags: ``--port P`` (default 3000; 0 picks a free port, printed on stderr before the server starts),
-``--host`` (default 127.0.0.1), ``--variant champion|challenger`` (default champion), ``--model-uri URI``
-(default ``models:/customer-churn-classifier@<variant>``), ``--workers N`` (default 1). The registry is
+``--host`` (default 127.0.0.1), ``--variant champion|challenger`` (default ``MODEL_VARIANT``, else champion), ``--model-uri URI``
+(default ``MODEL_URI``, else ``models:/customer-churn-classifier@<variant>``), ``--workers N`` (default 1). The registry is
 ``MLFLOW_TRACKING_URI``, else SQLite in ``MLSERVE_HOME`` (default ``.mlserve/``). The process is replaced by
 ``bentoml serve``, so its pid is the server's and it exits non-zero when the model cannot be loaded.
 """
@@ -42,6 +42,9 @@ def serve_environment(model_uri: str, variant: str, workers: int, tracking_uri: 
         "MLSERVE_WORKERS": str(workers),
         "MLFLOW_TRACKING_URI": tracking_uri,
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+        # BentoML's container mode: a worker that dies (e.g. the model cannot be loaded) is not respawned
+        # and the server exits non-zero, instead of restarting the worker forever.
+        "BENTOML_CONTAINERIZED": "true",
     }
 
 
@@ -51,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="serve the churn model with bentoml serve")
     serve.add_argument("--port", type=int, default=3000, help="port to listen on; 0 picks a free one")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--variant", choices=("champion", "challenger"), default="champion")
-    serve.add_argument("--model-uri", default=None, help="default models:/customer-churn-classifier@VARIANT")
+    serve.add_argument("--variant", choices=("champion", "challenger"),
+                       default=os.environ.get("MODEL_VARIANT") or "champion",
+                       help="variant label (default MODEL_VARIANT, else champion)")
+    serve.add_argument("--model-uri", default=os.environ.get("MODEL_URI") or None,
+                       help="default MODEL_URI, else models:/customer-churn-classifier@VARIANT")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     args = parser.parse_args(argv)
     if args.workers < 1:
