@@ -1,0 +1,232 @@
+"""The Grafana dashboard of the model pods, as code, and the PromQL vocabulary of the model server's metrics.
+
+Pure: `dashboard_json(config)` returns the dashboard as a JSON string (built with grafana-foundation-sdk),
+which `infra.monitoring` ships in a ConfigMap that kube-prometheus-stack's Grafana sidecar loads. The
+metric names and the label selector live here, below the component, because the alert rules in
+`infra.monitoring` and the dashboard must query exactly the same series.
+"""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders.common import GraphThresholdsStyleConfig, ReduceDataOptions, VizLegendOptions
+from grafana_foundation_sdk.builders.dashboard import Dashboard, DatasourceVariable, Row, ThresholdsConfig
+from grafana_foundation_sdk.builders.prometheus import Dataquery
+from grafana_foundation_sdk.builders.stat import Panel as Stat
+from grafana_foundation_sdk.builders.timeseries import Panel as Timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.common import GraphTresholdsStyleMode, LegendDisplayMode, LegendPlacement
+from grafana_foundation_sdk.models.dashboard import DataSourceRef, Threshold, ThresholdsMode
+
+from infra.config import StackConfig
+
+# Metrics exported by the model server (service/service.py), each labelled model_name, model_version, variant.
+PREDICTIONS_METRIC = "model_predictions_total"  # every prediction request, successful or not
+LATENCY_METRIC = "model_prediction_latency_seconds"  # histogram
+ERRORS_METRIC = "model_prediction_errors_total"  # failed requests again, by error_type
+ACTIVE_METRIC = "model_active_requests"
+# error_type values that are the client's fault (4xx); they never count against the model.
+CLIENT_ERROR_TYPES = ("invalid_input", "payload_too_large")
+
+DASHBOARD_KEY_SUFFIX = ".json"
+DATASOURCE_VARIABLE = "datasource"
+# Grafana's own rate window: at least four scrape intervals, whatever the zoom.
+RATE_WINDOW = "$__rate_interval"
+
+
+def model_selector(config: StackConfig) -> str:
+    """PromQL label matchers (no braces) for this stack's model pods: their namespace and scrape job.
+
+    The PodMonitor names the job after the pods' `app.kubernetes.io/name` label, so this matches the
+    plain Deployments and Seldon's predictor pods alike.
+    """
+    return f'namespace="{config.namespace}",job="{config.app_name}"'
+
+
+def model_errors_selector(config: StackConfig) -> str:
+    """`model_selector` narrowed to errors that are the model's fault (client 4xx left out)."""
+    return f'{model_selector(config)},error_type!~"{"|".join(CLIENT_ERROR_TYPES)}"'
+
+
+def dashboard_uid(config: StackConfig) -> str:
+    """Stable dashboard uid (Grafana allows 40 characters), so links survive re-deploys."""
+    return f"mlserve-{config.app_name}-{config.stack}"[:40]
+
+
+def dashboard_queries(config: StackConfig, window: str = RATE_WINDOW) -> dict[str, str]:
+    """Every PromQL expression on the dashboard, by a short name; `window` replaces Grafana's rate interval."""
+    selector = model_selector(config)
+    requests = f"sum by (variant) (rate({PREDICTIONS_METRIC}{{{selector}}}[{window}]))"
+    return {
+        "requests_per_second": requests,
+        "p95_latency_seconds": (
+            f"histogram_quantile(0.95, sum by (variant, le) (rate({LATENCY_METRIC}_bucket{{{selector}}}[{window}])))"
+        ),
+        "model_error_percent": (
+            f"100 * sum by (variant) (rate({ERRORS_METRIC}{{{model_errors_selector(config)}}}[{window}])) / {requests}"
+        ),
+        "client_error_percent": (
+            f'100 * sum by (variant) (rate({ERRORS_METRIC}{{{selector},error_type=~"{"|".join(CLIENT_ERROR_TYPES)}"}}[{window}]))'
+            f" / {requests}"
+        ),
+        "active_requests": f"sum by (variant) ({ACTIVE_METRIC}{{{selector}}})",
+        "challenger_traffic_share_percent": (
+            f'100 * sum(rate({PREDICTIONS_METRIC}{{{selector},variant="challenger"}}[{window}]))'
+            f" / sum(rate({PREDICTIONS_METRIC}{{{selector}}}[{window}]))"
+        ),
+        "traffic_share_percent": (
+            f"100 * sum by (variant) (rate({PREDICTIONS_METRIC}{{{selector}}}[{window}]))"
+            f" / ignoring (variant) group_left sum(rate({PREDICTIONS_METRIC}{{{selector}}}[{window}]))"
+        ),
+    }
+
+
+def _query(expr: str, legend: str, ref_id: str = "A") -> Dataquery:
+    return Dataquery().expr(expr).legend_format(legend).ref_id(ref_id)
+
+
+def _thresholds(limit: float) -> ThresholdsConfig:
+    return (
+        ThresholdsConfig()
+        .mode(ThresholdsMode.ABSOLUTE)
+        .steps([Threshold(value=None, color="green"), Threshold(value=limit, color="red")])
+    )
+
+
+def _stat(panel_id: int, title: str, description: str, expr: str, legend: str) -> Stat:
+    """A big-number panel showing the last value of one percentage."""
+    return (
+        Stat()
+        .id(panel_id)
+        .title(title)
+        .description(description)
+        .unit("percent")
+        .min(0)
+        .max(100)
+        .span(8)
+        .height(6)
+        .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]))
+        .with_target(_query(expr, legend))
+    )
+
+
+def _timeseries(panel_id: int, title: str, description: str, unit: str) -> Timeseries:
+    """A per-variant graph with a table legend (last, max) under it."""
+    return (
+        Timeseries()
+        .id(panel_id)
+        .title(title)
+        .description(description)
+        .unit(unit)
+        .min(0)
+        .span(12)
+        .height(9)
+        .legend(
+            VizLegendOptions()
+            .show_legend(True)
+            .display_mode(LegendDisplayMode.TABLE)
+            .placement(LegendPlacement.BOTTOM)
+            .calcs(["lastNotNull", "max"])
+        )
+    )
+
+
+def _with_alert_line(panel: Timeseries, limit: float) -> Timeseries:
+    """Draw the alert threshold as a dashed red line."""
+    return panel.thresholds(_thresholds(limit)).thresholds_style(
+        GraphThresholdsStyleConfig().mode(GraphTresholdsStyleMode.DASHED)
+    )
+
+
+def build_dashboard(config: StackConfig) -> Dashboard:
+    """The dashboard builder: per-variant traffic, latency, errors and load, and the challenger's share."""
+    queries = dashboard_queries(config)
+    datasource = DataSourceRef(type_val="prometheus", uid=f"${{{DATASOURCE_VARIABLE}}}")
+    by_variant = "{{variant}}"
+    return (
+        Dashboard(f"mlserve / {config.app_name} ({config.stack})")
+        .uid(dashboard_uid(config))
+        .description(
+            f"Model {config.model.name} served by mlserve stack {config.stack!r} in namespace {config.namespace}: "
+            "champion and challenger side by side."
+        )
+        .tags(["mlserve", config.app_name, config.stack])
+        .refresh("30s")
+        .time("now-1h", "now")
+        .with_variable(DatasourceVariable(DATASOURCE_VARIABLE).label("Prometheus").type("prometheus"))
+        .with_row(Row("Traffic split").id(1))
+        .with_panel(
+            _stat(
+                2,
+                "Challenger traffic share, measured (%)",
+                "Share of prediction requests the challenger answered over the rate window: the weight actually "
+                "in effect (compare with traffic.challengerWeight in stack config).",
+                queries["challenger_traffic_share_percent"],
+                "challenger share",
+            ).datasource(datasource)
+        )
+        .with_panel(
+            _timeseries(
+                3,
+                "Traffic share by variant, measured (%)",
+                "Each variant's share of prediction requests: a canary rollout shows as a staircase. The configured "
+                "weight is stack config (`pulumi config get --path traffic.challengerWeight`, stack output "
+                "`challengerWeight`); it is not written into this dashboard, so a weight change stays a one-object diff.",
+                "percent",
+            )
+            .max(100)
+            .span(16)
+            .height(6)
+            .datasource(datasource)
+            .with_target(_query(queries["traffic_share_percent"], by_variant))
+        )
+        .with_row(Row("Per variant").id(4))
+        .with_panel(
+            _timeseries(
+                5,
+                "Prediction requests per second, by variant",
+                f"{PREDICTIONS_METRIC}: every prediction request, successful or not.",
+                "reqps",
+            )
+            .datasource(datasource)
+            .with_target(_query(queries["requests_per_second"], by_variant))
+        )
+        .with_panel(
+            _with_alert_line(
+                _timeseries(
+                    6,
+                    "p95 prediction latency, by variant",
+                    f"Dashed line: the ModelHighLatency threshold ({config.alerts.p95_latency_ms} ms).",
+                    "s",
+                ),
+                config.alerts.p95_latency_ms / 1000,
+            )
+            .datasource(datasource)
+            .with_target(_query(queries["p95_latency_seconds"], by_variant))
+        )
+        .with_panel(
+            _with_alert_line(
+                _timeseries(
+                    7,
+                    "Error rate, by variant (%)",
+                    "Model errors (5xx) count against the model; client errors (4xx: "
+                    f"{', '.join(CLIENT_ERROR_TYPES)}) are shown apart. Dashed line: the ModelHighErrorRate "
+                    f"threshold ({config.alerts.error_rate_percent:g}%).",
+                    "percent",
+                ),
+                config.alerts.error_rate_percent,
+            )
+            .datasource(datasource)
+            .with_target(_query(queries["model_error_percent"], f"{by_variant} model errors", "A"))
+            .with_target(_query(queries["client_error_percent"], f"{by_variant} client errors (4xx)", "B"))
+        )
+        .with_panel(
+            _timeseries(8, "Active requests, by variant", f"{ACTIVE_METRIC}: prediction requests in flight.", "short")
+            .datasource(datasource)
+            .with_target(_query(queries["active_requests"], by_variant))
+        )
+    )
+
+
+def dashboard_json(config: StackConfig) -> str:
+    """The dashboard as Grafana's JSON model, keys sorted so renders diff cleanly."""
+    return JSONEncoder(sort_keys=True, indent=2).encode(build_dashboard(config).build())
