@@ -109,13 +109,15 @@ class Platform(pulumi.ComponentResource):
                 spec=seldon_gateway_spec(),
                 opts=after_base,
             )
-            entry = k8s.core.v1.Service(
-                f"{name}-entry",
-                metadata={"name": f"{config.app_name}-gateway", "namespace": istio_ns, "labels": labels},
-                spec=entry_service_spec(config),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[gateway]),
-            )
-            self.endpoint = entry.status.apply(load_balancer_address)
+            if config.traffic.router == "seldon":
+                # The gateway is the way in only on the Seldon path; the plain path has its own entry point.
+                entry = k8s.core.v1.Service(
+                    f"{name}-entry",
+                    metadata={"name": f"{config.app_name}-gateway", "namespace": istio_ns, "labels": labels},
+                    spec=entry_service_spec(config),
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[gateway]),
+                )
+                self.endpoint = entry.status.apply(load_balancer_address)
             self.ready += [istiod, gateway]
         if platform.install_seldon:
             operator = helm_release(
