@@ -6,8 +6,8 @@
   Seldon's predictor pods both carry (Seldon makes its own Services, so a ServiceMonitor would miss them),
   and keeps only the model-server container (Seldon's executor in the same pod also names a port `http`);
 - a PrometheusRule: a variant's model-error rate and p95 latency above the `alerts.*` thresholds, a
-  variant with no available pods, successful predictions stopping while requests still arrive, and no
-  model pod being scraped at all;
+  variant with no available pods, successful predictions stopping while requests still reach the model
+  (failing or hung), and no model pod being scraped at all;
 - the Grafana dashboard of `infra.dashboard` in a ConfigMap the kube-prometheus-stack Grafana sidecar loads.
 
 The monitors and rules carry `release: <monitoring.releaseLabel>`, which kube-prometheus-stack's
@@ -168,19 +168,20 @@ def alert_rules(config: StackConfig) -> list[Manifest]:
         },
         {
             "alert": PREDICTIONS_STOPPED,
-            # Successful predictions: every request less the failed ones (no error series reads as none failed).
-            # Requests arriving: some answered (with errors) or some in flight (a hung model answers none).
+            # Successful predictions are every request less the failed ones (no error series: none failed).
+            # It fires while the model itself fails (5xx) or holds requests in flight and none succeeds:
+            # a hung or broken model, not a client sending only bad input.
             "expr": (
                 f"({requests} - ({all_errors} or {requests} * 0)) <= 0 "
-                f"and on ({by}) ({requests} > 0 or sum by ({by}) ({ACTIVE_METRIC}{{{selector}}}) > 0)"
+                f"and on ({by}) ({model_errors} > 0 or sum by ({by}) ({ACTIVE_METRIC}{{{selector}}}) > 0)"
             ),
             "for": lasting,
             "labels": {"severity": "critical"},
             "annotations": {
                 "summary": f"Model {where} makes no successful predictions although requests arrive",
                 "description": (
-                    f"Over the last {window} and for {lasting}, {where} has had requests in flight or answered "
-                    "but not one successful prediction: every request failed or none completed."
+                    f"For {lasting}, {where} has had requests failing with model errors or stuck in flight, and "
+                    f"not one successful prediction over the last {window}: the model is broken or hung."
                 ),
             },
         },
