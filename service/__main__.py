@@ -4,7 +4,8 @@ Flags: ``--port P`` (default 3000; 0 picks a free port, printed on stderr before
 ``--host`` (default 127.0.0.1), ``--variant champion|challenger`` (default ``MODEL_VARIANT``, else champion), ``--model-uri URI``
 (default ``MODEL_URI``, else ``models:/customer-churn-classifier@<variant>``), ``--workers N`` (default 1). The registry is
 ``MLFLOW_TRACKING_URI``, else SQLite in ``MLSERVE_HOME`` (default ``.mlserve/``). The process is replaced by
-``bentoml serve``, so its pid is the server's and it exits non-zero when the model cannot be loaded.
+``bentoml serve``, so its pid is the server's. Exit status 2 (before serving) when MODEL_URI names no
+registered version; non-zero from ``bentoml serve`` when a worker cannot load the model.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     os.environ.update(TELEMETRY_OFF)
 
-    from service.service import MODEL_NAME, tracking_uri_from_env
+    from service.service import MODEL_NAME, ModelLoadError, resolve_model_version, tracking_uri_from_env
     from service.train import demo_models_registered, register_demo_models
 
     tracking_uri = tracking_uri_from_env()
@@ -73,10 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlserve: no {MODEL_NAME} champion/challenger in {tracking_uri}; registering the demo models",
               file=sys.stderr)
         register_demo_models(tracking_uri)
-    port = args.port or free_port(args.host)
     model_uri = args.model_uri or f"models:/{MODEL_NAME}@{args.variant}"
-    print(f"mlserve: serving {model_uri} as {args.variant} on http://{args.host}:{port}", file=sys.stderr,
-          flush=True)
+    try:
+        # Fail here, with one clear line, rather than in a worker behind BentoML's start-up traceback.
+        _, version = resolve_model_version(model_uri, tracking_uri)
+    except ModelLoadError as err:
+        print(f"mlserve: {err}", file=sys.stderr)
+        return 2
+    port = args.port or free_port(args.host)
+    print(f"mlserve: serving {model_uri} (version {version}) as {args.variant} on http://{args.host}:{port}",
+          file=sys.stderr, flush=True)
     command = serve_command(args.host, port)
     os.chdir(REPO_ROOT)
     os.execve(command[0], command, serve_environment(model_uri, args.variant, args.workers, tracking_uri))

@@ -164,22 +164,26 @@ def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
     return match.group(1), match.group(2), match.group(3)
 
 
+def resolve_model_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:
+    """(name, version) that ``model_uri`` names right now; raises ModelLoadError when it names nothing."""
+    import mlflow
+
+    name, alias, version = parse_model_uri(model_uri)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        if alias is not None:
+            return name, str(client.get_model_version_by_alias(name, alias).version)
+        return name, str(client.get_model_version(name, version).version)
+    except Exception as err:
+        raise ModelLoadError(f"cannot resolve {model_uri} in the registry at {tracking_uri}: {err}") from err
+
+
 def load_model(settings: Settings) -> LoadedModel:
     """Resolve ``settings.model_uri`` to one version and load it with the native sklearn flavour."""
     import mlflow
     import mlflow.sklearn
 
-    name, alias, version = parse_model_uri(settings.model_uri)
-    client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-    try:
-        if alias is not None:
-            version = client.get_model_version_by_alias(name, alias).version
-        else:
-            client.get_model_version(name, version)
-    except Exception as err:
-        raise ModelLoadError(
-            f"cannot resolve {settings.model_uri} in the registry at {settings.tracking_uri}: {err}"
-        ) from err
+    name, version = resolve_model_version(settings.model_uri, settings.tracking_uri)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     try:
@@ -189,7 +193,7 @@ def load_model(settings: Settings) -> LoadedModel:
     if not hasattr(estimator, "predict_proba"):
         raise ModelLoadError(f"{name} version {version} has no predict_proba; it is not a classifier")
     return LoadedModel(
-        name=name, version=str(version), variant=settings.variant, source_uri=settings.model_uri, estimator=estimator
+        name=name, version=version, variant=settings.variant, source_uri=settings.model_uri, estimator=estimator
     )
 
 

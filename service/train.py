@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import typing as t
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +157,9 @@ def _train_and_register(tracking_uri: str, kind: str, seed: int) -> str:
         if experiment
         else client.create_experiment(EXPERIMENT_NAME, artifact_location=_artifact_location(tracking_uri))
     )
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"demo-{kind}"):
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"demo-{kind}"), warnings.catch_warnings():
+        # MLflow scores the input example as a DataFrame; the pipeline was fitted on a plain matrix on purpose.
+        warnings.filterwarnings("ignore", message="X has feature names", category=UserWarning)
         mlflow.log_params({"kind": kind, "seed": seed, "C": settings["regularization"], "rows": len(features)})
         mlflow.log_metrics(metrics)
         info = mlflow.sklearn.log_model(
