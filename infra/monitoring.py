@@ -4,7 +4,7 @@
 - a PodMonitor scraping every model pod's `/metrics` on the `http` port. It selects pods by
   `app.kubernetes.io/name` + `app.kubernetes.io/part-of: mlserve`, which the plain Deployments and
   Seldon's predictor pods both carry (Seldon makes its own Services, so a ServiceMonitor would miss them),
-  and keeps only the model-server container (Seldon's executor in the same pod also names a port `http`);
+  and keeps only the model-server container (Seldon adds its executor container, with its own ports, to the pod);
 - a PrometheusRule: a variant's model-error rate and p95 latency above the `alerts.*` thresholds, a
   variant with no available pods, successful predictions stopping while requests still reach the model
   (failing or hung), and no model pod being scraped at all;
@@ -89,7 +89,7 @@ def pod_monitor_spec(config: StackConfig) -> Manifest:
                 "scheme": "http",
                 "interval": config.monitoring.scrape_interval,
                 "relabelings": [
-                    # Seldon's executor container shares the pod and also names a port `http`.
+                    # Seldon adds its executor container to the pod; only our container serves model_* metrics.
                     {
                         "sourceLabels": ["__meta_kubernetes_pod_container_name"],
                         "regex": CONTAINER_NAME,
@@ -244,7 +244,7 @@ def kube_prometheus_stack_values(config: StackConfig) -> Manifest:
     }
 
 
-def adapter_rules(config: StackConfig) -> list[Manifest]:
+def adapter_rules() -> list[Manifest]:
     """prometheus-adapter custom rules: `model_predictions_total` per pod as the `model_requests_per_second` Pods metric."""
     return [
         {
@@ -260,7 +260,7 @@ def prometheus_adapter_values(config: StackConfig) -> Manifest:
     """Values of prometheus-adapter: where Prometheus is, and only our rule (the chart's defaults off)."""
     return {
         "prometheus": {"url": prometheus_url(config), "port": PROMETHEUS_PORT},
-        "rules": {"default": False, "custom": adapter_rules(config)},
+        "rules": {"default": False, "custom": adapter_rules()},
     }
 
 

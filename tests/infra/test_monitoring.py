@@ -115,7 +115,7 @@ def test_pod_monitor_scrapes_the_model_pods_of_either_path(render, name):
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["mlserve"]}
     endpoint = monitor["spec"]["podMetricsEndpoints"][0]
     assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == (PORT_NAME, "/metrics", "15s")
-    # Only the model-server container: Seldon's executor in the same pod also has a port named http.
+    # Only the model-server container, not the executor Seldon adds to the pod.
     assert endpoint["relabelings"] == [
         {"action": "keep", "regex": CONTAINER_NAME, "sourceLabels": ["__meta_kubernetes_pod_container_name"]}
     ]
