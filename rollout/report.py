@@ -64,6 +64,7 @@ def render_chart(result: RolloutResult, png_path: Path) -> None:
     ax_weight.set_ylabel("challenger weight (%)")
     ax_weight.set_ylim(-5, 105)
     ax_errors.set_ylabel("error rate (%)")
+    ax_errors.set_ylim(bottom=0)
     ax_latency.set_ylabel("p95 latency (ms)")
     ax_latency.set_xlabel("seconds since start")
     for axis in (ax_weight, ax_errors, ax_latency):

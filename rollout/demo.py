@@ -1,0 +1,139 @@
+"""`python -m rollout demo`: the whole progressive-delivery loop on one machine, no cluster needed.
+
+It makes sure the local MLflow registry has the demo model (training and registering it if missing, a
+faulty challenger version with `--faulty-challenger`), serves champion and challenger with
+`bentoml serve` on loopback, splits traffic with HAProxy, scrapes both with Prometheus, drives bounded
+load, and runs the same `Scheduler` as `start` with an `HAProxyRouter` on short intervals. A healthy
+challenger is promoted (the registry's `champion` alias moves to it); a faulty one is rolled back. It
+exits 0 once the scheduler has decided, and stops every process it started, on Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+from rollout.analysis import Thresholds
+from rollout.cli import EXIT_OK, EXIT_STOPPED, Progress
+from rollout.local import LoadGenerator, LocalEnvironment
+from rollout.lock import state_dir
+from rollout.metrics import PrometheusProvider
+from rollout.report import write_report
+from rollout.router import HAProxyRouter
+from rollout.scheduler import RolloutPlan, Scheduler, Verdict
+
+# Short intervals so the demo decides in about a minute; the statistics are the same as in production.
+DEMO_PLAN = RolloutPlan(
+    steps=(10, 25, 50, 100),
+    interval_seconds=5,
+    failure_threshold=2,
+    thresholds=Thresholds(min_requests=50, max_error_rate=0.01, max_p95_seconds=0.5),
+)
+DEMO_RATE_PER_SECOND = 40
+DEMO_MAX_SECONDS = 300
+MODEL_NAME = "customer-churn-classifier"
+
+
+def say(message: str) -> None:
+    print(f"demo: {message}", flush=True)
+
+
+def demo_versions(tracking_uri: str, faulty_challenger: bool) -> dict[str, str]:
+    """Champion and challenger versions for the demo, registering (training) what is missing.
+
+    A previous healthy demo promoted its challenger, leaving both aliases on one version; a fresh
+    challenger is registered then, so there is always something to roll out.
+    """
+    from service.train import ensure_demo_models, register_demo_models
+
+    versions = ensure_demo_models(tracking_uri, faulty_challenger=faulty_challenger)
+    if versions["champion"] == versions["challenger"]:
+        versions = register_demo_models(tracking_uri, faulty_challenger=faulty_challenger)
+    return versions
+
+
+def promote_in_registry(tracking_uri: str, version: str):
+    """The demo's promotion: point the registry's `champion` alias at the challenger's version."""
+
+    def promote() -> str:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        client.set_registered_model_alias(MODEL_NAME, "champion", version)
+        return f"registry alias {MODEL_NAME}@champion now points to version {version}; challenger serves all traffic"
+
+    return promote
+
+
+def run_demo(faulty_challenger: bool = False, report: Path | None = None) -> int:
+    """Run the demo to a verdict; returns the exit code (0 once the scheduler decided)."""
+    from service.service import tracking_uri_from_env
+    from service.train import sample_instances
+
+    tracking_uri = tracking_uri_from_env()
+    stop = threading.Event()
+    # During start-up Ctrl-C/SIGTERM interrupt at once; from the first rollout step they end the wait.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    state_dir().mkdir(parents=True, exist_ok=True)
+    # Logs and configs of the started processes; kept only when the demo fails, for diagnosis.
+    workdir = Path(tempfile.mkdtemp(prefix="demo-", dir=state_dir()))
+    load = None
+    try:
+        with LocalEnvironment(workdir, tracking_uri, log=say) as env:
+            say(f"registry {tracking_uri}: making sure the demo model is registered")
+            versions = demo_versions(tracking_uri, faulty_challenger)
+            kind = "faulty challenger" if faulty_challenger else "challenger"
+            say(f"champion is version {versions['champion']}, {kind} is version {versions['challenger']}")
+            champion, challenger = env.start_model_servers([
+                ("champion", "champion", f"models:/{MODEL_NAME}/{versions['champion']}"),
+                ("challenger", "challenger", f"models:/{MODEL_NAME}/{versions['challenger']}"),
+            ])
+            split = env.start_haproxy("haproxy", champion, challenger)
+            prometheus_url = env.start_prometheus({"champion": champion, "challenger": challenger})
+            router = HAProxyRouter(
+                split.socket_path, on_promote=promote_in_registry(tracking_uri, versions["challenger"])
+            )
+            router.set_weight(0)
+            load = LoadGenerator(
+                split.url, sample_instances(2000, seed=5), rate_per_second=DEMO_RATE_PER_SECOND,
+                max_requests=DEMO_RATE_PER_SECOND * DEMO_MAX_SECONDS, max_seconds=DEMO_MAX_SECONDS,
+            ).start()
+            say(f"load: {DEMO_RATE_PER_SECOND} requests/s through {split.url} (at most {DEMO_MAX_SECONDS}s)")
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, lambda *_: stop.set())
+            progress = Progress(stop)
+            scheduler = Scheduler(
+                router, PrometheusProvider(prometheus_url, timeout_seconds=3), DEMO_PLAN,
+                wait=progress.wait, on_record=progress.on_record,
+            )
+            result = scheduler.run()
+            stats = load.stop()
+    except KeyboardInterrupt:
+        say("interrupted; every process the demo started has been stopped")
+        return EXIT_STOPPED
+    finally:
+        if load is not None:
+            load.stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    shutil.rmtree(workdir, ignore_errors=True)
+    traffic = {
+        variant: {"served": stats.served(variant), "failed_5xx": stats.failed(variant)}
+        for variant in ("champion", "challenger")
+    }
+    say(f"traffic seen by the load generator: {traffic}")
+    if report:
+        context = {
+            "demo": True, "faulty_challenger": faulty_challenger, "versions": versions,
+            "rate_per_second": DEMO_RATE_PER_SECOND, "traffic": traffic,
+            "plan": {"steps": list(DEMO_PLAN.steps), "interval_seconds": DEMO_PLAN.interval_seconds,
+                     "failure_threshold": DEMO_PLAN.failure_threshold,
+                     "min_requests": DEMO_PLAN.thresholds.min_requests},
+        }
+        report_path, chart = write_report(result, report, context)
+        say(f"report {report_path}, chart {chart}")
+    say(f"verdict: {result.verdict.value} ({result.reason})")
+    return EXIT_OK if result.verdict in (Verdict.PROMOTED, Verdict.ROLLED_BACK) else EXIT_STOPPED

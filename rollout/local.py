@@ -1,0 +1,339 @@
+"""The local environment: real model servers, HAProxy and Prometheus on loopback, plus bounded load.
+
+`LocalEnvironment` starts `python -m service serve` per variant, an HAProxy that splits one frontend
+between a champion and a challenger server by weight (admin socket for `HAProxyRouter`), and a
+Prometheus that scrapes every model server each second. It owns every process it starts and stops them
+all on `close()` (also on Ctrl-C, through the context manager), descendants included: `bentoml serve`
+forks its workers into their own process groups. The demo and the integration tests both use it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+
+from rollout.errors import LocalEnvironmentError
+from rollout.lock import REPO_ROOT
+
+TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Started:
+    """A process this environment started, with where its output goes."""
+
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+@dataclass(frozen=True)
+class ModelServer:
+    """One `python -m service serve` process."""
+
+    name: str
+    variant: str
+    model_uri: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True)
+class TrafficSplit:
+    """One HAProxy: a frontend URL, and the admin socket and server names `HAProxyRouter` needs."""
+
+    url: str
+    socket_path: Path
+    backend: str = "models"
+    champion_server: str = "champion"
+    challenger_server: str = "challenger"
+
+
+class LocalEnvironment:
+    """Starts and owns the local processes; use as a context manager so they always stop."""
+
+    def __init__(self, workdir: Path, tracking_uri: str, *, log=None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = tracking_uri
+        self.log = log or (lambda message: None)
+        self._started: list[Started] = []
+        self._prometheus: Started | None = None
+        self.prometheus_url: str | None = None
+        self._scrape_targets: dict[str, int] = {}
+
+    def __enter__(self) -> "LocalEnvironment":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- processes
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> Started:
+        log_path = self.workdir / f"{name}.log"
+        with open(log_path, "ab") as log_file:
+            # A session of its own: Ctrl-C in the terminal reaches only us, and we stop children in order.
+            process = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=REPO_ROOT, env={**os.environ, **TELEMETRY_OFF, **(env or {})}, start_new_session=True,
+            )
+        started = Started(name, process, log_path)
+        self._started.append(started)
+        return started
+
+    def _wait_until(self, started: Started, ready, timeout_seconds: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            if started.process.poll() is not None:
+                raise LocalEnvironmentError(
+                    f"{started.name} exited with {started.process.returncode} before {what}; "
+                    f"last lines of {started.log_path}:\n{started.log_tail()}"
+                )
+            if ready():
+                return
+            time.sleep(0.25)
+        raise LocalEnvironmentError(
+            f"{started.name} not {what} after {timeout_seconds:.0f}s; last lines of {started.log_path}:\n"
+            f"{started.log_tail()}"
+        )
+
+    @staticmethod
+    def _stop(started: Started, grace_seconds: float = 10.0) -> None:
+        process = started.process
+        if process.poll() is not None:
+            return
+        try:
+            descendants = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
+        process.terminate()
+        try:
+            process.wait(grace_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        # Workers that outlived their parent are ours too (started through it); stop them by pid.
+        for child in descendants:
+            try:
+                child.terminate()
+            except psutil.NoSuchProcess:
+                continue
+        _, alive = psutil.wait_procs(descendants, timeout=5)
+        for child in alive:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+    def close(self) -> None:
+        """Stop every process this environment started, newest first."""
+        while self._started:
+            self._stop(self._started.pop())
+
+    # ---------------------------------------------------------------- model servers
+
+    def start_model_servers(self, servers: list[tuple[str, str, str]], timeout_seconds: float = 180) -> list[ModelServer]:
+        """Start (name, variant, model URI) servers in parallel and wait until each answers /readyz."""
+        launched = []
+        for name, variant, model_uri in servers:
+            port = free_port()
+            started = self._spawn(
+                f"model-{name}",
+                [sys.executable, "-m", "service", "serve", "--port", str(port), "--variant", variant,
+                 "--model-uri", model_uri],
+                env={"MLFLOW_TRACKING_URI": self.tracking_uri},
+            )
+            launched.append((ModelServer(name, variant, model_uri, port), started))
+        for server, started in launched:
+            self._wait_until(started, lambda url=server.url: _answers(f"{url}/readyz"), timeout_seconds, "ready")
+            self.log(f"model server {server.name} ({server.variant}, {server.model_uri}) ready at {server.url}")
+        return [server for server, _ in launched]
+
+    # ---------------------------------------------------------------- HAProxy
+
+    def start_haproxy(self, name: str, champion: ModelServer, challenger: ModelServer) -> TrafficSplit:
+        """An HAProxy splitting one frontend between two servers; all traffic to the champion at first."""
+        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        port = free_port()
+        socket_path = self.workdir / f"{name}.sock"
+        socket_path.unlink(missing_ok=True)
+        config = self.workdir / f"{name}.cfg"
+        config.write_text(
+            "global\n"
+            f"    stats socket {socket_path} mode 600 level admin\n"
+            "    maxconn 512\n"
+            "defaults\n"
+            "    mode http\n"
+            "    timeout connect 2s\n"
+            "    timeout client 30s\n"
+            "    timeout server 30s\n"
+            f"frontend {name}_in\n"
+            f"    bind 127.0.0.1:{port}\n"
+            "    default_backend models\n"
+            "backend models\n"
+            "    balance roundrobin\n"
+            "    option httpchk GET /readyz\n"
+            f"    server champion 127.0.0.1:{champion.port} weight 100 check inter 1s\n"
+            f"    server challenger 127.0.0.1:{challenger.port} weight 0 check inter 1s\n"
+        )
+        started = self._spawn(name, [haproxy, "-f", str(config), "-db"])
+        self._wait_until(started, lambda: socket_path.exists() and _tcp_open(port), 20, "listening")
+        self.log(f"haproxy {name} on http://127.0.0.1:{port} ({champion.name} / {challenger.name})")
+        return TrafficSplit(f"http://127.0.0.1:{port}", socket_path)
+
+    # ---------------------------------------------------------------- Prometheus
+
+    def start_prometheus(self, targets: dict[str, ModelServer] | None = None, port: int | None = None) -> str:
+        """Prometheus scraping each model server every second (job = server name); returns its URL.
+
+        Called again after `stop_prometheus`, it restarts on the same port and storage.
+        """
+        if targets is not None:
+            self._scrape_targets = {name: server.port for name, server in targets.items()}
+        prometheus = shutil.which("prometheus") or "/usr/bin/prometheus"
+        port = port or (int(self.prometheus_url.rsplit(":", 1)[1]) if self.prometheus_url else free_port())
+        config = self.workdir / "prometheus.yml"
+        jobs = "".join(
+            f"  - job_name: {name}\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+            for name, target_port in self._scrape_targets.items()
+        )
+        config.write_text(f"global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{jobs}")
+        url = f"http://127.0.0.1:{port}"
+        self._prometheus = self._spawn(
+            "prometheus",
+            [prometheus, f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=2h", "--log.level=warn"],
+        )
+        self._wait_until(self._prometheus, lambda: _answers(f"{url}/-/ready"), 60, "ready")
+        self.prometheus_url = url
+        self.log(f"prometheus on {url} scraping {', '.join(self._scrape_targets)}")
+        return url
+
+    def stop_prometheus(self) -> None:
+        """Stop Prometheus (to show that an unreachable metrics backend holds a rollout)."""
+        if self._prometheus is not None:
+            self._stop(self._prometheus)
+            self._started.remove(self._prometheus)
+            self._prometheus = None
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _tcp_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class LoadStats:
+    """What the load generator saw: responses by (variant, status)."""
+
+    by_variant_status: Counter = field(default_factory=Counter)
+    transport_errors: int = 0
+
+    def failed(self, variant: str) -> int:
+        """Requests `variant` answered with a 5xx."""
+        return sum(count for (name, status), count in self.by_variant_status.items() if name == variant and status >= 500)
+
+    def served(self, variant: str) -> int:
+        return sum(count for (name, _), count in self.by_variant_status.items() if name == variant)
+
+
+class LoadGenerator:
+    """Bounded prediction traffic: `rate_per_second` single-row requests, at most `max_requests` and
+    `max_seconds`, from a few threads; each request is one of `instances`, picked at random."""
+
+    def __init__(self, url: str, instances: list[dict], *, rate_per_second: float, max_requests: int,
+                 max_seconds: float, threads: int = 4, seed: int = 0):
+        self.url = url.rstrip("/") + "/predict"
+        self.instances = instances
+        self.rate_per_second = rate_per_second
+        self.max_requests = max_requests
+        self.max_seconds = max_seconds
+        self.threads = threads
+        self.stats = LoadStats()
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sent = 0
+        self._workers: list[threading.Thread] = []
+
+    def start(self) -> "LoadGenerator":
+        self._started = time.monotonic()
+        for index in range(self.threads):
+            worker = threading.Thread(target=self._run, name=f"load-{index}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        return self
+
+    def _next_slot(self) -> float | None:
+        """When this thread may send its next request (shared pacing), or None when the budget is spent."""
+        with self._lock:
+            if self._sent >= self.max_requests or self._stop.is_set():
+                return None
+            slot = self._started + self._sent / self.rate_per_second
+            if slot - self._started > self.max_seconds:
+                return None
+            self._sent += 1
+            return slot
+
+    def _run(self) -> None:
+        session = requests.Session()
+        while (slot := self._next_slot()) is not None:
+            delay = slot - time.monotonic()
+            if delay > 0 and self._stop.wait(delay):
+                return
+            with self._lock:
+                instance = self._random.choice(self.instances)
+            try:
+                response = session.post(self.url, json={"instances": [instance]}, timeout=10)
+                key = (response.headers.get("x-model-variant", "unknown"), response.status_code)
+                with self._lock:
+                    self.stats.by_variant_status[key] += 1
+            except requests.RequestException:
+                with self._lock:
+                    self.stats.transport_errors += 1
+
+    def stop(self) -> LoadStats:
+        """Stop sending and wait for in-flight requests."""
+        self._stop.set()
+        for worker in self._workers:
+            worker.join(15)
+        return self.stats
