@@ -1,0 +1,42 @@
+"""`bentoml build service/` works from a clean checkout, without Docker and without a model in the store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.__main__ import TELEMETRY_OFF
+
+from .conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_bentoml_build_and_export_give_a_docker_build_context(tmp_path):
+    env = {**os.environ, **TELEMETRY_OFF, "BENTOML_HOME": str(tmp_path / "bentoml")}
+    bentoml = [sys.executable, "-m", "bentoml"]
+
+    built = subprocess.run([*bentoml, "build", "service/", "--output", "tag"], cwd=REPO_ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    assert tag.startswith("churn_classifier:")
+
+    archive = tmp_path / "bento.tar"
+    exported = subprocess.run([*bentoml, "export", tag, str(archive)], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr
+    context = tmp_path / "context"
+    context.mkdir()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(context)], check=True)
+
+    dockerfile = (context / "env" / "docker" / "Dockerfile").read_text()
+    assert "FROM python:3.11" in dockerfile and "BENTOML_CONTAINERIZED=true" in dockerfile
+    requirements = (context / "env" / "python" / "requirements.txt").read_text().split()
+    assert {"mlflow==3.17.2", "scikit-learn==1.9.1", "bentoml==1.4.39"} <= set(requirements)
+    assert (context / "src" / "service.py").read_text() == (REPO_ROOT / "service" / "service.py").read_text()
+    assert not any(Path(context, "models").glob("*")), "the bento carries no model; it loads from MODEL_URI"
