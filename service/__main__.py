@@ -3,7 +3,8 @@
 Flags: ``--port P`` (default 3000; 0 picks a free port, printed on stderr before the server starts),
 ``--host`` (default 127.0.0.1), ``--variant champion|challenger`` (default ``MODEL_VARIANT``, else champion), ``--model-uri URI``
 (default ``MODEL_URI``, else ``models:/customer-churn-classifier@<variant>``), ``--workers N`` (default 1). The registry is
-``MLFLOW_TRACKING_URI``, else SQLite in ``MLSERVE_HOME`` (default ``.mlserve/``). The process is replaced by
+``MLFLOW_TRACKING_URI``, else SQLite in ``MLSERVE_HOME`` (default ``.mlserve/``). Each server gets its own
+``BENTOML_HOME`` (``MLSERVE_HOME/servers/<port>``) so that servers on one machine keep separate metrics. The process is replaced by
 ``bentoml serve``, so its pid is the server's. Exit status 2 (before serving) when MODEL_URI names no
 registered version; non-zero from ``bentoml serve`` when a worker cannot load the model.
 """
@@ -33,7 +34,9 @@ def serve_command(host: str, port: int) -> list[str]:
             "--host", host, "--port", str(port), "--working-dir", str(REPO_ROOT)]
 
 
-def serve_environment(model_uri: str, variant: str, workers: int, tracking_uri: str) -> dict[str, str]:
+def serve_environment(
+    model_uri: str, variant: str, workers: int, tracking_uri: str, bentoml_home: Path
+) -> dict[str, str]:
     """The environment the server runs with: this one plus the model selection and telemetry off."""
     return {
         **os.environ,
@@ -46,6 +49,9 @@ def serve_environment(model_uri: str, variant: str, workers: int, tracking_uri: 
         # BentoML's container mode: a worker that dies (e.g. the model cannot be loaded) is not respawned
         # and the server exits non-zero, instead of restarting the worker forever.
         "BENTOML_CONTAINERIZED": "true",
+        # BentoML keeps its Prometheus multiprocess files under BENTOML_HOME and wipes them at start-up:
+        # servers sharing one home (champion and challenger on one machine) would erase each other's metrics.
+        "BENTOML_HOME": str(bentoml_home),
     }
 
 
@@ -66,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     os.environ.update(TELEMETRY_OFF)
 
-    from service.service import MODEL_NAME, ModelLoadError, resolve_model_version, tracking_uri_from_env
+    from service.service import (
+        MODEL_NAME,
+        ModelLoadError,
+        default_mlserve_home,
+        resolve_model_version,
+        tracking_uri_from_env,
+    )
     from service.train import demo_models_registered, register_demo_models
 
     tracking_uri = tracking_uri_from_env()
@@ -86,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr, flush=True)
     command = serve_command(args.host, port)
     os.chdir(REPO_ROOT)
-    os.execve(command[0], command, serve_environment(model_uri, args.variant, args.workers, tracking_uri))
+    bentoml_home = default_mlserve_home() / "servers" / str(port)
+    bentoml_home.mkdir(parents=True, exist_ok=True)
+    environment = serve_environment(model_uri, args.variant, args.workers, tracking_uri, bentoml_home)
+    os.execve(command[0], command, environment)
 
 
 if __name__ == "__main__":

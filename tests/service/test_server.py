@@ -290,7 +290,8 @@ def test_a_worker_that_cannot_load_the_model_stops_the_server_non_zero(registry,
     from service.__main__ import free_port, serve_command
 
     log_path = tmp_path / "broken.log"
-    env = {**registry.env(), "MODEL_URI": f"models:/{MODEL_NAME}@missing", "BENTOML_CONTAINERIZED": "true"}
+    env = {**registry.env(), "MODEL_URI": f"models:/{MODEL_NAME}@missing", "BENTOML_CONTAINERIZED": "true",
+           "BENTOML_HOME": str(tmp_path / "bentoml")}
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             serve_command("127.0.0.1", free_port()), cwd=REPO_ROOT, env=env, stdout=log_file,
