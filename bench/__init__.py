@@ -1,0 +1,1 @@
+"""Benchmarks: serving performance (``bench.serving``) and the rollout demo (``bench.rollout``)."""

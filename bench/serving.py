@@ -1,0 +1,565 @@
+"""Serving benchmark: our BentoML service against mlflow, MLServer and a bare server, side by side on loopback.
+
+``make bench`` (``python -m bench.serving``) registers the demo churn model in a private registry
+(``build/bench/home``), then starts each server in turn on 127.0.0.1, waits for it to be ready (the cold start),
+warms it up and drives it with Debian's ``wrk`` (one thread, a Lua script for the 1-row JSON POST body) at
+concurrency 1, 8 and 64. Servers:
+
+- ``mlserve /predict`` and ``mlserve /predict_batch``: ``python -m service serve`` with one worker per core;
+- ``mlflow models serve``: the same registered model through the pyfunc flavour, one worker per core;
+- ``MLServer``: Seldon's MLServer 1.7 with its scikit-learn runtime (its own virtualenv, ``build/venv-mlserver``,
+  pins in ``bench/requirements-mlserver.txt``), the model exported with joblib, one parallel worker per core;
+- ``reference``: ``bench.reference_server``, one uvicorn process calling ``predict_proba`` per request.
+
+It then runs our service alone for ``BENCH_RSS_DURATION`` seconds (default 120) at concurrency 8, sampling the
+resident memory of its process tree, and reports the growth after warm-up. Results go to ``bench/results/``:
+``serving.json``, ``serving.md`` (table and the issue's targets, met or not) and ``serving.png``.
+
+Environment: ``BENCH_DURATION`` (seconds per point, default 10), ``BENCH_WARMUP`` (default 3),
+``BENCH_RSS_DURATION`` (default 120), ``BENCH_SERVERS`` (comma-separated subset of server keys).
+``--quick`` is a short smoke run (2 s points, 20 s memory run) that writes ``serving-quick.*`` instead.
+Every load run is bounded by its duration; every server is stopped (its process group) in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import typing as t
+from pathlib import Path
+
+import psutil
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUILD = REPO_ROOT / "build" / "bench"
+RESULTS = REPO_ROOT / "bench" / "results"
+MLSERVER_VENV = REPO_ROOT / "build" / "venv-mlserver"
+MLSERVER_REQUIREMENTS = REPO_ROOT / "bench" / "requirements-mlserver.txt"
+MODEL_NAME = "customer-churn-classifier"
+MODEL_URI = f"models:/{MODEL_NAME}@champion"
+CONCURRENCIES = (1, 8, 64)
+READY_TIMEOUT_SECONDS = 180
+TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+ROW = {
+    "tenure": 12.0,
+    "monthly_charges": 70.35,
+    "total_charges": 844.2,
+    "contract_type": "Month-to-month",
+    "payment_method": "Electronic check",
+}
+
+# The issue's targets, as ratios within one run.
+TARGET_RATIO_REFERENCE = 2.0
+TARGET_RATIO_MLFLOW = 10.0
+TARGET_P99_C1_MS = 5.0
+TARGET_P99_C64_MS = 50.0
+TARGET_RSS_GROWTH_PERCENT = 5.0
+TARGET_COLD_START_S = 3.0
+
+WRK_SCRIPT = r"""
+local body_file = io.open(os.getenv("BENCH_BODY_FILE"), "rb")
+wrk.method = "POST"
+wrk.body = body_file:read("*a")
+body_file:close()
+wrk.headers["Content-Type"] = "application/json"
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "max_us": %d, '
+    .. '"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.max,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+# ---------------------------------------------------------------- what is measured
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """One thing to load: a server's URL path and the 1-row JSON body it takes."""
+
+    key: str
+    label: str
+    path: str
+    body: dict[str, t.Any]
+
+
+@dataclasses.dataclass
+class ServerSpec:
+    """How to start one server and where it says it is ready."""
+
+    key: str
+    label: str
+    command: t.Callable[[int], list[str]]
+    ready_path: str
+    endpoints: list[Endpoint]
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    prepare: t.Callable[[], str | None] | None = None  # returns a reason to skip, or None
+
+
+@dataclasses.dataclass
+class Point:
+    """One wrk run against one endpoint at one concurrency."""
+
+    endpoint: str
+    label: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    non_2xx: int
+    socket_errors: int
+    requests: int
+    cold_start_s: float | None
+    rss_mb: float | None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += process.memory_info().rss
+    return total
+
+
+# ---------------------------------------------------------------- servers
+
+
+@contextlib.contextmanager
+def running(spec: ServerSpec, log_dir: Path) -> t.Iterator[tuple[str, subprocess.Popen, float]]:
+    """Start ``spec`` on a free port in its own process group; yield (base URL, process, seconds to ready)."""
+    port = free_port()
+    log_path = log_dir / f"{spec.key}.log"
+    # The interpreter's bin folder first: `mlflow models serve` starts `uvicorn` by name.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, **TELEMETRY_OFF, "OMP_NUM_THREADS": "1", "PATH": path, **spec.env}
+    with open(log_path, "wb") as log_file:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            spec.command(port), cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        cold_start = wait_ready(url + spec.ready_path, process, started, log_path)
+        yield url, process, cold_start
+    finally:
+        stop(process)
+
+
+def wait_ready(ready_url: str, process: subprocess.Popen, started: float, log_path: Path) -> float:
+    session = requests.Session()
+    while time.monotonic() - started < READY_TIMEOUT_SECONDS:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode} before ready; see {log_path}")
+        with contextlib.suppress(requests.RequestException):
+            if session.get(ready_url, timeout=1).status_code == 200:
+                return time.monotonic() - started
+        time.sleep(0.02)
+    raise RuntimeError(f"not ready after {READY_TIMEOUT_SECONDS}s; see {log_path}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop the process group we started: SIGTERM, then SIGKILL after a grace period."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- load
+
+
+def run_wrk(url: str, body: dict, concurrency: int, duration_s: float, workdir: Path) -> dict[str, int]:
+    """One bounded ``wrk`` run; returns the counters its Lua ``done`` hook prints."""
+    body_file = workdir / "body.json"
+    body_file.write_text(json.dumps(body))
+    script = workdir / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration_s))}s", "--timeout", "10s",
+               "-s", str(script), url]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60,
+                            env={**os.environ, "BENCH_BODY_FILE": str(body_file)})
+    for line in result.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            return json.loads(line.removeprefix("BENCH_JSON "))
+    raise RuntimeError(f"wrk printed no summary (exit {result.returncode}): {result.stdout}{result.stderr}")
+
+
+def check_endpoint(url: str, body: dict) -> None:
+    """Fail early, with the server's answer, when an endpoint does not accept the benchmark's body."""
+    response = requests.post(url, json=body, timeout=30)
+    if response.status_code != 200:
+        raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:300]}")
+
+
+def measure_server(spec: ServerSpec, duration_s: float, warmup_s: float, workdir: Path) -> list[Point]:
+    points = []
+    with running(spec, workdir) as (url, process, cold_start):
+        print(f"  {spec.label}: ready in {cold_start:.2f}s", flush=True)
+        for endpoint in spec.endpoints:
+            check_endpoint(url + endpoint.path, endpoint.body)
+            run_wrk(url + endpoint.path, endpoint.body, 8, warmup_s, workdir)
+            for concurrency in CONCURRENCIES:
+                raw = run_wrk(url + endpoint.path, endpoint.body, concurrency, duration_s, workdir)
+                socket_errors = raw["connect"] + raw["read"] + raw["write"] + raw["timeout"]
+                point = Point(
+                    endpoint=endpoint.key, label=endpoint.label, concurrency=concurrency,
+                    rps=raw["requests"] / (raw["duration_us"] / 1e6), p50_ms=raw["p50_us"] / 1000,
+                    p99_ms=raw["p99_us"] / 1000, errors=raw["status"] + socket_errors, non_2xx=raw["status"],
+                    socket_errors=socket_errors, requests=raw["requests"], cold_start_s=round(cold_start, 2),
+                    rss_mb=tree_rss_bytes(process.pid) / 2**20,
+                )
+                print(f"    {endpoint.label:<28} c={concurrency:<3} {point.rps:8.0f} rps  p50 {point.p50_ms:7.2f} ms"
+                      f"  p99 {point.p99_ms:8.2f} ms  errors {point.errors}  rss {point.rss_mb:.0f} MiB", flush=True)
+                points.append(point)
+    return points
+
+
+def measure_rss_flatness(spec: ServerSpec, duration_s: float, workdir: Path) -> dict[str, t.Any]:
+    """Load our service for ``duration_s`` at concurrency 8; RSS growth from the end of warm-up to the end."""
+    endpoint = spec.endpoints[0]
+    warmup_s = max(5.0, duration_s * 0.2)
+    samples: list[tuple[float, int]] = []
+    with running(spec, workdir) as (url, process, _):
+        stop_sampling = threading.Event()
+
+        def sample() -> None:
+            started = time.monotonic()
+            while not stop_sampling.wait(1.0):
+                samples.append((time.monotonic() - started, tree_rss_bytes(process.pid)))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            raw = run_wrk(url + endpoint.path, endpoint.body, 8, duration_s, workdir)
+        finally:
+            stop_sampling.set()
+            sampler.join(timeout=5)
+    after_warmup = [rss for at, rss in samples if at >= warmup_s]
+    window = max(1, min(5, len(after_warmup) // 4))
+    baseline = statistics.median(after_warmup[:window])
+    final = statistics.median(after_warmup[-window:])
+    return {
+        "endpoint": endpoint.label,
+        "duration_s": duration_s,
+        "warmup_s": warmup_s,
+        "requests": raw["requests"],
+        "errors": raw["status"] + raw["connect"] + raw["read"] + raw["write"] + raw["timeout"],
+        "baseline_mb": baseline / 2**20,
+        "final_mb": final / 2**20,
+        "peak_mb": max(rss for _, rss in samples) / 2**20,
+        "growth_percent": 100 * (final - baseline) / baseline,
+        "samples": [(round(at, 1), round(rss / 2**20, 1)) for at, rss in samples],
+    }
+
+
+# ---------------------------------------------------------------- the servers under test
+
+
+def prepare_registry(home: Path) -> str:
+    """A private registry with the demo models; returns its tracking URI."""
+    os.environ.update(TELEMETRY_OFF)
+    home.mkdir(parents=True, exist_ok=True)
+    tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
+    from service.train import ensure_demo_models
+
+    print(f"registry {tracking_uri}: {ensure_demo_models(tracking_uri)}", flush=True)
+    return tracking_uri
+
+
+def prepare_mlserver(tracking_uri: str, model_dir: Path) -> str | None:
+    """Own virtualenv with pinned MLServer, and the champion exported with joblib; a reason if impossible."""
+    python = MLSERVER_VENV / "bin" / "python"
+    stamp = MLSERVER_VENV / ".installed"
+    if not stamp.exists() or stamp.read_text() != MLSERVER_REQUIREMENTS.read_text():
+        print(f"installing MLServer into {MLSERVER_VENV} (pins: {MLSERVER_REQUIREMENTS.name})", flush=True)
+        try:
+            if not python.exists():
+                subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(MLSERVER_REQUIREMENTS)],
+                           check=True, timeout=900)
+        except (subprocess.SubprocessError, OSError) as err:
+            return f"cannot install MLServer: {err}"
+        stamp.write_text(MLSERVER_REQUIREMENTS.read_text())
+    import joblib
+    import mlflow
+    import mlflow.sklearn
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    joblib.dump(mlflow.sklearn.load_model(MODEL_URI), model_dir / "model.joblib")
+    (model_dir / "model-settings.json").write_text(json.dumps({
+        "name": "churn",
+        "implementation": "mlserver_sklearn.SKLearnModel",
+        "parameters": {"uri": "./model.joblib", "version": "1"},
+    }))
+    return None
+
+
+def mlserver_command(root: Path, port: int, workers: int) -> list[str]:
+    """``mlserver start`` on ``root`` (settings.json plus one folder per model), listening on ``port``."""
+    (root / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
+        "parallel_workers": workers, "debug": False,
+    }))
+    return [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(root)]
+
+
+def mlserver_body() -> dict[str, t.Any]:
+    """An OIP v2 request for one row, decoded by MLServer's pandas codec, asking for predict_proba."""
+    return {
+        "parameters": {"content_type": "pd"},
+        "inputs": [
+            {"name": name, "shape": [1], "datatype": "BYTES" if isinstance(value, str) else "FP64", "data": [value]}
+            for name, value in ROW.items()
+        ],
+        "outputs": [{"name": "predict_proba"}],
+    }
+
+
+def server_specs(tracking_uri: str, workers: int) -> list[ServerSpec]:
+    registry_env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
+    mlserver_root = BUILD / "mlserver"
+    rows = {"instances": [ROW]}
+    return [
+        ServerSpec(
+            "mlserve", "mlserve (BentoML)",
+            lambda port: [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", str(workers)],
+            "/readyz",
+            [Endpoint("mlserve_predict", "mlserve /predict", "/predict", rows),
+             Endpoint("mlserve_predict_batch", "mlserve /predict_batch", "/predict_batch", rows)],
+            env=registry_env,
+        ),
+        ServerSpec(
+            "mlflow", "mlflow models serve",
+            lambda port: [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", MODEL_URI,
+                          "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)],
+            "/ping",
+            [Endpoint("mlflow", "mlflow models serve", "/invocations", {"dataframe_records": [ROW]})],
+            env=registry_env,
+        ),
+        ServerSpec(
+            "mlserver", "MLServer (sklearn runtime)",
+            lambda port: mlserver_command(mlserver_root, port, workers),
+            "/v2/health/ready",
+            [Endpoint("mlserver", "MLServer (sklearn)", "/v2/models/churn/infer", mlserver_body())],
+            prepare=lambda: prepare_mlserver(tracking_uri, mlserver_root / "churn"),
+        ),
+        ServerSpec(
+            "reference", "reference (uvicorn+Starlette)",
+            lambda port: [sys.executable, "-m", "bench.reference_server", "--port", str(port),
+                          "--model-uri", MODEL_URI],
+            "/ping",
+            [Endpoint("reference", "reference (bare, 1 proc)", "/predict", rows)],
+            env=registry_env,
+        ),
+    ]
+
+
+# ---------------------------------------------------------------- report
+
+
+def evaluate_targets(points: list[Point], rss: dict[str, t.Any] | None) -> list[dict[str, t.Any]]:
+    """The issue's targets, each with the measured value and whether it is met."""
+    at = {(p.endpoint, p.concurrency): p for p in points}
+    ours = [key for key in ("mlserve_predict", "mlserve_predict_batch") if (key, 64) in at]
+    best64 = max((at[(key, 64)] for key in ours), key=lambda p: p.rps, default=None)
+    targets = []
+
+    def add(name: str, value: float | None, goal: str, met: bool | None) -> None:
+        targets.append({"target": name, "measured": value, "goal": goal, "met": met})
+
+    if best64:
+        for other, ratio, name in (("reference", TARGET_RATIO_REFERENCE, "bare reference"),
+                                   ("mlflow", TARGET_RATIO_MLFLOW, "mlflow models serve")):
+            if (other, 64) in at:
+                measured = best64.rps / at[(other, 64)].rps
+                add(f"c=64 throughput ({best64.label}) / {name}", round(measured, 2), f">= {ratio:g}x",
+                    measured >= ratio)
+        if ("mlserver", 64) in at:
+            measured = best64.rps / at[("mlserver", 64)].rps
+            add(f"c=64 throughput ({best64.label}) / MLServer", round(measured, 2), "> 1x", measured > 1)
+    if ("mlserve_predict", 1) in at:
+        p99 = at[("mlserve_predict", 1)].p99_ms
+        add("p99 at c=1, mlserve /predict (ms)", p99, f"<= {TARGET_P99_C1_MS:g}", p99 <= TARGET_P99_C1_MS)
+    if best64:
+        add(f"p99 at c=64, {best64.label} (ms)", best64.p99_ms, f"<= {TARGET_P99_C64_MS:g}",
+            best64.p99_ms <= TARGET_P99_C64_MS)
+    our_errors = sum(p.errors for p in points if p.endpoint in ours)
+    add("errors, mlserve (all points)", our_errors, "0", our_errors == 0)
+    if rss:
+        add(f"RSS growth after warm-up over {rss['duration_s']:g}s (%)", round(rss["growth_percent"], 2),
+            f"< {TARGET_RSS_GROWTH_PERCENT:g}", rss["growth_percent"] < TARGET_RSS_GROWTH_PERCENT)
+    if ours:
+        cold = at[(ours[0], 1)].cold_start_s
+        add("cold start to ready, mlserve (s)", cold, f"<= {TARGET_COLD_START_S:g}", cold <= TARGET_COLD_START_S)
+    return targets
+
+
+def markdown_report(meta: dict[str, t.Any], points: list[Point], targets: list[dict[str, t.Any]],
+                    rss: dict[str, t.Any] | None, skipped: dict[str, str]) -> str:
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"{meta['date']} on {meta['machine']}; wrk, 1 thread, 1-row JSON POST, {meta['duration_s']:g} s per point "
+        f"after a {meta['warmup_s']:g} s warm-up; mlserve, mlflow and MLServer with {meta['workers']} workers, "
+        "the reference server with one process. Reproduce: `make bench`.",
+        "",
+        "| server | c | rps | p50 ms | p99 ms | errors | cold start s | RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in points:
+        lines.append(f"| {p.label} | {p.concurrency} | {p.rps:.0f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} | {p.errors} | "
+                     f"{p.cold_start_s:.2f} | {p.rss_mb:.0f} |")
+    for key, reason in skipped.items():
+        lines.append(f"| {key} | | skipped: {reason} | | | | | |")
+    lines += ["", "errors = non-2xx answers + socket errors (connect, read, write, timeout). RSS: the server's whole "
+              "process tree after the c=64 run (after each run for the c=1 and c=8 rows).", ""]
+    if rss:
+        lines += [
+            f"Memory under load: mlserve {rss['endpoint']} at c=8 for {rss['duration_s']:g} s "
+            f"({rss['requests']} requests, {rss['errors']} errors): {rss['baseline_mb']:.0f} MiB after a "
+            f"{rss['warmup_s']:g} s warm-up, {rss['final_mb']:.0f} MiB at the end "
+            f"({rss['growth_percent']:+.2f}%), peak {rss['peak_mb']:.0f} MiB.",
+            "",
+        ]
+    lines += ["## Targets", "", "| target | measured | goal | met |", "|---|---:|---:|---|"]
+    for target in targets:
+        met = {True: "yes", False: "**no**", None: "n/a"}[target["met"]]
+        lines.append(f"| {target['target']} | {target['measured']} | {target['goal']} | {met} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def chart(points: list[Point], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(p.label for p in points))
+    figure, (rps_axes, p99_axes) = plt.subplots(1, 2, figsize=(13, 4.8))
+    width = 0.8 / len(CONCURRENCIES)
+    for index, concurrency in enumerate(CONCURRENCIES):
+        by_label = {p.label: p for p in points if p.concurrency == concurrency}
+        xs = [position + index * width for position in range(len(labels))]
+        rps_axes.bar(xs, [by_label[label].rps if label in by_label else 0 for label in labels], width,
+                     label=f"c={concurrency}")
+        p99_axes.bar(xs, [by_label[label].p99_ms if label in by_label else 0 for label in labels], width,
+                     label=f"c={concurrency}")
+    for axes, title in ((rps_axes, "throughput (requests/s)"), (p99_axes, "p99 latency (ms, log)")):
+        axes.set_xticks([position + width for position in range(len(labels))])
+        axes.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+        axes.set_title(title)
+        axes.legend()
+    p99_axes.set_yscale("log")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short smoke run; writes serving-quick.*")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("bench: Debian's wrk is not installed (make setup installs it)", file=sys.stderr)
+        return 2
+    duration = float(os.environ.get("BENCH_DURATION") or (2 if args.quick else 10))
+    warmup = float(os.environ.get("BENCH_WARMUP") or (1 if args.quick else 3))
+    rss_duration = float(os.environ.get("BENCH_RSS_DURATION") or (20 if args.quick else 120))
+    workers = os.cpu_count() or 1
+    chosen = [key for key in (os.environ.get("BENCH_SERVERS") or "").split(",") if key]
+
+    BUILD.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tracking_uri = prepare_registry(BUILD / "home")
+    specs = [spec for spec in server_specs(tracking_uri, workers) if not chosen or spec.key in chosen]
+    points: list[Point] = []
+    skipped: dict[str, str] = {}
+    workdir = BUILD / "run"  # server logs and wrk scripts; kept for a look after the run
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    for spec in specs:
+        reason = spec.prepare() if spec.prepare else None
+        if reason:
+            print(f"  {spec.label}: skipped, {reason}", flush=True)
+            skipped[spec.label] = reason
+            continue
+        try:
+            points += measure_server(spec, duration, warmup, workdir)
+        except (RuntimeError, subprocess.SubprocessError) as err:
+            print(f"  {spec.label}: failed, {err}", flush=True)
+            skipped[spec.label] = str(err).replace(str(REPO_ROOT) + "/", "")
+            with contextlib.suppress(OSError):
+                print((workdir / f"{spec.key}.log").read_text(errors="replace")[-2000:], file=sys.stderr)
+    rss = None
+    ours = next((spec for spec in specs if spec.key == "mlserve"), None)
+    if ours and rss_duration > 0:
+        print(f"  memory run: {ours.endpoints[0].label} at c=8 for {rss_duration:g}s", flush=True)
+        rss = measure_rss_flatness(ours, rss_duration, workdir)
+        print(f"    RSS {rss['baseline_mb']:.0f} -> {rss['final_mb']:.0f} MiB ({rss['growth_percent']:+.2f}%)")
+
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+                   f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+        "duration_s": duration, "warmup_s": warmup, "workers": workers, "quick": args.quick,
+    }
+    targets = evaluate_targets(points, rss)
+    stem = "serving-quick" if args.quick else "serving"
+    (RESULTS / f"{stem}.json").write_text(json.dumps({
+        "meta": meta, "points": [dataclasses.asdict(p) for p in points], "rss": rss, "targets": targets,
+        "skipped": skipped,
+    }, indent=2) + "\n")
+    report = markdown_report(meta, points, targets, rss, skipped)
+    (RESULTS / f"{stem}.md").write_text(report)
+    if points:
+        chart(points, RESULTS / f"{stem}.png")
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
