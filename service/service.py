@@ -216,7 +216,7 @@ def bad_request(status: int, message: str, detail: list[dict[str, t.Any]] | None
 def describe_row_errors(err: pydantic.ValidationError) -> tuple[str, list[dict[str, t.Any]]]:
     """Turn row validation errors into one readable message plus a list naming row, feature and problem."""
     detail = []
-    for item in err.errors(include_url=False, include_context=False, include_input=False):
+    for item in err.errors(include_url=False, include_context=False):
         loc = list(item["loc"])
         row = loc[0] if loc and isinstance(loc[0], int) else None
         feature = next((str(part) for part in loc[1:] if isinstance(part, str)), None)
@@ -225,8 +225,10 @@ def describe_row_errors(err: pydantic.ValidationError) -> tuple[str, list[dict[s
             problem = f"unknown feature; expected only {', '.join(FEATURES)}"
         elif item["type"] == "missing":
             problem = "missing required feature"
-        elif item["type"] in ("finite_number",):
+        elif item["type"] == "finite_number":
             problem = "must be a finite number, not NaN or infinity"
+        elif item["type"].endswith("_type") or item["type"] == "literal_error":
+            problem = f"{problem}, got {json.dumps(item.get('input'))[:60]}"
         detail.append({"row": row, "feature": feature, "problem": problem})
     first = detail[0]
     where = ", ".join(
