@@ -1,0 +1,30 @@
+"""The serve CLI's pure pieces: the bentoml command line and the environment a server runs with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.__main__ import REPO_ROOT, free_port, serve_command, serve_environment
+
+
+def test_serve_command_runs_the_checkout_service_on_the_given_address():
+    command = serve_command("127.0.0.1", 3000)
+
+    assert command[1:4] == ["-m", "bentoml", "serve"]
+    assert "service.service:ChurnClassifier" in command
+    assert command[command.index("--host") + 1] == "127.0.0.1" and command[command.index("--port") + 1] == "3000"
+    assert command[command.index("--working-dir") + 1] == str(REPO_ROOT)
+
+
+def test_serve_environment_selects_the_model_and_isolates_the_server(tmp_path: Path):
+    env = serve_environment("models:/m/3", "challenger", 2, "sqlite:///x.db", tmp_path / "servers" / "3000")
+
+    assert (env["MODEL_URI"], env["MODEL_VARIANT"], env["MLSERVE_WORKERS"]) == ("models:/m/3", "challenger", "2")
+    assert env["MLFLOW_TRACKING_URI"] == "sqlite:///x.db"
+    assert env["BENTOML_HOME"] == str(tmp_path / "servers" / "3000")
+    assert env["BENTOML_CONTAINERIZED"] == "true", "a worker that cannot load the model must stop the server"
+    assert all(env[name] == "true" for name in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"))
+
+
+def test_free_port_is_a_usable_port_number():
+    assert 1024 <= free_port() <= 65535
