@@ -190,9 +190,17 @@ def wait_ready(ready_url: str, process: subprocess.Popen, started: float, log_pa
 
 
 def stop(process: subprocess.Popen) -> None:
-    """Stop the process group we started: SIGTERM, then SIGKILL after a grace period."""
+    """Stop the process group we started (SIGTERM, then SIGKILL), then any descendant left over.
+
+    BentoML's arbiter starts its workers in sessions of their own, so the group alone does not reach them;
+    they are remembered by pid before the signal and killed by pid if they outlive their parent.
+    """
     if process.poll() is not None:
         return
+    try:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
@@ -201,6 +209,10 @@ def stop(process: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+    _, alive = psutil.wait_procs(descendants, timeout=10)
+    for leftover in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            leftover.kill()
 
 
 # ---------------------------------------------------------------- load
