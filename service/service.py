@@ -231,12 +231,11 @@ def describe_row_errors(err: pydantic.ValidationError) -> tuple[str, list[dict[s
             problem = f"{problem}, got {json.dumps(item.get('input'))[:60]}"
         detail.append({"row": row, "feature": feature, "problem": problem})
     first = detail[0]
-    where = ", ".join(
-        part for part in (f"row {first['row']}" if first["row"] is not None else "",
-                          f"feature {first['feature']!r}" if first["feature"] else "") if part
-    )
-    more = f" (and {len(detail) - 1} more problem{'s' if len(detail) > 2 else ''})" if len(detail) > 1 else ""
-    return f"invalid input at {where or 'instances'}: {first['problem']}{more}", detail
+    places = [f"row {first['row']}"] if first["row"] is not None else []
+    places += [f"feature {first['feature']!r}"] if first["feature"] else []
+    others = len(detail) - 1
+    more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
+    return f"invalid input at {', '.join(places) or 'instances'}: {first['problem']}{more}", detail
 
 
 def validate_rows(instances: t.Any, max_rows: int) -> list[ChurnInstance] | JSONResponse:
@@ -368,6 +367,7 @@ class PredictionTrafficMiddleware:
 
         ACTIVE.labels(**labels).inc()
         body_size = 0
+        disconnected = False
         try:
             # Read the whole body first (bounded), so an oversized one is refused before any parsing.
             body, body_size, disconnected = await self._read_body(scope, receive)
@@ -382,11 +382,13 @@ class PredictionTrafficMiddleware:
             await self.app(scope, _replay(body, receive), send_with_headers)
         finally:
             ACTIVE.labels(**labels).dec()
-            PREDICTIONS.labels(**labels).inc()
-            LATENCY.labels(**labels).observe(time.perf_counter() - started)
-            INPUT_SIZE.labels(**labels).observe(body_size)
-            if (error_type := error_type_for(status)) is not None:
-                ERRORS.labels(**labels, error_type=error_type).inc()
+            # A client that left before finishing its request asked nothing of the model: not counted.
+            if not disconnected:
+                PREDICTIONS.labels(**labels).inc()
+                LATENCY.labels(**labels).observe(time.perf_counter() - started)
+                INPUT_SIZE.labels(**labels).observe(body_size)
+                if (error_type := error_type_for(status)) is not None:
+                    ERRORS.labels(**labels, error_type=error_type).inc()
 
     async def _read_body(self, scope: dict, receive: t.Callable) -> tuple[bytes | None, int, bool]:
         """(body, size, disconnected); body is None when it is over the limit or the client went away."""
