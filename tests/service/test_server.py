@@ -243,7 +243,11 @@ def test_metrics_count_predictions_and_errors_with_the_variant_label(champion_se
     assert metric_value(champion_server.url, "model_input_size_bytes_count", **labels) == before["size"] + 5
     text = requests.get(f"{champion_server.url}/metrics", timeout=10).text
     assert re.search(r'^model_active_requests\{[^}]*variant="champion"[^}]*\} 0\.0$', text, re.MULTILINE)
-    assert metric_value(champion_server.url, "model_prediction_errors_total", **labels, error_type="model_error") == 0
+    for error_type in ("model_error", "unavailable"):
+        assert re.search(
+            rf'^model_prediction_errors_total\{{[^}}]*error_type="{error_type}"[^}}]*variant="champion"[^}}]*\}} 0\.0$',
+            text, re.MULTILINE,
+        ), f"{error_type} should be exported as 0 before any such error"
 
 
 def test_faulty_challenger_fails_part_of_the_traffic_with_5xx_and_counts_model_errors(
