@@ -1,9 +1,10 @@
 """Serving benchmark: our BentoML service against mlflow, MLServer and a bare server, side by side on loopback.
 
 ``make bench`` (``python -m bench.serving``) registers the demo churn model in a private registry
-(``build/bench/home``), then starts each server in turn on 127.0.0.1, waits for it to be ready (the cold start),
-warms it up and drives it with Debian's ``wrk`` (one thread, a Lua script for the 1-row JSON POST body) at
-concurrency 1, 8 and 64. Servers:
+(``build/bench/home``), then starts each server in turn on 127.0.0.1 and times how long it takes to be ready
+(the cold start), warms each up, and drives every endpoint with Debian's ``wrk`` (one thread, a Lua script for
+the 1-row JSON POST body) at concurrency 1, then 8, then 64, one round per concurrency so that the servers
+compared at one concurrency are measured close together in time on a shared machine. Servers:
 
 - ``mlserve /predict`` and ``mlserve /predict_batch``: ``python -m service serve`` with one worker per core;
 - ``mlflow models serve``: the same registered model through the pyfunc flavour, one worker per core;
@@ -241,27 +242,58 @@ def check_endpoint(url: str, body: dict) -> None:
         raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:300]}")
 
 
-def measure_server(spec: ServerSpec, duration_s: float, warmup_s: float, workdir: Path) -> list[Point]:
-    points = []
-    with running(spec, workdir) as (url, process, cold_start):
-        print(f"  {spec.label}: ready in {cold_start:.2f}s", flush=True)
-        for endpoint in spec.endpoints:
-            check_endpoint(url + endpoint.path, endpoint.body)
+def measure_point(endpoint: Endpoint, url: str, process: subprocess.Popen, cold_start: float, concurrency: int,
+                  duration_s: float, workdir: Path) -> Point:
+    raw = run_wrk(url + endpoint.path, endpoint.body, concurrency, duration_s, workdir)
+    socket_errors = raw["connect"] + raw["read"] + raw["write"] + raw["timeout"]
+    point = Point(
+        endpoint=endpoint.key, label=endpoint.label, concurrency=concurrency,
+        rps=raw["requests"] / (raw["duration_us"] / 1e6), p50_ms=raw["p50_us"] / 1000,
+        p99_ms=raw["p99_us"] / 1000, errors=raw["status"] + socket_errors, non_2xx=raw["status"],
+        socket_errors=socket_errors, requests=raw["requests"], cold_start_s=round(cold_start, 2),
+        rss_mb=tree_rss_bytes(process.pid) / 2**20,
+    )
+    print(f"    {endpoint.label:<28} c={concurrency:<3} {point.rps:8.0f} rps  p50 {point.p50_ms:7.2f} ms"
+          f"  p99 {point.p99_ms:8.2f} ms  errors {point.errors}  rss {point.rss_mb:.0f} MiB", flush=True)
+    return point
+
+
+def measure_all(specs: list[ServerSpec], duration_s: float, warmup_s: float, workdir: Path,
+                skipped: dict[str, str]) -> list[Point]:
+    """Start the servers in turn (each cold start timed alone), then load them round by round.
+
+    Each round runs one concurrency against every endpoint back to back, so on a shared, noisy machine the
+    servers compared at one concurrency were measured minutes apart at most, not a whole run apart. Idle
+    servers cost next to nothing while another is loaded.
+    """
+    targets: list[tuple[Endpoint, str, subprocess.Popen, float]] = []
+    with contextlib.ExitStack() as stack:
+        for spec in specs:
+            reason = spec.prepare() if spec.prepare else None
+            if reason:
+                print(f"  {spec.label}: skipped, {reason}", flush=True)
+                skipped[spec.label] = reason
+                continue
+            try:
+                url, process, cold_start = stack.enter_context(running(spec, workdir))
+                print(f"  {spec.label}: ready in {cold_start:.2f}s", flush=True)
+                for endpoint in spec.endpoints:
+                    check_endpoint(url + endpoint.path, endpoint.body)
+                    targets.append((endpoint, url, process, cold_start))
+            except (RuntimeError, subprocess.SubprocessError, requests.RequestException) as err:
+                print(f"  {spec.label}: failed, {err}", flush=True)
+                skipped[spec.label] = str(err).replace(str(REPO_ROOT) + "/", "")
+                with contextlib.suppress(OSError):
+                    print((workdir / f"{spec.key}.log").read_text(errors="replace")[-2000:], file=sys.stderr)
+        for endpoint, url, _, _ in targets:
             run_wrk(url + endpoint.path, endpoint.body, 8, warmup_s, workdir)
-            for concurrency in CONCURRENCIES:
-                raw = run_wrk(url + endpoint.path, endpoint.body, concurrency, duration_s, workdir)
-                socket_errors = raw["connect"] + raw["read"] + raw["write"] + raw["timeout"]
-                point = Point(
-                    endpoint=endpoint.key, label=endpoint.label, concurrency=concurrency,
-                    rps=raw["requests"] / (raw["duration_us"] / 1e6), p50_ms=raw["p50_us"] / 1000,
-                    p99_ms=raw["p99_us"] / 1000, errors=raw["status"] + socket_errors, non_2xx=raw["status"],
-                    socket_errors=socket_errors, requests=raw["requests"], cold_start_s=round(cold_start, 2),
-                    rss_mb=tree_rss_bytes(process.pid) / 2**20,
-                )
-                print(f"    {endpoint.label:<28} c={concurrency:<3} {point.rps:8.0f} rps  p50 {point.p50_ms:7.2f} ms"
-                      f"  p99 {point.p99_ms:8.2f} ms  errors {point.errors}  rss {point.rss_mb:.0f} MiB", flush=True)
-                points.append(point)
-    return points
+        points = [
+            measure_point(endpoint, url, process, cold_start, concurrency, duration_s, workdir)
+            for concurrency in CONCURRENCIES
+            for endpoint, url, process, cold_start in targets
+        ]
+    order = {endpoint.key: index for index, (endpoint, *_) in enumerate(targets)}
+    return sorted(points, key=lambda point: (order[point.endpoint], point.concurrency))
 
 
 def measure_rss_flatness(spec: ServerSpec, duration_s: float, workdir: Path) -> dict[str, t.Any]:
@@ -452,8 +484,8 @@ def markdown_report(meta: dict[str, t.Any], points: list[Point], targets: list[d
         "# Serving benchmark",
         "",
         f"{meta['date']} on {meta['machine']}; wrk, 1 thread, 1-row JSON POST, {meta['duration_s']:g} s per point "
-        f"after a {meta['warmup_s']:g} s warm-up; mlserve, mlflow and MLServer with {meta['workers']} workers, "
-        "the reference server with one process. Reproduce: `make bench`.",
+        f"after a {meta['warmup_s']:g} s warm-up, one round per concurrency over all servers; mlserve, mlflow and "
+        f"MLServer with {meta['workers']} workers, the reference server with one process. Reproduce: `make bench`.",
         "",
         "| server | c | rps | p50 ms | p99 ms | errors | cold start s | RSS MiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -464,7 +496,7 @@ def markdown_report(meta: dict[str, t.Any], points: list[Point], targets: list[d
     for key, reason in skipped.items():
         lines.append(f"| {key} | | skipped: {reason} | | | | | |")
     lines += ["", "errors = non-2xx answers + socket errors (connect, read, write, timeout). RSS: the server's whole "
-              "process tree after the c=64 run (after each run for the c=1 and c=8 rows).", ""]
+              "process tree (psutil) right after that point's run.", ""]
     if rss:
         lines += [
             f"Memory under load: mlserve {rss['endpoint']} at c=8 for {rss['duration_s']:g} s "
@@ -528,24 +560,11 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     tracking_uri = prepare_registry(BUILD / "home")
     specs = [spec for spec in server_specs(tracking_uri, workers) if not chosen or spec.key in chosen]
-    points: list[Point] = []
     skipped: dict[str, str] = {}
     workdir = BUILD / "run"  # server logs and wrk scripts; kept for a look after the run
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    for spec in specs:
-        reason = spec.prepare() if spec.prepare else None
-        if reason:
-            print(f"  {spec.label}: skipped, {reason}", flush=True)
-            skipped[spec.label] = reason
-            continue
-        try:
-            points += measure_server(spec, duration, warmup, workdir)
-        except (RuntimeError, subprocess.SubprocessError) as err:
-            print(f"  {spec.label}: failed, {err}", flush=True)
-            skipped[spec.label] = str(err).replace(str(REPO_ROOT) + "/", "")
-            with contextlib.suppress(OSError):
-                print((workdir / f"{spec.key}.log").read_text(errors="replace")[-2000:], file=sys.stderr)
+    points = measure_all(specs, duration, warmup, workdir, skipped)
     rss = None
     ours = next((spec for spec in specs if spec.key == "mlserve"), None)
     if ours and rss_duration > 0:
