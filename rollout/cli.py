@@ -89,12 +89,14 @@ def stop_on_signals(stop: threading.Event) -> None:
         signal.signal(signum, lambda *_: stop.set())
 
 
-def _load_config(stack: str, overrides: dict | None = None):
-    from infra.config import load_stack_config
+def _load_config(args):
+    from infra.config import load_stack_config, parse_override
     from infra.errors import ConfigError
 
+    stack = args.stack
     try:
-        return load_stack_config(stack, overrides=overrides or {})
+        overrides = dict(parse_override(assignment) for assignment in args.set)
+        return load_stack_config(stack, overrides=overrides)
     except ConfigError as err:
         raise UsageError(str(err)) from err
     except FileNotFoundError as err:
@@ -123,7 +125,7 @@ def _checks_file(stack: str) -> Path:
 
 
 def cmd_start(args) -> int:
-    config = _load_config(args.stack)
+    config = _load_config(args)
     if not config.model.challenger_uri:
         raise UsageError(f"stack {args.stack!r} has no model.challengerUri: there is no challenger to roll out")
     plan = plan_from_config(config.rollout)
@@ -174,7 +176,7 @@ def _plan_dict(plan: RolloutPlan) -> dict:
 
 
 def cmd_status(args) -> int:
-    config = _load_config(args.stack)
+    config = _load_config(args)
     holder = lock_holder(args.stack)
     print(f"stack:              {args.stack}")
     print(f"champion:           {config.model.champion_uri}")
@@ -192,7 +194,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    config = _load_config(args.stack)
+    config = _load_config(args)
     if not config.model.challenger_uri:
         raise UsageError(f"stack {args.stack!r} has no model.challengerUri to promote")
     with RolloutLock(args.stack):
@@ -201,7 +203,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_abort(args) -> int:
-    config = _load_config(args.stack)
+    config = _load_config(args)
     holder = lock_holder(args.stack)
     if holder and holder != os.getpid():
         print(f"stopping the rollout running as pid {holder}")
@@ -248,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--router", choices=ROUTER_TYPES, default="stack",
                          help="stack: Pulumi stack config + up (default); haproxy: a local HAProxy")
         sub.add_argument("--haproxy-socket", help="HAProxy admin socket (with --router haproxy)")
+        sub.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                         help="override a stack config key for this run, e.g. --set rollout.intervalSeconds=30")
         return sub
 
     start = stack_command("start", "step the challenger's weight, judging each step against Prometheus")

@@ -50,7 +50,7 @@ class PrometheusProvider:
         try:
             response = self._session.get(
                 f"{self.url}/api/v1/query",
-                params={"query": promql, "timeout": f"{self.timeout_seconds}s"},
+                params={"query": promql, "timeout": f"{int(self.timeout_seconds * 1000)}ms"},
                 timeout=self.timeout_seconds,
             )
         except requests.RequestException as err:
