@@ -58,7 +58,6 @@ def container_env(config: StackConfig, variant: str) -> list[Manifest]:
     env = {
         "MODEL_URI": config.model_uri(variant),
         "MODEL_VARIANT": variant,
-        "MODEL_NAME": config.model.name,
         "MLFLOW_TRACKING_URI": config.model.tracking_uri,
         # Read-only root filesystem: everything BentoML and MLflow write goes to the tmp volume.
         "BENTOML_HOME": "/tmp/bentoml",
