@@ -499,7 +499,7 @@ def markdown_report(meta: dict[str, t.Any], points: list[Point], targets: list[d
               "process tree (psutil) right after that point's run.", ""]
     if rss:
         lines += [
-            f"Memory under load: mlserve {rss['endpoint']} at c=8 for {rss['duration_s']:g} s "
+            f"Memory under load: {rss['endpoint']} at c=8 for {rss['duration_s']:g} s "
             f"({rss['requests']} requests, {rss['errors']} errors): {rss['baseline_mb']:.0f} MiB after a "
             f"{rss['warmup_s']:g} s warm-up, {rss['final_mb']:.0f} MiB at the end "
             f"({rss['growth_percent']:+.2f}%), peak {rss['peak_mb']:.0f} MiB.",
