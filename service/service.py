@@ -13,7 +13,9 @@ it is ``service.service``. Keeping it self-contained lets the same file run unch
 
 Environment: ``MODEL_URI``, ``MODEL_VARIANT``, ``MLFLOW_TRACKING_URI`` (default: SQLite under ``MLSERVE_HOME``),
 ``MLSERVE_HOME`` (default ``.mlserve/`` beside the ``service/`` folder), ``MLSERVE_MAX_ROWS`` (rows per request,
-default 1000), ``MLSERVE_MAX_BODY_BYTES`` (default 1 MiB), ``MLSERVE_WORKERS`` (worker processes, default 1).
+default 1000), ``MLSERVE_MAX_BODY_BYTES`` (default 1 MiB), ``MLSERVE_WORKERS`` (worker processes, default 1),
+``MLSERVE_ACCESS_LOG`` (``true`` to log every request; default off: the model_* metrics count requests, and each
+log line costs a worker and BentoML's arbiter more CPU than scoring the request).
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class Settings:
     max_rows: int
     max_body_bytes: int
     workers: int
+    access_log: bool
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -122,6 +125,7 @@ class Settings:
             max_rows=_int_env("MLSERVE_MAX_ROWS", 1000),
             max_body_bytes=_int_env("MLSERVE_MAX_BODY_BYTES", 1 << 20),
             workers=_int_env("MLSERVE_WORKERS", 1),
+            access_log=os.environ.get("MLSERVE_ACCESS_LOG", "").lower() in ("1", "true", "yes"),
         )
 
 
@@ -539,6 +543,9 @@ BatchRows = t.Annotated[list[ChurnInstance], pydantic.Field(min_length=1, max_le
     image=IMAGE,
     workers=SETTINGS.workers,
     traffic={"timeout": 30},
+    # BentoML's per-request access log halved throughput in bench/serving.py (the line is formatted in the worker
+    # and copied again by the arbiter); off unless MLSERVE_ACCESS_LOG asks for it.
+    logging={"access": {"enabled": SETTINGS.access_log}},
     envs=[{"name": "MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "value": "true"}],
 )
 @bentoml.asgi_app(oip, path="/v2")
