@@ -215,7 +215,9 @@ class Scheduler:
             measurement = self.measure_fn(self.provider, self.plan, math.ceil(window))
             previous = weight
             weight, failed_checks = self._decide(weight, measurement, failed_checks)
-            if weight != previous:
+            # A new step, or a failed check, starts a fresh window: a failure is confirmed only by new
+            # traffic, never by re-reading the requests that failed the check before.
+            if weight != previous or measurement.phase is Phase.FAILED:
                 step_started = self.clock()
         return self.result
 

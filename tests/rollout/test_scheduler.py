@@ -54,6 +54,13 @@ def test_no_data_never_advances(plan):
     assert router.weight == 5  # stopping leaves the weight for a later resume
 
 
+def test_failed_check_is_confirmed_on_a_fresh_window(plan):
+    router, clock = FakeRouter(), SimClock()
+    measure_fn = scripted("IFIF")
+    Scheduler(router, None, plan, wait=clock.wait, clock=clock, measure_fn=measure_fn).run()
+    assert measure_fn.windows == [60, 120, 60, 120]
+
+
 def test_window_grows_while_holding(plan):
     router, clock = FakeRouter(), SimClock()
     measure_fn = scripted("IIP" + "PPP")

@@ -1,0 +1,288 @@
+"""Rollout benchmark: how fast a bad challenger is rolled back, and how often a good one is rolled back by noise.
+
+``make bench-rollout`` (``python -m bench.rollout``) runs the real `Scheduler`, `measure` and `judge` (the exact
+PromQL strings included) against simulated traffic in simulated time, so thousands of rollouts take seconds:
+
+- each simulated second, `rate` requests arrive; each goes to the challenger with the router's current weight
+  (binomial split), and fails with its variant's error rate (binomial); the router's weight changes at once;
+- a stand-in metrics provider answers the scheduler's `increase(...[Ns])` queries from those per-second
+  counts, `scrape_lag` seconds behind (as Prometheus is, scraping every second), and p95 latency with a
+  little noise around 20 ms;
+- time to rollback is measured from the challenger's first traffic (the first step's weight) to the
+  decision; "failed requests served" counts the challenger's failed requests until then.
+
+Scenarios: a challenger failing 5% of requests at 50 requests/s, under the stack's default rollout config
+(60 s interval, 100 requests minimum) and under a fast one (5 s interval, 20 requests minimum); and two
+identical variants at several shared error rates, for the false-rollback rate (full rollouts to promotion). Targets (issue 6): rolled back within 60 s; identical
+variants rolled back in under 1% of runs. Results: ``bench/results/rollout.json`` and ``rollout.md``.
+
+``--runs N`` sets runs per scenario (default 1000 for identical variants, 300 for the faulty challenger);
+``--seed`` makes a run reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from rollout.analysis import Thresholds
+from rollout.scheduler import RolloutPlan, Scheduler, Verdict
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUERY = re.compile(r'(model_predictions_total|model_prediction_errors_total|model_prediction_latency_seconds_bucket)'
+                   r'\{variant="(\w+)"[^}]*\}\[(\d+)s\]')
+
+
+def default_plan() -> RolloutPlan:
+    """The rollout plan of a stack with no rollout overrides (Pulumi.yaml's declared defaults)."""
+    from infra.config import load_stack_config
+
+    from rollout.cli import plan_from_config
+
+    return plan_from_config(load_stack_config("prod").rollout)
+
+
+class SimTraffic:
+    """Per-second simulated traffic, the router that splits it, and the clock the scheduler waits on."""
+
+    def __init__(self, rng: np.random.Generator, rate: float, error_rates: dict[str, float], scrape_lag: int):
+        self.rng = rng
+        self.rate = rate
+        self.error_rates = error_rates
+        self.scrape_lag = scrape_lag
+        self.now = 0
+        self.weight = 0
+        self.first_challenger_second: int | None = None
+        # Per second: requests and errors per variant.
+        self.seconds: list[dict[str, tuple[int, int]]] = []
+
+    # router protocol
+    def get_weight(self) -> int:
+        return self.weight
+
+    def set_weight(self, percent: int) -> None:
+        if percent > 0 and self.first_challenger_second is None:
+            self.first_challenger_second = self.now
+        self.weight = percent
+
+    def promote(self) -> str:
+        return "promoted (simulated)"
+
+    # clock
+    def clock(self) -> float:
+        return float(self.now)
+
+    def wait(self, seconds: float) -> bool:
+        for _ in range(int(seconds)):
+            total = self.rng.poisson(self.rate)
+            challenger = self.rng.binomial(total, self.weight / 100)
+            champion = total - challenger
+            self.seconds.append({
+                "champion": (champion, self.rng.binomial(champion, self.error_rates["champion"])),
+                "challenger": (challenger, self.rng.binomial(challenger, self.error_rates["challenger"])),
+            })
+            self.now += 1
+        return False
+
+    # metrics provider protocol
+    def is_online(self) -> bool:
+        return True
+
+    def query(self, promql: str) -> float | None:
+        match = QUERY.search(promql)
+        if match is None:
+            raise ValueError(f"benchmark provider cannot answer {promql!r}")
+        metric, variant, window = match.group(1), match.group(2), int(match.group(3))
+        visible = self.seconds[: max(len(self.seconds) - self.scrape_lag, 0)]
+        recent = visible[-window:]
+        if not recent:
+            return None
+        if metric.endswith("_bucket"):
+            served = sum(second[variant][0] for second in recent)
+            return None if served == 0 else float(0.02 + abs(self.rng.normal(0, 0.003)))
+        index = 0 if metric == "model_predictions_total" else 1
+        return float(sum(second[variant][index] for second in recent))
+
+
+@dataclass
+class RunOutcome:
+    verdict: str
+    seconds_to_decision: float
+    challenger_failed: int
+    challenger_served: int
+
+
+def simulate(plan: RolloutPlan, rng, rate: float, champion_error: float, challenger_error: float,
+             scrape_lag: int = 2, max_seconds: int = 3600) -> RunOutcome:
+    """One rollout in simulated time."""
+    traffic = SimTraffic(rng, rate, {"champion": champion_error, "challenger": challenger_error}, scrape_lag)
+
+    def wait(seconds: float) -> bool:
+        traffic.wait(seconds)
+        return traffic.now >= max_seconds  # a bound, in case a scenario never decides
+
+    result = Scheduler(traffic, traffic, plan, wait=wait, clock=traffic.clock).run()
+    start = traffic.first_challenger_second or 0
+    return RunOutcome(
+        verdict=result.verdict.value,
+        seconds_to_decision=traffic.now - start,
+        challenger_failed=sum(second["challenger"][1] for second in traffic.seconds),
+        challenger_served=sum(second["challenger"][0] for second in traffic.seconds),
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def faulty_scenario(name: str, plan: RolloutPlan, runs: int, rng, rate=50.0, error=0.05) -> dict:
+    outcomes = [simulate(plan, rng, rate, 0.0, error) for _ in range(runs)]
+    rolled = [o for o in outcomes if o.verdict == Verdict.ROLLED_BACK.value]
+    times = [o.seconds_to_decision for o in rolled]
+    failed = [o.challenger_failed for o in rolled]
+    return {
+        "scenario": name,
+        "rate_per_second": rate,
+        "challenger_error_rate": error,
+        "interval_seconds": plan.interval_seconds,
+        "min_requests": plan.thresholds.min_requests,
+        "steps": list(plan.steps),
+        "runs": runs,
+        "rolled_back_share": len(rolled) / runs,
+        "seconds_to_rollback": {
+            "median": statistics.median(times) if times else None,
+            "p95": percentile(times, 95),
+            "max": max(times) if times else None,
+        },
+        "within_60s_share": sum(t <= 60 for t in times) / runs,
+        "challenger_failed_requests": {"median": statistics.median(failed) if failed else None,
+                                       "p95": percentile(failed, 95), "max": max(failed) if failed else None},
+    }
+
+
+def identical_scenario(plan: RolloutPlan, runs: int, rng, error: float, rate=50.0) -> dict:
+    outcomes = [simulate(plan, rng, rate, error, error) for _ in range(runs)]
+    rolled = sum(o.verdict == Verdict.ROLLED_BACK.value for o in outcomes)
+    durations = [o.seconds_to_decision for o in outcomes if o.verdict == Verdict.PROMOTED.value]
+    # Wilson 95% upper bound, so "0 of N" is not read as "never".
+    z = 1.96
+    p = rolled / runs
+    upper = (p + z * z / (2 * runs) + z * ((p * (1 - p) + z * z / (4 * runs)) / runs) ** 0.5) / (1 + z * z / runs)
+    return {
+        "scenario": f"identical variants, both failing {error:.1%}",
+        "shared_error_rate": error,
+        "interval_seconds": plan.interval_seconds,
+        "runs": runs,
+        "false_rollbacks": rolled,
+        "false_rollback_rate": p,
+        "false_rollback_rate_upper95": upper,
+        "promoted": sum(o.verdict == Verdict.PROMOTED.value for o in outcomes),
+        "median_seconds_to_promotion": statistics.median(durations) if durations else None,
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Rollout benchmark",
+        "",
+        f"Simulated traffic, real scheduler and statistics; {report['generated']}, seed {report['seed']}, "
+        f"{report['elapsed_seconds']:.0f} s wall time.",
+        "",
+        "## Time to roll back a challenger failing 5% of requests at 50 requests/s",
+        "",
+        "| config | interval | min requests | rolled back | median s | p95 s | max s | within 60 s | failed requests served (median / p95) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["faulty"]:
+        t = row["seconds_to_rollback"]
+        f = row["challenger_failed_requests"]
+        lines.append(
+            f"| {row['scenario']} | {row['interval_seconds']:g} s | {row['min_requests']} | {row['rolled_back_share']:.1%} "
+            f"| {t['median']:.0f} | {t['p95']:.0f} | {t['max']:.0f} | {row['within_60s_share']:.1%} "
+            f"| {f['median']:.0f} / {f['p95']:.0f} |"
+        )
+    lines += [
+        "",
+        "## False rollbacks with two identical variants (full rollouts, 50 requests/s)",
+        "",
+        "| shared error rate | interval | runs | rolled back | rate | 95% upper bound | median s to promotion |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report["identical"]:
+        lines.append(
+            f"| {row['shared_error_rate']:.1%} | {row['interval_seconds']:g} s | {row['runs']} | {row['false_rollbacks']} "
+            f"| {row['false_rollback_rate']:.2%} | {row['false_rollback_rate_upper95']:.2%} "
+            f"| {row['median_seconds_to_promotion']:.0f} |"
+        )
+    lines += ["", "## Targets", ""]
+    for target in report["targets"]:
+        lines.append(f"- {'met' if target['met'] else 'NOT met'}: {target['target']} ({target['measured']})")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.rollout", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=None, help="runs per scenario (default 1000 identical, 300 faulty)")
+    parser.add_argument("--seed", type=int, default=20261121)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
+    args = parser.parse_args(argv)
+    if args.runs is not None and args.runs < 1:
+        parser.error("--runs must be at least 1")
+    rng = np.random.default_rng(args.seed)
+    started = time.monotonic()
+    stack_default = default_plan()
+    # The 60 s target needs two failed checks, the second on fresh traffic, inside 60 s at 2.5 challenger
+    # requests/s (5% of 50/s): a short interval, and a minimum sample a 5% weight reaches in about 8 s; the
+    # statistical test, not the minimum, is what keeps small samples from deciding.
+    fast = replace(stack_default, interval_seconds=5,
+                   thresholds=replace(stack_default.thresholds, min_requests=20))
+    faulty_runs = args.runs or 300
+    identical_runs = args.runs or 1000
+    faulty = [
+        faulty_scenario("stack defaults", stack_default, faulty_runs, rng),
+        faulty_scenario("intervalSeconds=5, minRequests=20", fast, faulty_runs, rng),
+    ]
+    identical = [identical_scenario(fast, identical_runs, rng, error) for error in (0.0, 0.001, 0.005, 0.01)]
+    identical += [identical_scenario(stack_default, identical_runs, rng, error) for error in (0.005, 0.01)]
+    fast_faulty = faulty[1]
+    worst_identical = max(identical, key=lambda row: row["false_rollback_rate"])
+    report = {
+        "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seed": args.seed,
+        "elapsed_seconds": time.monotonic() - started,
+        "significance": stack_default.thresholds.significance,
+        "failure_threshold": stack_default.failure_threshold,
+        "faulty": faulty,
+        "identical": identical,
+        "targets": [
+            {
+                "target": "5% failing challenger at 50 req/s rolled back within 60 s (intervalSeconds=5, minRequests=20), in 95% of runs",
+                "measured": f"{fast_faulty['within_60s_share']:.1%} of runs within 60 s, "
+                            f"p95 {fast_faulty['seconds_to_rollback']['p95']:.0f} s",
+                "met": fast_faulty["within_60s_share"] >= 0.95,
+            },
+            {
+                "target": "identical variants rolled back in under 1% of runs",
+                "measured": f"worst {worst_identical['false_rollback_rate']:.2%} "
+                            f"({worst_identical['scenario']}, interval {worst_identical['interval_seconds']:g} s)",
+                "met": all(row["false_rollback_rate"] < 0.01 for row in identical),
+            },
+        ],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "rollout.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "rollout.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
