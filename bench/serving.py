@@ -16,9 +16,10 @@ It then runs our service alone for ``BENCH_RSS_DURATION`` seconds (default 120) 
 resident memory of its process tree, and reports the growth after warm-up. Results go to ``bench/results/``:
 ``serving.json``, ``serving.md`` (table and the issue's targets, met or not) and ``serving.png``.
 
-Environment: ``BENCH_DURATION`` (seconds per point, default 10), ``BENCH_WARMUP`` (default 3),
+Environment: ``BENCH_DURATION`` (seconds per run, default 10), ``BENCH_REPEATS`` (runs per point, median kept,
+default 3), ``BENCH_WARMUP`` (default 3),
 ``BENCH_RSS_DURATION`` (default 120), ``BENCH_SERVERS`` (comma-separated subset of server keys).
-``--quick`` is a short smoke run (2 s points, 20 s memory run) that writes ``serving-quick.*`` instead.
+``--quick`` is a short smoke run (one 2 s run per point, 20 s memory run) that writes ``serving-quick.*``.
 Every load run is bounded by its duration; every server is stopped (its process group) in a ``finally``.
 """
 
@@ -258,13 +259,14 @@ def measure_point(endpoint: Endpoint, url: str, process: subprocess.Popen, cold_
     return point
 
 
-def measure_all(specs: list[ServerSpec], duration_s: float, warmup_s: float, workdir: Path,
+def measure_all(specs: list[ServerSpec], duration_s: float, warmup_s: float, repeats: int, workdir: Path,
                 skipped: dict[str, str]) -> list[Point]:
     """Start the servers in turn (each cold start timed alone), then load them round by round.
 
-    Each round runs one concurrency against every endpoint back to back, so on a shared, noisy machine the
-    servers compared at one concurrency were measured minutes apart at most, not a whole run apart. Idle
-    servers cost next to nothing while another is loaded.
+    Each round runs one concurrency against every endpoint back to back, ``repeats`` times, and keeps each
+    endpoint's median run: on a shared, noisy machine the servers compared at one concurrency are measured
+    close together in time, and one unlucky window does not decide a ratio. Idle servers cost next to
+    nothing while another is loaded.
     """
     targets: list[tuple[Endpoint, str, subprocess.Popen, float]] = []
     with contextlib.ExitStack() as stack:
@@ -287,13 +289,26 @@ def measure_all(specs: list[ServerSpec], duration_s: float, warmup_s: float, wor
                     print((workdir / f"{spec.key}.log").read_text(errors="replace")[-2000:], file=sys.stderr)
         for endpoint, url, _, _ in targets:
             run_wrk(url + endpoint.path, endpoint.body, 8, warmup_s, workdir)
-        points = [
-            measure_point(endpoint, url, process, cold_start, concurrency, duration_s, workdir)
-            for concurrency in CONCURRENCIES
-            for endpoint, url, process, cold_start in targets
-        ]
+        points = []
+        for concurrency in CONCURRENCIES:
+            runs: dict[str, list[Point]] = {}
+            for _ in range(repeats):
+                for endpoint, url, process, cold_start in targets:
+                    runs.setdefault(endpoint.key, []).append(
+                        measure_point(endpoint, url, process, cold_start, concurrency, duration_s, workdir)
+                    )
+            points += [median_run(endpoint_runs) for endpoint_runs in runs.values()]
     order = {endpoint.key: index for index, (endpoint, *_) in enumerate(targets)}
     return sorted(points, key=lambda point: (order[point.endpoint], point.concurrency))
+
+
+def median_run(runs: list[Point]) -> Point:
+    """The run with the median throughput (its own latencies with it); errors summed over all runs."""
+    chosen = sorted(runs, key=lambda point: point.rps)[(len(runs) - 1) // 2]
+    return dataclasses.replace(
+        chosen, errors=sum(p.errors for p in runs), non_2xx=sum(p.non_2xx for p in runs),
+        socket_errors=sum(p.socket_errors for p in runs), requests=sum(p.requests for p in runs),
+    )
 
 
 def measure_rss_flatness(spec: ServerSpec, duration_s: float, workdir: Path) -> dict[str, t.Any]:
@@ -483,8 +498,9 @@ def markdown_report(meta: dict[str, t.Any], points: list[Point], targets: list[d
     lines = [
         "# Serving benchmark",
         "",
-        f"{meta['date']} on {meta['machine']}; wrk, 1 thread, 1-row JSON POST, {meta['duration_s']:g} s per point "
-        f"after a {meta['warmup_s']:g} s warm-up, one round per concurrency over all servers; mlserve, mlflow and "
+        f"{meta['date']} on {meta['machine']}; wrk, 1 thread, 1-row JSON POST, {meta['duration_s']:g} s per run "
+        f"after a {meta['warmup_s']:g} s warm-up; per concurrency, {meta.get('repeats', 1)} rounds over all servers, "
+        "each row the median-throughput run of its point (errors summed over all runs); mlserve, mlflow and "
         f"MLServer with {meta['workers']} workers, the reference server with one process. Reproduce: `make bench`.",
         "",
         "| server | c | rps | p50 ms | p99 ms | errors | cold start s | RSS MiB |",
@@ -553,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     duration = float(os.environ.get("BENCH_DURATION") or (2 if args.quick else 10))
     warmup = float(os.environ.get("BENCH_WARMUP") or (1 if args.quick else 3))
     rss_duration = float(os.environ.get("BENCH_RSS_DURATION") or (20 if args.quick else 120))
+    repeats = int(os.environ.get("BENCH_REPEATS") or (1 if args.quick else 3))
     workers = os.cpu_count() or 1
     chosen = [key for key in (os.environ.get("BENCH_SERVERS") or "").split(",") if key]
 
@@ -564,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = BUILD / "run"  # server logs and wrk scripts; kept for a look after the run
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    points = measure_all(specs, duration, warmup, workdir, skipped)
+    points = measure_all(specs, duration, warmup, repeats, workdir, skipped)
     rss = None
     ours = next((spec for spec in specs if spec.key == "mlserve"), None)
     if ours and rss_duration > 0:
@@ -576,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
                    f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
-        "duration_s": duration, "warmup_s": warmup, "workers": workers, "quick": args.quick,
+        "duration_s": duration, "warmup_s": warmup, "repeats": repeats, "workers": workers, "quick": args.quick,
     }
     targets = evaluate_targets(points, rss)
     stem = "serving-quick" if args.quick else "serving"
