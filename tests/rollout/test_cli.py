@@ -1,0 +1,77 @@
+"""The CLI: bad arguments and bad stack config exit 2 naming the problem; reports carry a verdict and a chart."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rollout.analysis import Measurement, Phase, VariantSample
+from rollout.cli import EXIT_USAGE, main, plan_from_config
+from rollout.report import write_report
+from rollout.scheduler import Decision, RolloutResult, StepRecord, Verdict
+
+
+@pytest.fixture(autouse=True)
+def state_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLSERVE_HOME", str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "required"),
+        (["launch", "--stack", "prod"], "invalid choice: 'launch'"),
+        (["start"], "the following arguments are required: --stack"),
+        (["start", "--stack", "pr od"], "'pr od' is not a stack name"),
+        (["start", "--stack", "prod", "--report", "run.txt"], "'run.txt' must end in .json"),
+        (["start", "--stack", "prod", "--router", "istio"], "invalid choice: 'istio'"),
+        (["start", "--stack", "nope"], "no file Pulumi.nope.yaml"),
+        (["start", "--stack", "dev"], "has no model.challengerUri"),
+        (["start", "--stack", "prod", "--set", "rollout.steps=[50, 10]"], "rollout.steps"),
+        (["start", "--stack", "prod", "--set", "rollout.intervalSeconds=soon"], "rollout.intervalSeconds"),
+        (["start", "--stack", "prod", "--set", "nonsense"], "is not KEY.PATH=VALUE"),
+        (["start", "--stack", "prod", "--router", "haproxy"], "needs --haproxy-socket"),
+        (["promote", "--stack", "dev"], "no model.challengerUri to promote"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_problem(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_status_reads_the_stack_without_pulumi(capsys):
+    assert main(["status", "--stack", "prod", "--set", "rollout.prometheusUrl=http://127.0.0.1:9"]) == 0
+    out = capsys.readouterr().out
+    assert "models:/customer-churn-classifier@challenger" in out
+    assert "rollout running:    no" in out
+    assert "unreachable" in out
+
+
+def test_plan_follows_stack_config():
+    from infra.config import load_stack_config
+
+    plan = plan_from_config(load_stack_config("prod", overrides={"rollout.maxErrorRatePercent": "0.5"}).rollout)
+    assert plan.steps == (5, 10, 25, 50, 100)
+    assert plan.thresholds.max_error_rate == pytest.approx(0.005)
+    assert plan.thresholds.max_p95_seconds == pytest.approx(0.5)
+
+
+def test_report_has_verdict_every_step_and_a_chart(tmp_path):
+    sample = VariantSample("challenger", 200, 10, 0.02)
+    champion = VariantSample("champion", 2000, 0, 0.015)
+    failed = Measurement(Phase.FAILED, "error_rate: 10/200", champion, sample)
+    result = RolloutResult(Verdict.ROLLED_BACK, "2 failed checks", [
+        StepRecord(1000.0, 5, Decision.START, "challenger weight set to 5%"),
+        StepRecord(1060.0, 5, Decision.HOLD, "failed check", failed, 1),
+        StepRecord(1120.0, 0, Decision.ROLLBACK, "2 failed checks", failed, 2),
+    ])
+    report, chart = write_report(result, tmp_path / "run.json", {"stack": "prod"})
+    data = json.loads(report.read_text())
+    assert data["verdict"] == "rolled_back"
+    assert [step["decision"] for step in data["steps"]] == ["start", "hold", "rollback"]
+    assert data["steps"][1]["measurement"]["challenger"]["error_rate"] == pytest.approx(0.05)
+    assert data["steps"][2]["time"].startswith("1970-01-01T00:18:40")
+    assert chart == tmp_path / "run.png" and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
