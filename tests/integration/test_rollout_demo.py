@@ -1,0 +1,84 @@
+"""`python -m rollout demo` end to end, as a user runs it: a faulty challenger is rolled back and the run is
+reported; Ctrl-C stops the demo and every process it started. Uses a private MLSERVE_HOME (own registry)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from rollout.lock import REPO_ROOT
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(not (shutil.which("haproxy") and shutil.which("prometheus")), reason="needs haproxy and prometheus"),
+]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo-home")
+
+
+def demo_env(home) -> dict[str, str]:
+    env = {**os.environ, "MLSERVE_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def processes_started_under(home) -> list[psutil.Process]:
+    """Processes whose command line or environment mentions the demo's private home."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "pid"]):
+        if process.pid == os.getpid():
+            continue
+        try:
+            text = " ".join(process.info["cmdline"] or []) + " " + " ".join(
+                f"{k}={v}" for k, v in process.environ().items() if k in ("BENTOML_HOME", "MLSERVE_HOME"))
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if str(home) in text:
+            found.append(process)
+    return found
+
+
+def test_demo_rolls_back_a_faulty_challenger(home):
+    report = home / "faulty.json"
+    finished = subprocess.run([sys.executable, "-m", "rollout", "demo", "--faulty-challenger", "--report", str(report)],
+                              cwd=REPO_ROOT, env=demo_env(home), capture_output=True, text=True, timeout=280)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    data = json.loads(report.read_text())
+    assert data["verdict"] == "rolled_back"
+    assert data["steps"][-1]["decision"] == "rollback" and data["steps"][-1]["weight"] == 0
+    assert "error_rate" in data["reason"]
+    assert data["context"]["traffic"]["challenger"]["failed_5xx"] > 0
+    assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert processes_started_under(home) == []
+
+
+def test_ctrl_c_stops_the_demo_and_everything_it_started(home):
+    demo = subprocess.Popen([sys.executable, "-m", "rollout", "demo"], cwd=REPO_ROOT, env=demo_env(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 200
+        for line in demo.stdout:
+            if "weight" in line and "start" in line or time.monotonic() > deadline:
+                break
+        assert processes_started_under(home), "the demo should be running its servers now"
+        demo.send_signal(signal.SIGINT)
+        demo.wait(60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(10)
+    assert demo.returncode == 130
+    assert processes_started_under(home) == []
