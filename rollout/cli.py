@@ -83,10 +83,21 @@ class Progress:
         return False
 
 
-def stop_on_signals(stop: threading.Event) -> None:
-    """Ctrl-C and SIGTERM (sent by `abort`) end the wait between analyses instead of killing mid-update."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
+def stop_on_signals(stop: threading.Event) -> dict:
+    """Ctrl-C and SIGTERM (sent by `abort`) end the wait between analyses instead of killing mid-update.
+
+    Returns the previous handlers, for `restore_signals`.
+    """
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in previous:
         signal.signal(signum, lambda *_: stop.set())
+    return previous
+
+
+def restore_signals(previous: dict) -> None:
+    """Put back the handlers `stop_on_signals` replaced."""
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def _load_config(args):
@@ -150,8 +161,11 @@ def cmd_start(args) -> int:
                 checks.unlink(missing_ok=True)
             print(f"config-only: Pulumi.{args.stack}.yaml updated; apply it through your pull request")
         else:
-            stop_on_signals(stop)
-            result = scheduler.run()
+            previous = stop_on_signals(stop)
+            try:
+                result = scheduler.run()
+            finally:
+                restore_signals(previous)
     if args.report:
         context = {"stack": args.stack, "challenger_uri": config.model.challenger_uri, "plan": _plan_dict(plan)}
         report, chart = write_report(result, Path(args.report), context)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import psutil
+
 from rollout.errors import RolloutLockedError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -27,12 +29,12 @@ def lock_path(stack: str) -> Path:
 
 def _pid_running(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        # A zombie has exited; only its parent has not collected it yet.
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True  # it exists, it is just not ours
-    return True
 
 
 def lock_holder(stack: str) -> int | None:

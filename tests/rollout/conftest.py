@@ -1,6 +1,13 @@
-"""Shared fixtures for rollout unit tests: default limits and the default five-step plan."""
+"""Shared fixtures for rollout unit tests: default limits, the default five-step plan, and a recording
+stand-in for the `pulumi` executable first on PATH."""
 
 from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +23,35 @@ def limits() -> Thresholds:
 @pytest.fixture
 def plan(limits) -> RolloutPlan:
     return RolloutPlan(steps=(5, 10, 25, 50, 100), interval_seconds=60, failure_threshold=2, thresholds=limits)
+
+
+STANDIN = Path(__file__).with_name("pulumi_standin.py")
+
+
+@pytest.fixture
+def pulumi_cli(tmp_path, monkeypatch):
+    """Put the stand-in first on PATH; returns (project dir, state file, function reading the recorded calls)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "pulumi"
+    exe.write_text(f"#!{sys.executable}\n" + STANDIN.read_text())
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "Pulumi.yaml").write_text("name: mlserve\nruntime: python\n")
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"stacks": {"prod": {
+        "traffic.challengerWeight": "0",
+        "model.challengerUri": "models:/customer-churn-classifier@challenger",
+        "model.championUri": "models:/customer-churn-classifier@champion",
+    }}}))
+    log = tmp_path / "calls.jsonl"
+    log.touch()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PULUMI_STANDIN_LOG", str(log))
+    monkeypatch.setenv("PULUMI_STANDIN_STATE", str(state))
+
+    def calls():
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    return project, state, calls

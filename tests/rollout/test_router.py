@@ -4,11 +4,7 @@ commands the Automation API runs; HAProxyRouter against a fake runtime API socke
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
-import stat
-import sys
 import threading
 from pathlib import Path
 
@@ -16,38 +12,6 @@ import pytest
 
 from rollout.errors import RouterError
 from rollout.router import HAProxyRouter, StackConfigRouter, check_weight, make_router
-
-STANDIN = Path(__file__).with_name("pulumi_standin.py")
-
-
-@pytest.fixture
-def pulumi_cli(tmp_path, monkeypatch):
-    """Put the stand-in first on PATH; returns (project dir, state file, function reading the recorded calls)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    exe = bin_dir / "pulumi"
-    exe.write_text(f"#!{sys.executable}\n" + STANDIN.read_text())
-    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "Pulumi.yaml").write_text("name: mlserve\nruntime: python\n")
-    state = tmp_path / "state.json"
-    state.write_text(json.dumps({"stacks": {"prod": {
-        "traffic.challengerWeight": "0",
-        "model.challengerUri": "models:/customer-churn-classifier@challenger",
-        "model.championUri": "models:/customer-churn-classifier@champion",
-    }}}))
-    log = tmp_path / "calls.jsonl"
-    log.touch()
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("PULUMI_STANDIN_LOG", str(log))
-    monkeypatch.setenv("PULUMI_STANDIN_STATE", str(state))
-
-    def calls():
-        return [json.loads(line) for line in log.read_text().splitlines()]
-
-    return project, state, calls
-
 
 def test_set_weight_is_config_set_then_up(pulumi_cli):
     project, state, calls = pulumi_cli
