@@ -16,8 +16,13 @@ Scenarios: a challenger failing 5% of requests at 50 requests/s, under the stack
 identical variants at several shared error rates, for the false-rollback rate (full rollouts to promotion). Targets (issue 6): rolled back within 60 s; identical
 variants rolled back in under 1% of runs. Results: ``bench/results/rollout.json`` and ``rollout.md``.
 
-``--runs N`` sets runs per scenario (default 1000 for identical variants, 300 for the faulty challenger);
-``--seed`` makes a run reproducible.
+It then checks the simulation against the real thing: ``--real-runs N`` (default 3) rollouts of the demo's
+faulty challenger (about 8% of rows fail, with a real 5xx) served by `bentoml serve` behind HAProxy, scraped by
+Prometheus, at 50 requests/s, with the fast config, in one local environment (private registry under
+``build/bench-rollout``). ``--real-runs 0`` skips them.
+
+``--runs N`` sets simulated runs per scenario (default 1000 for identical variants, 300 for the faulty
+challenger); ``--seed`` makes a run reproducible.
 """
 
 from __future__ import annotations
@@ -189,6 +194,61 @@ def identical_scenario(plan: RolloutPlan, runs: int, rng, error: float, rate=50.
     }
 
 
+def real_runs(plan: RolloutPlan, runs: int, rate: float = 50.0) -> dict:
+    """Roll out the demo's faulty challenger `runs` times against real servers; time and failed requests per run."""
+    import shutil
+    import threading
+
+    from rollout.local import LoadGenerator, LocalEnvironment
+    from rollout.metrics import PrometheusProvider
+    from rollout.router import HAProxyRouter
+    from service.train import ensure_demo_models, sample_instances
+
+    home = Path(__file__).resolve().parent.parent / "build" / "bench-rollout"
+    shutil.rmtree(home / "env", ignore_errors=True)
+    home.mkdir(parents=True, exist_ok=True)
+    tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
+    versions = ensure_demo_models(tracking_uri, faulty_challenger=True)
+    outcomes = []
+    with LocalEnvironment(home / "env", tracking_uri) as env:
+        champion, challenger = env.start_model_servers([
+            ("champion", "champion", f"models:/customer-churn-classifier/{versions['champion']}"),
+            ("challenger", "challenger", f"models:/customer-churn-classifier/{versions['challenger']}"),
+        ])
+        split = env.start_haproxy("haproxy", champion, challenger)
+        prometheus_url = env.start_prometheus({"champion": champion, "challenger": challenger})
+        router = HAProxyRouter(split.socket_path)
+        instances = sample_instances(5000, seed=8)
+        for index in range(runs):
+            router.set_weight(0)
+            time.sleep(3)  # let the previous run's traffic age out of the first window
+            stop = threading.Event()
+            timer = threading.Timer(180, stop.set)
+            timer.start()
+            load = LoadGenerator(split.url, instances, rate_per_second=rate, max_requests=int(rate * 200),
+                                 max_seconds=200, seed=index).start()
+            started = time.monotonic()
+            result = Scheduler(router, PrometheusProvider(prometheus_url, timeout_seconds=3), plan, wait=stop.wait).run()
+            elapsed = time.monotonic() - started
+            timer.cancel()
+            stats = load.stop()
+            outcomes.append({"verdict": result.verdict.value, "seconds_to_decision": round(elapsed, 1),
+                             "challenger_failed": stats.failed("challenger"), "challenger_served": stats.served("challenger"),
+                             "reason": result.reason})
+            print(f"real run {index + 1}/{runs}: {result.verdict.value} after {elapsed:.0f} s, "
+                  f"challenger failed {stats.failed('challenger')} of {stats.served('challenger')}", flush=True)
+    shutil.rmtree(home / "env", ignore_errors=True)
+    rolled = [o for o in outcomes if o["verdict"] == Verdict.ROLLED_BACK.value]
+    return {
+        "runs": runs, "rate_per_second": rate, "interval_seconds": plan.interval_seconds,
+        "min_requests": plan.thresholds.min_requests, "steps": list(plan.steps),
+        "rolled_back": len(rolled),
+        "seconds_to_rollback": [o["seconds_to_decision"] for o in rolled],
+        "challenger_failed_requests": [o["challenger_failed"] for o in rolled],
+        "outcomes": outcomes,
+    }
+
+
 def markdown(report: dict) -> str:
     lines = [
         "# Rollout benchmark",
@@ -222,6 +282,22 @@ def markdown(report: dict) -> str:
             f"| {row['false_rollback_rate']:.2%} | {row['false_rollback_rate_upper95']:.2%} "
             f"| {row['median_seconds_to_promotion']:.0f} |"
         )
+    if report.get("real"):
+        real = report["real"]
+        lines += [
+            "",
+            f"## Real servers: the demo's faulty challenger (~8% of rows fail) at {real['rate_per_second']:g} requests/s",
+            "",
+            f"bentoml serve + HAProxy + Prometheus on loopback, interval {real['interval_seconds']:g} s, "
+            f"min requests {real['min_requests']}, steps {real['steps']}; rolled back in {real['rolled_back']} of "
+            f"{real['runs']} runs.",
+            "",
+            "| run | verdict | seconds to decision | challenger failed / served |",
+            "|---|---|---|---|",
+        ]
+        for index, outcome in enumerate(real["outcomes"], 1):
+            lines.append(f"| {index} | {outcome['verdict']} | {outcome['seconds_to_decision']:.0f} "
+                         f"| {outcome['challenger_failed']} / {outcome['challenger_served']} |")
     lines += ["", "## Targets", ""]
     for target in report["targets"]:
         lines.append(f"- {'met' if target['met'] else 'NOT met'}: {target['target']} ({target['measured']})")
@@ -233,9 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=None, help="runs per scenario (default 1000 identical, 300 faulty)")
     parser.add_argument("--seed", type=int, default=20261121)
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
+    parser.add_argument("--real-runs", type=int, default=3, help="rollouts against real servers (default 3; 0 skips)")
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.real_runs < 0:
+        parser.error("--real-runs must be 0 or more")
     rng = np.random.default_rng(args.seed)
     started = time.monotonic()
     stack_default = default_plan()
@@ -252,16 +331,18 @@ def main(argv: list[str] | None = None) -> int:
     ]
     identical = [identical_scenario(fast, identical_runs, rng, error) for error in (0.0, 0.001, 0.005, 0.01)]
     identical += [identical_scenario(stack_default, identical_runs, rng, error) for error in (0.005, 0.01)]
+    real = real_runs(fast, args.real_runs) if args.real_runs else None
     fast_faulty = faulty[1]
     worst_identical = max(identical, key=lambda row: row["false_rollback_rate"])
     report = {
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seed": args.seed,
-        "elapsed_seconds": time.monotonic() - started,
+        "elapsed_seconds": None,
         "significance": stack_default.thresholds.significance,
         "failure_threshold": stack_default.failure_threshold,
         "faulty": faulty,
         "identical": identical,
+        "real": real,
         "targets": [
             {
                 "target": "5% failing challenger at 50 req/s rolled back within 60 s (intervalSeconds=5, minRequests=20), in 95% of runs",
@@ -277,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         ],
     }
+    report["elapsed_seconds"] = time.monotonic() - started
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rollout.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "rollout.md").write_text(markdown(report))
