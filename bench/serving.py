@@ -398,6 +398,8 @@ def mlserver_command(root: Path, port: int, workers: int) -> list[str]:
     (root / "settings.json").write_text(json.dumps({
         "host": "127.0.0.1", "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
         "parallel_workers": workers, "debug": False,
+        # MLServer's multiprocess metrics default to ./.metrics in its working directory (our checkout).
+        "metrics_dir": str(root / ".metrics"),
     }))
     return [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(root)]
 
