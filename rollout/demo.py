@@ -68,6 +68,11 @@ def promote_in_registry(tracking_uri: str, version: str):
     return promote
 
 
+def _interrupt(signum, frame) -> None:
+    """SIGTERM during start-up behaves like Ctrl-C: unwind, stopping what was started."""
+    raise KeyboardInterrupt
+
+
 def run_demo(faulty_challenger: bool = False, report: Path | None = None) -> int:
     """Run the demo to a verdict; returns the exit code (0 once the scheduler decided)."""
     from service.service import tracking_uri_from_env
@@ -76,7 +81,7 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None) -> int
     tracking_uri = tracking_uri_from_env()
     stop = threading.Event()
     # During start-up Ctrl-C/SIGTERM interrupt at once; from the first rollout step they end the wait.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     state_dir().mkdir(parents=True, exist_ok=True)
     # Logs and configs of the started processes; kept only when the demo fails, for diagnosis.
     workdir = Path(tempfile.mkdtemp(prefix="demo-", dir=state_dir()))
