@@ -170,9 +170,9 @@ class LocalEnvironment:
                 f"model-{name}",
                 [sys.executable, "-m", "service", "serve", "--port", str(port), "--variant", variant,
                  "--model-uri", model_uri],
-                # BentoML keeps multiprocess metrics in BENTOML_HOME/prometheus_multiproc_dir and wipes it
-                # when a server starts: servers sharing a home overwrite each other's /metrics.
-                env={"MLFLOW_TRACKING_URI": self.tracking_uri, "BENTOML_HOME": str(self.workdir / f"bentoml-{name}")},
+                # The server keeps its BentoML home (metrics files) under MLSERVE_HOME/servers/<port>: here, so
+                # it goes away with the environment.
+                env={"MLFLOW_TRACKING_URI": self.tracking_uri, "MLSERVE_HOME": str(self.workdir)},
             )
             launched.append((ModelServer(name, variant, model_uri, port), started))
         for server, started in launched:
