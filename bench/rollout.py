@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 
-from rollout.analysis import Thresholds
 from rollout.scheduler import RolloutPlan, Scheduler, Verdict
 
 RESULTS = Path(__file__).resolve().parent / "results"
