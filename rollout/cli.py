@@ -164,17 +164,27 @@ def cmd_start(args) -> int:
             previous = stop_on_signals(stop)
             try:
                 result = scheduler.run()
+            except RolloutError as err:
+                # The router failed mid-rollout (e.g. `pulumi up`): keep what happened so far in the report.
+                scheduler.result.verdict = Verdict.ABORTED
+                scheduler.result.reason = f"stopped by an error: {err}"
+                _write_report(args, config, plan, scheduler.result)
+                raise
             finally:
                 restore_signals(previous)
-    if args.report:
-        context = {"stack": args.stack, "challenger_uri": config.model.challenger_uri, "plan": _plan_dict(plan)}
-        report, chart = write_report(result, Path(args.report), context)
-        print(f"report: {report} (chart {chart})")
+    _write_report(args, config, plan, result)
     verdict = result.verdict.value if result.verdict else "in progress"
     print(f"verdict: {verdict}" + (f" ({result.reason})" if result.reason else ""))
     return {Verdict.PROMOTED: EXIT_OK, Verdict.ROLLED_BACK: EXIT_ROLLED_BACK, Verdict.ABORTED: EXIT_STOPPED}.get(
         result.verdict, EXIT_OK
     )
+
+
+def _write_report(args, config, plan: RolloutPlan, result) -> None:
+    if args.report:
+        context = {"stack": args.stack, "challenger_uri": config.model.challenger_uri, "plan": _plan_dict(plan)}
+        report, chart = write_report(result, Path(args.report), context)
+        print(f"report: {report} (chart {chart})")
 
 
 def _plan_dict(plan: RolloutPlan) -> dict:

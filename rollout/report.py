@@ -69,7 +69,8 @@ def render_chart(result: RolloutResult, png_path: Path) -> None:
     ax_latency.set_xlabel("seconds since start")
     for axis in (ax_weight, ax_errors, ax_latency):
         axis.grid(alpha=0.3)
-    ax_errors.legend(loc="upper left")
+    if ax_errors.get_legend_handles_labels()[0]:
+        ax_errors.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(png_path, dpi=90)
     plt.close(fig)

@@ -120,3 +120,17 @@ def test_abort_stops_the_running_rollout_and_resets_the_weight(pulumi_cli, capsy
     assert json.loads(state.read_text())["stacks"]["prod"]["traffic.challengerWeight"] == "0"
     assert "latency alert" in capsys.readouterr().out
     assert stack_calls(calls)[-1][0] == "up"
+
+
+def test_a_failed_update_stops_the_rollout_and_keeps_the_report(pulumi_cli, prometheus_url, tmp_path, capsys):
+    _, state, _ = pulumi_cli
+    data = json.loads(state.read_text())
+    data["fail_up"] = True
+    state.write_text(json.dumps(data))
+    report = tmp_path / "run.json"
+    code = main(["start", "--stack", "prod", "--set", f"rollout.prometheusUrl={prometheus_url}", "--report", str(report)])
+    assert code == 3
+    assert "pulumi up failed" in capsys.readouterr().err
+    written = json.loads(report.read_text())
+    assert written["verdict"] == "aborted" and "cluster is unreachable" in written["reason"]
+    assert not lock_path("prod").exists()
