@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -45,6 +44,8 @@ from pathlib import Path
 
 import psutil
 import requests
+
+from rollout.local import stop_process_tree
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD = REPO_ROOT / "build" / "bench"
@@ -176,7 +177,7 @@ def running(spec: ServerSpec, log_dir: Path) -> t.Iterator[tuple[str, subprocess
         cold_start = wait_ready(url + spec.ready_path, process, started, log_path)
         yield url, process, cold_start
     finally:
-        stop(process)
+        stop_process_tree(process, grace_seconds=20)
 
 
 def wait_ready(ready_url: str, process: subprocess.Popen, started: float, log_path: Path) -> float:
@@ -189,32 +190,6 @@ def wait_ready(ready_url: str, process: subprocess.Popen, started: float, log_pa
                 return time.monotonic() - started
         time.sleep(0.02)
     raise RuntimeError(f"not ready after {READY_TIMEOUT_SECONDS}s; see {log_path}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop the process group we started (SIGTERM, then SIGKILL), then any descendant left over.
-
-    BentoML's arbiter starts its workers in sessions of their own, so the group alone does not reach them;
-    they are remembered by pid before the signal and killed by pid if they outlive their parent.
-    """
-    if process.poll() is not None:
-        return
-    try:
-        descendants = psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        descendants = []
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    _, alive = psutil.wait_procs(descendants, timeout=10)
-    for leftover in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            leftover.kill()
 
 
 # ---------------------------------------------------------------- load

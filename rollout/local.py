@@ -9,9 +9,11 @@ forks its workers into their own process groups. The demo and the integration te
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -126,38 +128,10 @@ class LocalEnvironment:
             f"{started.log_tail()}"
         )
 
-    @staticmethod
-    def _stop(started: Started, grace_seconds: float = 10.0) -> None:
-        process = started.process
-        if process.poll() is not None:
-            return
-        try:
-            descendants = psutil.Process(process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            descendants = []
-        process.terminate()
-        try:
-            process.wait(grace_seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        # Workers that outlived their parent are ours too (started through it); stop them by pid.
-        for child in descendants:
-            try:
-                child.terminate()
-            except psutil.NoSuchProcess:
-                continue
-        _, alive = psutil.wait_procs(descendants, timeout=5)
-        for child in alive:
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
-
     def close(self) -> None:
         """Stop every process this environment started, newest first."""
         while self._started:
-            self._stop(self._started.pop())
+            stop_process_tree(self._started.pop().process)
 
     # ---------------------------------------------------------------- model servers
 
@@ -243,7 +217,7 @@ class LocalEnvironment:
     def stop_prometheus(self) -> None:
         """Stop Prometheus (to show that an unreachable metrics backend holds a rollout)."""
         if self._prometheus is not None:
-            self._stop(self._prometheus)
+            stop_process_tree(self._prometheus.process)
             self._started.remove(self._prometheus)
             self._prometheus = None
 
@@ -339,3 +313,32 @@ class LoadGenerator:
         for worker in self._workers:
             worker.join(15)
         return self.stats
+
+
+def stop_process_tree(process: subprocess.Popen, grace_seconds: float = 10.0) -> None:
+    """Stop a process started in a session of its own, its group, and every descendant it had.
+
+    BentoML's arbiter starts its workers in sessions of their own, so the group alone does not reach them:
+    they are remembered by pid before the signal and stopped by pid if they outlive their parent.
+    """
+    if process.poll() is not None:
+        return
+    try:
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+    for child in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(descendants, timeout=5)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
