@@ -158,7 +158,7 @@ class LocalEnvironment:
 
     def start_haproxy(self, name: str, champion: ModelServer, challenger: ModelServer) -> TrafficSplit:
         """An HAProxy splitting one frontend between two servers; all traffic to the champion at first."""
-        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        haproxy = find_tool("haproxy")
         port = free_port()
         socket_path = self.workdir / f"{name}.sock"
         socket_path.unlink(missing_ok=True)
@@ -195,7 +195,7 @@ class LocalEnvironment:
         """
         if targets is not None:
             self._scrape_targets = {name: server.port for name, server in targets.items()}
-        prometheus = shutil.which("prometheus") or "/usr/bin/prometheus"
+        prometheus = find_tool("prometheus")
         port = port or (int(self.prometheus_url.rsplit(":", 1)[1]) if self.prometheus_url else free_port())
         config = self.workdir / "prometheus.yml"
         jobs = "".join(
@@ -342,3 +342,21 @@ def stop_process_tree(process: subprocess.Popen, grace_seconds: float = 10.0) ->
     for child in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
+
+
+def find_tool(name: str) -> str:
+    """Path of a Debian tool: on PATH, or where Debian puts it (haproxy lives in /usr/sbin, often off PATH)."""
+    found = shutil.which(name) or next(
+        (str(path) for path in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if path.is_file()), None
+    )
+    if found is None:
+        raise LocalEnvironmentError(f"{name} not found on PATH or in /usr/sbin, /usr/bin; `make setup` installs it")
+    return found
+
+
+def tools_installed(*names: str) -> bool:
+    """Whether every named Debian tool can be found (for skipping tests that need them)."""
+    try:
+        return all(find_tool(name) for name in names)
+    except LocalEnvironmentError:
+        return False

@@ -5,7 +5,7 @@ set -euo pipefail
 venv=${1:-.venv}
 need=()
 command -v promtool >/dev/null || need+=(prometheus)
-command -v haproxy >/dev/null || need+=(haproxy)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)  # Debian puts it in /usr/sbin
 command -v wrk >/dev/null || need+=(wrk)
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then echo "setup: need root to apt-get install ${need[*]}" >&2; exit 1; fi

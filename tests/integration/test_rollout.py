@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from rollout.analysis import Phase, Thresholds
-from rollout.local import LoadGenerator, LocalEnvironment
+from rollout.local import LoadGenerator, LocalEnvironment, tools_installed
 from rollout.lock import REPO_ROOT
 from rollout.metrics import PrometheusProvider
 from rollout.router import HAProxyRouter
@@ -30,7 +29,7 @@ from rollout.scheduler import Decision, RolloutPlan, Scheduler, Verdict
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(240),
-    pytest.mark.skipif(not (shutil.which("haproxy") and shutil.which("prometheus")), reason="needs haproxy and prometheus"),
+    pytest.mark.skipif(not tools_installed("haproxy", "prometheus"), reason="needs haproxy and prometheus (make setup)"),
 ]
 
 MODEL = "customer-churn-classifier"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,12 +13,13 @@ import time
 import psutil
 import pytest
 
+from rollout.local import tools_installed
 from rollout.lock import REPO_ROOT
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(300),
-    pytest.mark.skipif(not (shutil.which("haproxy") and shutil.which("prometheus")), reason="needs haproxy and prometheus"),
+    pytest.mark.skipif(not tools_installed("haproxy", "prometheus"), reason="needs haproxy and prometheus (make setup)"),
 ]
 
 
