@@ -122,8 +122,8 @@ def render_resources(config: StackConfig) -> list[RenderedResource]:
     # The image is not built when rendering: the context is named, never read.
     context = DockerContext(directory=Path("build/image"), bento_tag="churn-model:unbuilt")
     pulumi.runtime.test(lambda: build_stack(config, context))()
-    resources = [resource for resource in mocks.resources if not resource.type.startswith("pulumi:")]
-    resources = [r for r in resources if not r.type.startswith("mlserve:")]
+    # The stack and our components are groupings, not things that get applied.
+    resources = [r for r in mocks.resources if not r.type.startswith(("pulumi:", "mlserve:"))]
     return sorted(resources, key=lambda r: (not r.is_kubernetes_object, r.kind, r.object_name, r.name))
 
 

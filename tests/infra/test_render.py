@@ -27,7 +27,7 @@ def is_built_in(manifest: dict) -> bool:
 
 
 def core_manifests(resources):
-    return [m for m in manifests(resources) if m["kind"] in CORE_KINDS]
+    return [m for m in manifests(resources) if is_built_in(m)]
 
 
 @pytest.mark.parametrize("stack", STACKS)
