@@ -1,0 +1,219 @@
+"""The Open Inference Protocol v2 over gRPC (``inference.GRPCInferenceService``), served inside each BentoML worker.
+
+BentoML 1.4's ``@bentoml.service`` cannot serve gRPC (bentoml/BentoML#4634, #5607), so every worker runs a
+``grpc.aio`` server on its own event loop, started by the service's ``@bentoml.on_startup`` hook once the model
+is loaded and stopped by its ``@bentoml.on_shutdown`` hook (``_bentoml_impl/server/app.py``: ``create_instance``
+and ``destroy_instance`` run them in every worker). All workers bind the same port with ``SO_REUSEPORT``
+(``grpc.so_reuseport``), so the kernel spreads new connections over them; one connection stays on one worker.
+
+The servicer holds no model and no rules of its own: it turns each call into the JSON body of the REST call
+(``service.grpc_tensors``), asks the same ``InferenceBackend`` the REST routes use, and turns the answer or the
+REST error back into gRPC: 400/422 ``INVALID_ARGUMENT`` with the REST message, 404 ``NOT_FOUND``, 413
+``RESOURCE_EXHAUSTED``, 503 ``UNAVAILABLE``, anything else ``INTERNAL``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+import typing as t
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from service.grpc_tensors import (
+    TensorError,
+    infer_request_body,
+    infer_response_message,
+    model_metadata_message,
+)
+
+logger = logging.getLogger("mlserve.grpc")
+
+PROTOCOL = "grpc"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# The RPCs of the OIP v2 (KServe's grpc_predict_v2.proto); the Triton-only ones in the same service stay UNIMPLEMENTED.
+OIP_RPCS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
+# How long a stopping worker lets calls in flight finish before cancelling them.
+STOP_GRACE_SECONDS = 5.0
+# Messages this many times over the body limit are refused by gRPC itself, before any of our code
+# (a bound on memory); smaller ones reach the servicer, which refuses them with the REST message and counts them.
+HARD_LIMIT_FACTOR = 4
+
+
+class BackendError(Exception):
+    """A request the model server refused, with the HTTP status and message the REST API answers."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclasses.dataclass
+class RequestOutcome:
+    """Filled in while a call is handled; the metrics read it when the call ends."""
+
+    status: int = 500
+
+
+class InferenceBackend(t.Protocol):
+    """What the gRPC front end needs from the model server: the calls behind the REST OIP routes."""
+
+    def is_ready(self) -> bool:
+        """Whether the model is loaded and predictions can be served."""
+
+    def server_metadata(self) -> dict[str, t.Any]:
+        """``{"name", "version", "extensions"}``, the OIP server metadata."""
+
+    def model_metadata(self, name: str, version: str) -> dict[str, t.Any]:
+        """The ``/v2/models/{name}`` body; raises BackendError(404) for a model this server does not serve."""
+
+    def model_ready(self, name: str, version: str) -> bool:
+        """Whether that model is ready; raises BackendError(404) for a model this server does not serve."""
+
+    async def infer(self, name: str, version: str, body: dict[str, t.Any]) -> dict[str, t.Any]:
+        """The REST infer answer for a REST infer body; raises BackendError with the REST status and message."""
+
+    def track(self, protocol: str, size_bytes: int) -> t.ContextManager[RequestOutcome]:
+        """Measure one prediction request in the model_* metrics, labelled with ``protocol``."""
+
+
+STATUS_CODES: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def status_code(http_status: int) -> grpc.StatusCode:
+    """The gRPC status code for the HTTP status the REST API answers the same request with."""
+    return STATUS_CODES.get(http_status, grpc.StatusCode.INTERNAL)
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """``inference.GRPCInferenceService`` over an InferenceBackend."""
+
+    def __init__(self, backend: InferenceBackend, max_message_bytes: int) -> None:
+        self.backend = backend
+        self.max_message_bytes = max_message_bytes
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.backend.is_ready())
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        body = self.backend.server_metadata()
+        return pb.ServerMetadataResponse(
+            name=body["name"], version=str(body.get("version", "")), extensions=body.get("extensions", [])
+        )
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+        try:
+            return pb.ModelReadyResponse(ready=self.backend.model_ready(request.name, request.version))
+        except BackendError as err:
+            await context.abort(status_code(err.status), err.message)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        await self._require_ready(context)
+        try:
+            return model_metadata_message(self.backend.model_metadata(request.name, request.version))
+        except BackendError as err:
+            await context.abort(status_code(err.status), err.message)
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        size = request.ByteSize()
+        refusal: BackendError | None = None
+        # Measured before answering, so the metrics already count a call when its client sees the answer.
+        with self.backend.track(PROTOCOL, size) as outcome:
+            try:
+                response = await self._infer(request, size)
+                outcome.status = 200
+            except BackendError as err:
+                outcome.status = err.status
+                refusal = err
+        if refusal is not None:
+            await context.abort(status_code(refusal.status), refusal.message)
+        return response
+
+    async def _infer(self, request: pb.ModelInferRequest, size: int) -> pb.ModelInferResponse:
+        if size > self.max_message_bytes:
+            raise BackendError(
+                413, f"request body exceeds the maximum of {self.max_message_bytes} bytes (MLSERVE_MAX_BODY_BYTES)"
+            )
+        if not self.backend.is_ready():
+            raise BackendError(503, "the model is not loaded yet; retry when ServerReady answers ready")
+        try:
+            body = infer_request_body(request)
+        except TensorError as err:
+            raise BackendError(400, str(err)) from err
+        answer = await self.backend.infer(request.model_name, request.model_version, body)
+        try:
+            return infer_response_message(answer, raw=bool(request.raw_input_contents))
+        except TensorError as err:
+            raise BackendError(500, str(err)) from err
+
+    async def _require_ready(self, context: grpc.aio.ServicerContext) -> None:
+        if not self.backend.is_ready():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the model is not loaded yet")
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, t.Any]]:
+    """Channel options of the server: every worker on one port, and a hard bound on message size."""
+    return [
+        ("grpc.so_reuseport", 1),
+        ("grpc.max_receive_message_length", max_message_bytes * HARD_LIMIT_FACTOR),
+    ]
+
+
+class GrpcServer:
+    """One worker's gRPC server: ``await start()`` in the service's start-up hook, ``await stop()`` at shutdown."""
+
+    def __init__(self, backend: InferenceBackend, host: str, port: int, max_message_bytes: int) -> None:
+        self.address = f"{host}:{port}"
+        self.max_message_bytes = max_message_bytes
+        self.backend = backend
+        self.server: grpc.aio.Server | None = None
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        """Bind (sharing the port with the other workers) and start serving; returns the bound port."""
+        server = grpc.aio.server(options=server_options(self.max_message_bytes))
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.backend, self.max_message_bytes), server)
+        try:
+            self.port = server.add_insecure_port(self.address)
+        except RuntimeError as err:
+            raise RuntimeError(f"cannot serve gRPC on {self.address}: the port is taken or the address is not local") from err
+        await server.start()
+        self.server = server
+        logger.info("gRPC %s on %s", SERVICE_NAME, self.address)
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop accepting calls, give those in flight STOP_GRACE_SECONDS, then cancel the rest."""
+        if self.server is not None:
+            await self.server.stop(STOP_GRACE_SECONDS)
+            self.server = None
+
+
+@contextlib.contextmanager
+def timed(record: t.Callable[[int, float], None]) -> t.Iterator[RequestOutcome]:
+    """A RequestOutcome whose status and duration go to ``record(status, seconds)`` when the block ends."""
+    outcome = RequestOutcome()
+    started = time.perf_counter()
+    try:
+        yield outcome
+    finally:
+        record(outcome.status, time.perf_counter() - started)
