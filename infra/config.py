@@ -28,6 +28,8 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 NAMESPACE = "mlserve"
 
 ROUTERS = ("service", "seldon")
+# Ports of the executor Seldon adds to every predictor pod (REST and gRPC); our container must not take them.
+SELDON_EXECUTOR_PORTS = (8000, 5001)
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
@@ -88,6 +90,7 @@ class ImageConfig:
 @dataclass(frozen=True)
 class ServingConfig:
     port: int = key("serving.port", lambda v: _between(v, 1024, 65535))
+    grpc_port: int = key("serving.grpcPort", lambda v: _between(v, 1024, 65535))
     replicas: int = key("serving.replicas", lambda v: _between(v, 1, 1000))
     cpu_request: str = key("serving.cpuRequest", lambda v: _quantity(v))
     cpu_limit: str = key("serving.cpuLimit", lambda v: _quantity(v))
@@ -431,6 +434,16 @@ def cross_key_problems(config: StackConfig, bad_keys: set[str] = frozenset()) ->
                             "a shadow answers nobody, so its weight must be 0 (set one or the other)")
         if not config.model.has_challenger:
             problems.append("traffic.shadow: true but model.challengerUri is empty; the shadow serves the challenger model")
+    if valid("serving.port", "serving.grpcPort") and serving.grpc_port == serving.port:
+        problems.append(
+            f"serving.grpcPort: {serving.grpc_port} is also serving.port; HTTP and gRPC need a port each"
+        )
+    for port_key, port in (("serving.port", serving.port), ("serving.grpcPort", serving.grpc_port)):
+        if valid(port_key, "traffic.router") and traffic.router == "seldon" and port in SELDON_EXECUTOR_PORTS:
+            problems.append(
+                f"{port_key}: {port} is a port of Seldon's executor, which runs in the same pod "
+                f"({', '.join(map(str, SELDON_EXECUTOR_PORTS))}); pick another"
+            )
     if valid("image.push", "image.repository") and config.image.push and config.image.registry is None:
         problems.append(
             f"image.repository: {config.image.repository!r} names no registry host but image.push is true; "

@@ -15,13 +15,11 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import StackConfig
+from infra.config import SELDON_EXECUTOR_PORTS, StackConfig
 from infra.serving import hpa_metrics, metadata, network_policy_spec
 from infra.workload import CONTAINER_NAME, Manifest, pod_template, resource_name, selector_labels
 
 SELDON_API_VERSION = "machinelearning.seldon.io/v1"
-# Ports of the executor Seldon adds to every predictor pod (REST and gRPC); traffic enters through it.
-SELDON_EXECUTOR_PORTS = (8000, 5001)
 
 
 def predictor(config: StackConfig, variant: str, image: Any, traffic: int | None, shadow: bool = False) -> Manifest:
@@ -43,7 +41,10 @@ def predictor(config: StackConfig, variant: str, image: Any, traffic: int | None
         "graph": {
             "name": CONTAINER_NAME,
             "type": "MODEL",
-            "endpoint": {"type": "REST", "httpPort": config.serving.port},
+            # The operator takes the container ports named http and grpc for these (defaults.go,
+            # setContainerPredictiveUnitDefaults); the executor sends REST calls to httpPort and gRPC calls to
+            # grpcPort (executor/predictor/predictor_process.go, getPort).
+            "endpoint": {"type": "REST", "httpPort": config.serving.port, "grpcPort": config.serving.grpc_port},
             "children": [],
         },
     }

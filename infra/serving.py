@@ -15,7 +15,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import StackConfig
-from infra.workload import PORT_NAME, Manifest, pod_template, resource_name, selector_labels, standard_labels
+from infra.workload import GRPC_PORT_NAME, PORT_NAME, Manifest, pod_template, resource_name, selector_labels, standard_labels
 
 # The per-pod request rate prometheus-adapter derives from model_predictions_total (see infra/monitoring).
 REQUESTS_PER_SECOND_METRIC = "model_requests_per_second"
@@ -79,8 +79,8 @@ def pdb_spec(config: StackConfig, variant: str) -> Manifest:
 
 
 def network_policy_spec(config: StackConfig, variant: str) -> Manifest:
-    """Only the model port is reachable (from the entry point, Prometheus and the mesh); nothing else."""
-    source: Manifest = {"ports": [{"port": config.serving.port, "protocol": "TCP"}]}
+    """Only the model's HTTP and gRPC ports are reachable (from the entry point, Prometheus and the mesh)."""
+    source: Manifest = {"ports": [{"port": port, "protocol": "TCP"} for port in (config.serving.port, config.serving.grpc_port)]}
     if config.load_balancer.source_ranges:
         source["from"] = [{"ipBlock": {"cidr": cidr}} for cidr in config.load_balancer.source_ranges] + [
             {"namespaceSelector": {}}
@@ -102,7 +102,13 @@ def service_spec(config: StackConfig, variant: str, public: bool) -> Manifest:
                 "port": config.load_balancer.port if public else config.serving.port,
                 "targetPort": PORT_NAME,
                 "protocol": "TCP",
-            }
+            },
+            {
+                "name": GRPC_PORT_NAME,
+                "port": config.serving.grpc_port,
+                "targetPort": GRPC_PORT_NAME,
+                "protocol": "TCP",
+            },
         ],
         "type": "LoadBalancer" if public else "ClusterIP",
     }

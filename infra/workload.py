@@ -14,6 +14,7 @@ from infra.config import StackConfig
 
 CONTAINER_NAME = "model-server"
 PORT_NAME = "http"
+GRPC_PORT_NAME = "grpc"  # the name Seldon's operator looks for (operator/constants: GrpcPortName)
 VARIANT_LABEL = "mlserve.io/variant"
 # The BentoML image runs as the `bentoml` user it creates (uid/gid 1034); a numeric id lets the
 # kubelet enforce runAsNonRoot.
@@ -53,12 +54,21 @@ def standard_labels(config: StackConfig, variant: str | None = None) -> dict[str
     return labels
 
 
+def container_ports(config: StackConfig) -> list[Manifest]:
+    """The HTTP port (REST, probes, /metrics) and the OIP v2 gRPC port, each named."""
+    return [
+        {"name": PORT_NAME, "containerPort": config.serving.port, "protocol": "TCP"},
+        {"name": GRPC_PORT_NAME, "containerPort": config.serving.grpc_port, "protocol": "TCP"},
+    ]
+
+
 def container_env(config: StackConfig, variant: str) -> list[Manifest]:
     """What the model server reads: the model to load, its variant name, the registry; telemetry off."""
     env = {
         "MODEL_URI": config.model_uri(variant),
         "MODEL_VARIANT": variant,
         "MLFLOW_TRACKING_URI": config.model.tracking_uri,
+        "MLSERVE_GRPC_PORT": str(config.serving.grpc_port),
         # Read-only root filesystem: everything BentoML and MLflow write goes to the tmp volume.
         "BENTOML_HOME": "/tmp/bentoml",
         "HOME": "/tmp",
@@ -167,7 +177,7 @@ def model_container(config: StackConfig, variant: str, image: Any) -> Manifest:
         "name": CONTAINER_NAME,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "ports": [{"name": PORT_NAME, "containerPort": config.serving.port, "protocol": "TCP"}],
+        "ports": container_ports(config),
         "env": container_env(config, variant),
         **probes(config),
         "resources": resources(config),

@@ -72,6 +72,8 @@ def test_graph_speaks_oip_v2_on_the_service_port(render):
     assert sdep["spec"]["protocol"] == "v2"
     for predictor in sdep["spec"]["predictors"]:
         assert predictor["graph"]["endpoint"]["httpPort"] == stack_config("prod").serving.port
+        # The executor proxies OIP gRPC (ModelInfer, ModelReady, ModelMetadata) to grpcPort.
+        assert predictor["graph"]["endpoint"]["grpcPort"] == stack_config("prod").serving.grpc_port
 
 
 def test_hpa_spec_uses_autoscaling_v2_metrics(render):

@@ -23,7 +23,19 @@ def test_container_carries_model_uri_and_variant(config):
     assert env["MODEL_VARIANT"] == "champion"
     assert env["BENTOML_DO_NOT_TRACK"] == env["MLFLOW_DISABLE_TELEMETRY"] == "true"
     assert container["image"] == IMAGE
-    assert container["ports"] == [{"name": "http", "containerPort": config.serving.port, "protocol": "TCP"}]
+    assert container["ports"] == [{"name": "http", "containerPort": config.serving.port, "protocol": "TCP"},
+                                  {"name": "grpc", "containerPort": config.serving.grpc_port, "protocol": "TCP"}]
+    assert env["MLSERVE_GRPC_PORT"] == str(config.serving.grpc_port)
+
+
+@pytest.mark.parametrize("public", [True, False], ids=["load-balancer", "cluster-ip"])
+def test_services_and_network_policy_let_grpc_through(config, public):
+    from infra.serving import network_policy_spec
+
+    ports = {port["name"]: port for port in service_spec(config, "champion", public)["ports"]}
+    assert ports["grpc"] == {"name": "grpc", "port": config.serving.grpc_port, "targetPort": "grpc", "protocol": "TCP"}
+    allowed = [port["port"] for port in network_policy_spec(config, "champion")["ingress"][0]["ports"]]
+    assert config.serving.port in allowed and config.serving.grpc_port in allowed
 
 
 def test_probes_hit_livez_and_readyz_and_startup_covers_slow_loads(config):
