@@ -107,6 +107,7 @@ class GpuConfig:
     count: int = key("gpu.count", lambda v: _between(v, 1, 16))
     node_selector: tuple[str, ...] = key("gpu.nodeSelector", lambda v: _each(v, _node_selector_entry))
     tolerations: tuple[str, ...] = key("gpu.tolerations", lambda v: _each(v, _toleration_entry))
+    max_gpus: int = key("gpu.maxGPUs", lambda v: _between(v, 0, 100000))
 
     @property
     def node_selector_labels(self) -> dict[str, str]:
@@ -284,6 +285,17 @@ def stack_values(config: Mapping[str, Any]) -> dict[str, Any]:
             values.update(flatten(value, f"{name}."))
         else:
             values[name] = value
+    return values
+
+
+def typed_values(config: StackConfig) -> dict[str, Any]:
+    """Every declared key of `config` with its checked, typed value (defaults included), by dotted key."""
+    values: dict[str, Any] = {}
+    sections = [getattr(config, spec.name) for spec in fields(config)]
+    for section in (config, *(value for value in sections if isinstance(value, SECTIONS))):
+        for spec in fields(section):
+            if "key" in spec.metadata:
+                values[spec.metadata["key"]] = getattr(section, spec.name)
     return values
 
 

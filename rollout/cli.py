@@ -1,8 +1,9 @@
-"""`python -m rollout start|status|promote|abort --stack STACK` and `python -m rollout demo`.
+"""`python -m rollout start|status|promote|abort|plan --stack STACK` and `python -m rollout demo`.
 
 Every stack command reads the stack's typed config (`infra.config.load_stack_config`): invalid config,
 like a bad argument, exits 2 with every problem named. `start` holds the stack's rollout lock, prints
 each decision as it happens and, with `--report FILE.json`, writes the run and a chart beside it.
+`plan` explains a config change for its pull request (`rollout.plan`).
 
 Exit codes: 0 promoted (or, in config-only mode, a change written), 1 rolled back, 2 bad arguments or
 config, 3 refused (another rollout holds the lock, or the router failed), 130 stopped by the operator.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -19,33 +21,18 @@ import threading
 import time
 from pathlib import Path
 
-from rollout.analysis import Thresholds
-from rollout.errors import RolloutError, RolloutLockedError
+from rollout.errors import PlanError, RolloutError, RolloutLockedError
 from rollout.lock import RolloutLock, lock_holder, lock_path, state_dir
 from rollout.metrics import PrometheusProvider
 from rollout.report import write_report
 from rollout.router import ROUTER_TYPES, make_router
-from rollout.scheduler import RolloutPlan, Scheduler, StepRecord, Verdict, measure
+from rollout.scheduler import RolloutPlan, Scheduler, StepRecord, Verdict, measure, plan_from_config
 
 EXIT_OK, EXIT_ROLLED_BACK, EXIT_USAGE, EXIT_REFUSED, EXIT_STOPPED = 0, 1, 2, 3, 130
 
 
 class UsageError(Exception):
     """A command-line or stack-config problem; the message names it."""
-
-
-def plan_from_config(rollout_config) -> RolloutPlan:
-    """The scheduler's plan from the stack's `rollout.*` config section."""
-    return RolloutPlan(
-        steps=tuple(rollout_config.steps),
-        interval_seconds=rollout_config.interval_seconds,
-        failure_threshold=rollout_config.failure_threshold,
-        thresholds=Thresholds(
-            min_requests=rollout_config.min_requests,
-            max_error_rate=float(rollout_config.max_error_rate_percent) / 100,
-            max_p95_seconds=rollout_config.max_p95_latency_ms / 1000,
-        ),
-    )
 
 
 def print_record(record: StepRecord, started: float, stream=sys.stdout) -> None:
@@ -245,6 +232,17 @@ def cmd_abort(args) -> int:
     return EXIT_OK
 
 
+def cmd_plan(args) -> int:
+    from rollout.plan import make_plan, to_markdown
+
+    plan = make_plan(args.stack, args.base, expected_rps=args.expected_rps)
+    if args.format == "json":
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        print(to_markdown(plan), end="")
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
     from rollout.demo import run_demo
 
@@ -263,10 +261,20 @@ def _report_path(value: str) -> str:
     return value
 
 
+def _positive_rate(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = math.nan
+    if not math.isfinite(rate) or rate <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive request rate (requests per second, e.g. 200)")
+    return rate
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; bad arguments exit 2 with a message naming the problem."""
     parser = argparse.ArgumentParser(prog="python -m rollout", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{start,status,promote,abort,demo}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{start,status,promote,abort,plan,demo}")
 
     def stack_command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
@@ -287,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     abort = stack_command("abort", "stop a running rollout and set the challenger's weight to 0")
     abort.add_argument("--reason", default="aborted by operator", help="recorded in the output")
     abort.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the running rollout to stop")
+    plan = commands.add_parser("plan", help="explain a config change for its pull request: cluster, rollout, GPUs, warnings")
+    plan.add_argument("--stack", required=True, type=_stack_name, help="Pulumi stack, e.g. prod")
+    plan.add_argument("--base", metavar="REF", help="git ref to compare with (default: the merge base of HEAD with main)")
+    plan.add_argument("--format", choices=("markdown", "json"), default="markdown", help="output (default markdown)")
+    plan.add_argument("--expected-rps", type=_positive_rate, metavar="REQ_PER_S",
+                      help="expected total request rate: GPUs and time per rollout step at that load")
     demo = commands.add_parser("demo", help="the whole loop locally: MLflow, bentoml serve, HAProxy, Prometheus")
     demo.add_argument("--faulty-challenger", action="store_true",
                       help="serve a challenger version that fails part of its traffic (shows a rollback)")
@@ -294,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"start": cmd_start, "status": cmd_status, "promote": cmd_promote, "abort": cmd_abort, "demo": cmd_demo}
+COMMANDS = {"start": cmd_start, "status": cmd_status, "promote": cmd_promote, "abort": cmd_abort, "plan": cmd_plan, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except UsageError as err:
+        parser.exit(EXIT_USAGE, f"{parser.prog} {args.command}: error: {err}\n")
+    except PlanError as err:
         parser.exit(EXIT_USAGE, f"{parser.prog} {args.command}: error: {err}\n")
     except RolloutLockedError as err:
         print(f"refused: {err}", file=sys.stderr)

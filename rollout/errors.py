@@ -38,3 +38,7 @@ class RolloutLockedError(RolloutError):
 
 class LocalEnvironmentError(RolloutError):
     """A process of the local demo environment (model server, HAProxy, Prometheus) failed to start."""
+
+
+class PlanError(RolloutError):
+    """`rollout plan` could not read one side of the change (a git ref, a stack file, invalid config)."""

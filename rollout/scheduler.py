@@ -71,6 +71,20 @@ class RolloutPlan:
         return next((step for step in self.steps if step > weight), 100)
 
 
+def plan_from_config(rollout_config) -> RolloutPlan:
+    """The scheduler's plan from the stack's `rollout.*` config section."""
+    return RolloutPlan(
+        steps=tuple(rollout_config.steps),
+        interval_seconds=rollout_config.interval_seconds,
+        failure_threshold=rollout_config.failure_threshold,
+        thresholds=Thresholds(
+            min_requests=rollout_config.min_requests,
+            max_error_rate=float(rollout_config.max_error_rate_percent) / 100,
+            max_p95_seconds=rollout_config.max_p95_latency_ms / 1000,
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class StepRecord:
     """One line of a rollout's history: when, at which weight, what was measured, what was decided."""
