@@ -149,7 +149,7 @@ def diff_values(before: Any, after: Any, path: str = "") -> list[Change]:
     if isinstance(before, dict) and isinstance(after, dict):
         changes = []
         for name in list(before) + [name for name in after if name not in before]:
-            sub = f"{path}.{name}" if path else str(name)
+            sub = f'{path}["{name}"]' if "." in str(name) else f"{path}.{name}" if path else str(name)
             changes += diff_values(before.get(name), after.get(name), sub)
         return changes
     if isinstance(before, list) and isinstance(after, list):
@@ -478,6 +478,15 @@ def _show(value: Any) -> str:
     return "`" + text.replace("|", "\\|").replace("`", "'") + "`"
 
 
+def _field_cells(change: Change) -> tuple[str, str]:
+    """(before, after) cells; a whole object that appears or disappears is named, not dumped."""
+    if change.before is None and isinstance(change.after, (dict, list)) and change.after:
+        return "*(none)*", "*added*"
+    if change.after is None and isinstance(change.before, (dict, list)) and change.before:
+        return "*removed*", "*(none)*"
+    return _show(change.before), _show(change.after)
+
+
 def _duration(seconds: float) -> str:
     seconds = round(seconds)
     if seconds < 120:
@@ -546,7 +555,7 @@ def to_markdown(plan: Plan) -> str:
             if resource.change != "changed":
                 lines.append(f"| {resource.resource} | *{resource.change}* | | |")
             for change in resource.fields:
-                lines.append(f"| {resource.resource} | `{change.path}` | {_show(change.before)} | {_show(change.after)} |")
+                lines.append(f"| {resource.resource} | `{change.path}` | {' | '.join(_field_cells(change))} |")
     lines.append("")
     if plan.rollout is not None:
         lines += _rollout_markdown(plan.stack, plan.rollout)
