@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what mlserve needs on a fresh Debian machine: Debian tools (prometheus/promtool,
-# haproxy, wrk) when missing, then a virtualenv with the exact pins of requirements.txt.
+# haproxy, wrk, shellcheck) when missing, then a virtualenv with the exact pins of requirements.txt.
 set -euo pipefail
 venv=${1:-.venv}
 need=()
 command -v promtool >/dev/null || need+=(prometheus)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)  # Debian puts it in /usr/sbin
 command -v wrk >/dev/null || need+=(wrk)
+command -v shellcheck >/dev/null || need+=(shellcheck)  # actionlint checks `run:` scripts with it
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then echo "setup: need root to apt-get install ${need[*]}" >&2; exit 1; fi
   apt-get update -qq
@@ -19,3 +20,9 @@ fi
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
 "$venv/bin/pip" install -q -r requirements.txt
+# actionlint checks .github/workflows in the tests; built from its Go module at a pinned version.
+ACTIONLINT_VERSION=v1.7.12
+if ! "$venv/bin/actionlint" -version 2>/dev/null | grep -qx "$ACTIONLINT_VERSION"; then
+  command -v go >/dev/null || { echo "setup: need Go (1.24+) to build actionlint $ACTIONLINT_VERSION" >&2; exit 1; }
+  GOBIN="$(cd "$venv/bin" && pwd)" go install "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+fi
