@@ -366,7 +366,7 @@ def implies_rollout(base: StackConfig | None, head: StackConfig) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-def warnings(base: StackConfig | None, head: StackConfig, preview: RolloutPreview | None) -> list[str]:
+def review_warnings(base: StackConfig | None, head: StackConfig, preview: RolloutPreview | None) -> list[str]:
     """What a careful reviewer would raise about this change."""
     found = []
     stack = head.stack
@@ -461,7 +461,7 @@ def explain(stack: str, ref: str, commit: str, base: StackConfig | None, head: S
         summary=plain_words(base, head),
         resources=resource_changes(base_resources, head_resources),
         rollout=preview,
-        warnings=warnings(base, head, preview),
+        warnings=review_warnings(base, head, preview),
     )
 
 

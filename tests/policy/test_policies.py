@@ -135,7 +135,9 @@ VIOLATIONS = [
      "challenger-weight", "predictor traffic adds up to 110, not 100"),
     ("no-pdb", "dev", {}, drop("PodDisruptionBudget"),
      "model-disruption-budget", "Deployment churn-model-champion: no PodDisruptionBudget selects its pods"),
-    ("seldon-no-pdb", "prod", {}, edit(SELDON, lambda p: p["spec"]["predictors"][0]["componentSpecs"][0].pop("pdbSpec")),
+    # Seldon's per-component pdbSpec, or PodDisruptionBudgets made by the stack: either counts, so remove both.
+    ("seldon-no-pdb", "prod", {}, lambda rs: drop("PodDisruptionBudget")(edit(SELDON, lambda p: [
+        c.pop("pdbSpec", None) for pr in p["spec"]["predictors"] for c in pr["componentSpecs"]])(rs)),
      "model-disruption-budget", "predictor champion: no PodDisruptionBudget selects its pods"),
     ("challenger-unmonitored", "prod", {"monitoring.enabled": False}, None,
      "challenger-monitoring", "the challenger takes traffic but no PodMonitor or ServiceMonitor scrapes its pods"),

@@ -271,3 +271,26 @@ def test_invalid_config_at_the_base_is_named(checkout, tmp_path):
     assert result.returncode == 2
     assert "the config of stack 'prod' at HEAD is invalid" in result.stderr
     assert "traffic.challengerWeight: must be between 0 and 100 (got 150)" in result.stderr
+
+
+def test_base_from_an_older_project_file_loads_and_changed_defaults_show(checkout):
+    """A base whose Pulumi.yaml lacks a key declared since (gpu.maxGPUs) still loads; a default that changed
+    in Pulumi.yaml is a config change like any other."""
+    project = checkout / "Pulumi.yaml"
+    current = project.read_text()
+    start = current.index("  mlserve:gpu.maxGPUs:\n")
+    older = current[:start] + current[current.index("  mlserve:", start + 1):]
+    older = older.replace("mlserve:rollout.intervalSeconds:\n    type: integer\n    default: 60",
+                          "mlserve:rollout.intervalSeconds:\n    type: integer\n    default: 30")
+    assert "maxGPUs" not in older and "default: 30" in older
+    project.write_text(older)
+    git(checkout, "commit", "-qam", "older project file")
+    try:
+        project.write_text(current)
+        result = run_plan(checkout, "--stack", "prod", "--base", "HEAD", "--format", "json")
+    finally:
+        git(checkout, "reset", "-q", "--hard", "HEAD~1")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["config"] == [{"path": "rollout.intervalSeconds", "before": 30, "after": 60}]
+    assert data["resources"] == [] and data["rollout"] is None
