@@ -20,6 +20,8 @@ fi
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/pip" install -q --upgrade pip
 "$venv/bin/pip" install -q -r requirements.txt
+# The CrossGuard pack's SDK, without its protobuf~=5.29 pin (see policy/requirements.txt).
+"$venv/bin/pip" install -q --no-deps -r policy/requirements.txt
 # actionlint checks .github/workflows in the tests; built from its Go module at a pinned version.
 ACTIONLINT_VERSION=v1.7.12
 if ! "$venv/bin/actionlint" -version 2>/dev/null | grep -qx "$ACTIONLINT_VERSION"; then
