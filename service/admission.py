@@ -1,0 +1,240 @@
+"""Admission control for prediction requests: content types, overload shedding and slow request bodies.
+
+One pure ASGI middleware (no BentoML import, so it is unit-tested with plain coroutines) that decides, before any
+parsing or scoring, whether a prediction request gets in:
+
+- **Content type.** A body that is not one of the route's media types is answered 415 naming what is accepted
+  (BentoML answers a ``multipart/form-data`` body without a boundary with a 500). A missing type is let through:
+  the route parses the body as JSON and says so when it is not.
+- **Overload.** At most ``max_concurrency`` requests are handled at once per worker and at most ``max_queue`` wait
+  for a slot, each for at most ``queue_timeout`` seconds (the latency budget). Anything beyond that is answered
+  at once with 503 and ``Retry-After`` instead of being left to time out. BentoML's own ``traffic.max_concurrency``
+  (bentoml/_internal/server/http/traffic.py, ``MaxConcurrencyMiddleware``) answers 429 with no ``Retry-After`` and
+  no queue: 429 tells the client *it* sent too many requests (RFC 6585), while overload is the server's state,
+  which RFC 9110 section 15.6.4 spells 503 + ``Retry-After``; gateways and clients retry 503 on another replica,
+  and the model_* metrics count it as ``unavailable``, a server-side error the rollout analysis sees.
+- **Slow bodies.** Reading a request body takes at most ``body_timeout`` seconds; a client that sends a byte a
+  second (or stops) is answered 408 with ``Connection: close`` and frees its slot. Handlers below see the cut-off
+  client as disconnected.
+
+Requests this middleware answers itself are reported to ``on_reject(scope, status)`` so the service counts them
+in its metrics. Paths that are not prediction routes (health, metrics, docs) pass straight through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import os
+import re
+import typing as t
+
+# Paths this middleware guards and the media types each accepts; the MLflow scoring protocol also takes CSV.
+JSON_TYPES = ("application/json",)
+CSV_TYPES = ("text/csv", "application/csv")
+MEDIA_TYPES_BY_PATH: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
+    (re.compile(r"^/invocations$"), JSON_TYPES + CSV_TYPES),
+    (re.compile(r"^/(predict|predict_batch|v2/models/[^/]+(/versions/[^/]+)?/infer)$"), JSON_TYPES),
+)
+# A token as RFC 9110 section 5.6.2 defines it, for the type and subtype of a media type.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(rf"^\s*({_TOKEN}/{_TOKEN})\s*(;.*)?$")
+
+Scope = dict[str, t.Any]
+Message = dict[str, t.Any]
+Receive = t.Callable[[], t.Awaitable[Message]]
+Send = t.Callable[[Message], t.Awaitable[None]]
+App = t.Callable[[Scope, Receive, Send], t.Awaitable[None]]
+OnReject = t.Callable[[Scope, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdmissionLimits:
+    """Per-worker limits, read from the environment the deployment fills from stack config ``serving.*``."""
+
+    max_concurrency: int
+    max_queue: int
+    queue_timeout: float
+    body_timeout: float
+
+    ENV: t.ClassVar[dict[str, str]] = {
+        "max_concurrency": "MLSERVE_MAX_CONCURRENCY",
+        "max_queue": "MLSERVE_MAX_QUEUE",
+        "queue_timeout": "MLSERVE_QUEUE_TIMEOUT_SECONDS",
+        "body_timeout": "MLSERVE_BODY_TIMEOUT_SECONDS",
+    }
+    # The same defaults as Pulumi.yaml's serving.* keys, for a server started without a deployment.
+    DEFAULTS: t.ClassVar[dict[str, float]] = {
+        "max_concurrency": 128, "max_queue": 256, "queue_timeout": 2.0, "body_timeout": 10.0,
+    }
+
+    @classmethod
+    def from_env(cls, environ: t.Mapping[str, str] | None = None) -> AdmissionLimits:
+        """Read the limits; every bad variable is reported at once, with its value and what is allowed."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, float] = {}
+        problems = []
+        for field in dataclasses.fields(cls):
+            name, default = cls.ENV[field.name], cls.DEFAULTS[field.name]
+            raw = environ.get(name, "")
+            want_int = field.type == "int"
+            try:
+                value = (int(raw) if want_int else float(raw)) if raw else default
+            except ValueError:
+                value = math.nan
+            minimum = 0 if field.name == "max_queue" else (1 if want_int else 0.001)
+            if not (value >= minimum and math.isfinite(value)):
+                kind = "an integer" if want_int else "a number of seconds"
+                problems.append(f"{name}={raw!r} must be {kind} of at least {minimum}")
+            values[field.name] = value
+        if problems:
+            raise ValueError("; ".join(problems))
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds a shed client should wait: one queue budget, so the queue has turned over."""
+        return max(1, math.ceil(self.queue_timeout))
+
+
+def accepted_media_types(path: str) -> tuple[str, ...] | None:
+    """The media types a guarded path accepts, or None when the path is not a prediction route."""
+    for pattern, media_types in MEDIA_TYPES_BY_PATH:
+        if pattern.match(path):
+            return media_types
+    return None
+
+
+def content_type_problem(content_type: bytes | None, accepted: tuple[str, ...]) -> str | None:
+    """Why ``content_type`` cannot be read by a route accepting ``accepted``; None when it can (or is absent)."""
+    if content_type is None:
+        return None
+    text = content_type.decode("latin-1")
+    match = _MEDIA_TYPE.match(text)
+    if not match:
+        return f"malformed Content-Type {text!r}; send {' or '.join(accepted)}"
+    media_type = match.group(1).lower()
+    if media_type not in accepted:
+        return f"unsupported Content-Type {media_type!r}; send {' or '.join(accepted)}"
+    return None
+
+
+class BodyTimeout(Exception):
+    """The client did not finish sending its body in time."""
+
+
+class AdmissionMiddleware:
+    """Refuse what a prediction route cannot read (415), shed overload (503) and cut off slow bodies (408)."""
+
+    def __init__(self, app: App, limits: AdmissionLimits, on_reject: OnReject | None = None) -> None:
+        self.app = app
+        self.limits = limits
+        self.on_reject = on_reject
+        self.in_flight = 0
+        self.waiting = 0
+        # Set whenever a slot frees up; queued requests re-check the count (no FIFO promise, none needed).
+        self._slot_freed = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        accepted = accepted_media_types(scope.get("path", "")) if scope["type"] == "http" else None
+        if accepted is None:
+            await self.app(scope, receive, send)
+            return
+        if scope.get("method") == "POST":
+            headers = dict(scope.get("headers") or [])
+            problem = content_type_problem(headers.get(b"content-type"), accepted)
+            if problem:
+                await self._reject(scope, send, 415, problem)
+                return
+        if not await self._acquire_slot():
+            await self._reject(
+                scope, send, 503,
+                f"server overloaded: {self.limits.max_concurrency} requests in progress and {self.waiting} waiting; "
+                f"retry after {self.limits.retry_after}s",
+                [(b"retry-after", str(self.limits.retry_after).encode())],
+            )
+            return
+        try:
+            await self._call_with_body_deadline(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            self._slot_freed.set()
+
+    async def _acquire_slot(self) -> bool:
+        """Take a slot now, or wait in the bounded queue for at most the latency budget; False means shed."""
+        if self.in_flight < self.limits.max_concurrency and self.waiting == 0:
+            self.in_flight += 1
+            return True
+        if self.waiting >= self.limits.max_queue:
+            return False
+        self.waiting += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.queue_timeout
+        try:
+            while self.in_flight >= self.limits.max_concurrency:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                self._slot_freed.clear()
+                try:
+                    await asyncio.wait_for(self._slot_freed.wait(), remaining)
+                except asyncio.TimeoutError:
+                    return False
+            self.in_flight += 1
+            return True
+        finally:
+            self.waiting -= 1
+
+    async def _call_with_body_deadline(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.body_timeout
+        body_done = False
+        timed_out = False
+        started = False
+
+        async def receive_before_deadline() -> Message:
+            nonlocal body_done, timed_out
+            if body_done or timed_out:
+                return await receive() if not timed_out else {"type": "http.disconnect"}
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                # The app below sees a client that went away; this middleware answers it with 408.
+                timed_out = True
+                return {"type": "http.disconnect"}
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def send_unless_timed_out(message: Message) -> None:
+            nonlocal started
+            if timed_out:
+                return  # the 408 below is this request's answer
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, receive_before_deadline, send_unless_timed_out)
+        if timed_out and not started:
+            await self._reject(
+                scope, send, 408,
+                f"request body not received within {self.limits.body_timeout:g}s (MLSERVE_BODY_TIMEOUT_SECONDS)",
+                [(b"connection", b"close")],
+            )
+
+    async def _reject(
+        self, scope: Scope, send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = (),
+    ) -> None:
+        body = json.dumps({"error": message}).encode()
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers,
+            ],
+        })
+        await send({"type": "http.response.body", "body": body})
+        if self.on_reject is not None:
+            self.on_reject(scope, status)
