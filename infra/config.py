@@ -98,6 +98,10 @@ class ServingConfig:
     memory_limit: str = key("serving.memoryLimit", lambda v: _quantity(v))
     startup_timeout_seconds: int = key("serving.startupTimeoutSeconds", lambda v: _between(v, 10, 3600))
     max_unavailable: int = key("serving.maxUnavailable", lambda v: _between(v, 1, 1000))
+    max_concurrency: int = key("serving.maxConcurrency", lambda v: _between(v, 1, 100000))
+    max_queue: int = key("serving.maxQueue", lambda v: _between(v, 0, 100000))
+    queue_timeout_seconds: float = key("serving.queueTimeoutSeconds", lambda v: _between(v, 0.001, 600))
+    body_timeout_seconds: float = key("serving.bodyTimeoutSeconds", lambda v: _between(v, 0.001, 600))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from infra.config import StackConfig
+from service.admission import AdmissionLimits
 
 CONTAINER_NAME = "model-server"
 PORT_NAME = "http"
@@ -73,8 +74,19 @@ def container_env(config: StackConfig, variant: str) -> list[Manifest]:
         "BENTOML_HOME": "/tmp/bentoml",
         "HOME": "/tmp",
         **TELEMETRY_OFF,
+        **admission_env(config),
     }
     return [{"name": name, "value": value} for name, value in env.items()]
+
+
+def admission_env(config: StackConfig) -> dict[str, str]:
+    """The server's per-worker admission limits (service/admission.py) from stack config ``serving.*``."""
+    serving = config.serving
+    limits = AdmissionLimits(
+        max_concurrency=serving.max_concurrency, max_queue=serving.max_queue,
+        queue_timeout=serving.queue_timeout_seconds, body_timeout=serving.body_timeout_seconds,
+    )
+    return {AdmissionLimits.ENV[name]: f"{getattr(limits, name):g}" for name in AdmissionLimits.ENV}
 
 
 def probes(config: StackConfig) -> Manifest:

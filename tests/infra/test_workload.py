@@ -119,3 +119,23 @@ def test_entry_point_is_a_load_balancer_on_the_champion():
     assert spec["type"] == "LoadBalancer"
     assert spec["selector"]["mlserve.io/variant"] == "champion"
     assert spec["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
+
+
+def test_admission_limits_reach_the_server_as_the_server_reads_them():
+    from service.admission import AdmissionLimits
+
+    config = stack_config("dev", **{"serving.maxConcurrency": 7, "serving.maxQueue": 0,
+                                    "serving.queueTimeoutSeconds": "0.25", "serving.bodyTimeoutSeconds": "3"})
+    container = workload.model_container(config, "champion", IMAGE)
+    env = {item["name"]: item["value"] for item in container["env"]}
+
+    assert AdmissionLimits.from_env(env) == AdmissionLimits(
+        max_concurrency=7, max_queue=0, queue_timeout=0.25, body_timeout=3.0)
+
+
+def test_a_server_started_without_a_deployment_uses_the_declared_defaults():
+    from service.admission import AdmissionLimits
+
+    env = {item["name"]: item["value"] for item in workload.container_env(stack_config("dev"), "champion")}
+
+    assert AdmissionLimits.from_env({}) == AdmissionLimits.from_env(env)
