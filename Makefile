@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test demo bench bench-rollout render clean
+.PHONY: setup test demo bench bench-rollout soak render clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ bench: setup
 
 bench-rollout: setup
 	$(PY) -m bench.rollout
+
+# A benchmark, not a test: 10 minutes of mixed traffic, then 2x (SOAK_ARGS="--minutes 1" for a short run).
+soak: setup
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 render: setup
 	$(PY) -m infra.render --stack $${STACK:-prod} --out build/$${STACK:-prod}
