@@ -18,7 +18,16 @@ The rules, in order:
   identical variants from being rolled back by repeated looks at the same requests (`bench/rollout.py`);
 - latency: the challenger's p95 must stay under the absolute limit, and must not be more than
   `max_p95_ratio` times the champion's p95 (plus `p95_slack_seconds`, so histogram bucket rounding on
-  fast models is not mistaken for a regression).
+  fast models is not mistaken for a regression);
+- quality (when ground truth reaches `/feedback` and `QualityThresholds` are set): the difference between
+  the challenger's and the champion's mean loss on the chosen metric (error rate for accuracy, log loss,
+  Brier score, absolute error) since the rollout began, judged by an always-valid confidence sequence
+  (`quality_confidence_sequence`), so the scheduler may look every interval without inflating its error
+  rates. Its lower bound above `max_degradation` fails conclusively (roll back now: the sequence already
+  accounts for every look); a point estimate above it, not yet significant, holds; anything else passes, but
+  with `required_for_promotion` the last step before 100 holds until the upper bound is within
+  `max_degradation`. Fewer than `min_feedback` rows for either variant is not judged, so a rollout with no
+  feedback behaves exactly as one without the quality gate.
 """
 
 from __future__ import annotations
@@ -29,12 +38,22 @@ from enum import Enum
 
 from scipy import stats
 
+from service.quality import FEEDBACK_METRICS
+
 # Metric names exported by the model server (service/), each labelled model_name, model_version, variant.
 REQUESTS_METRIC = "model_predictions_total"
 ERRORS_METRIC = "model_prediction_errors_total"
 LATENCY_METRIC = "model_prediction_latency_seconds"
 # error_type values that are the client's fault (4xx); everything else counts against the model.
 CLIENT_ERROR_TYPES = "invalid_input|payload_too_large"
+# Quality metrics the gate can judge, each as the per-row loss it compares (lower is better): the error
+# rate stands for accuracy. The value names the sum and sum-of-squares counters of that loss.
+QUALITY_METRICS = {
+    "accuracy": ("correct", "correct"),
+    "log_loss": ("log_loss", "log_loss_squared"),
+    "brier": ("brier", "brier_squared"),
+    "mae": ("absolute_error", "squared_error"),
+}
 
 
 class Phase(str, Enum):
@@ -74,12 +93,76 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class QualityThresholds:
+    """The quality gate: which metric, the largest degradation tolerated, and when to judge.
+
+    `max_degradation` is in the metric's units (accuracy as a fraction: 0.01 is one point; log loss in nats;
+    Brier; absolute error in the target's units). `significance` bounds the chance, over the whole rollout and
+    however often it looks, that the confidence sequence excludes the true difference.
+    """
+
+    metric: str
+    max_degradation: float
+    min_feedback: int
+    required_for_promotion: bool = False
+    significance: float = 0.01
+
+    def __post_init__(self):
+        if self.metric not in QUALITY_METRICS:
+            raise ValueError(f"quality metric must be one of {', '.join(QUALITY_METRICS)} (got {self.metric!r})")
+
+
+@dataclass(frozen=True)
+class QualitySample:
+    """One variant's feedback since the rollout began: rows judged, and the sum and sum of squares of their loss."""
+
+    variant: str
+    count: int
+    loss_sum: float
+    loss_squared_sum: float
+
+    @property
+    def mean_loss(self) -> float | None:
+        return self.loss_sum / self.count if self.count else None
+
+    def variance(self, metric: str) -> float:
+        """Per-row variance of the loss (smoothed for accuracy, so 0 or 100% correct is not certainty)."""
+        if metric == "accuracy":
+            rate = (self.loss_sum + 0.5) / (self.count + 1)
+            return rate * (1 - rate)
+        mean = self.loss_sum / self.count
+        return max(self.loss_squared_sum / self.count - mean * mean, 1e-12)
+
+
+@dataclass(frozen=True)
+class ConfidenceInterval:
+    """The challenger's loss minus the champion's: estimate and bounds (positive means the challenger is worse)."""
+
+    estimate: float
+    lower: float
+    upper: float
+
+
+@dataclass(frozen=True)
+class Look:
+    """What the scheduler knows about a look besides the window: time since the rollout began, next step."""
+
+    since_start_seconds: float
+    promoting: bool = False
+
+
+@dataclass(frozen=True)
 class Check:
-    """One rule's verdict, with the numbers it looked at so a report can explain the decision."""
+    """One rule's verdict, with the numbers it looked at so a report can explain the decision.
+
+    `conclusive` marks a failure that needs no confirmation on fresh traffic (the sequential quality test
+    already accounts for every look): the scheduler rolls back at once.
+    """
 
     name: str
     phase: Phase
     detail: str
+    conclusive: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +174,13 @@ class Measurement:
     champion: VariantSample | None = None
     challenger: VariantSample | None = None
     checks: tuple[Check, ...] = field(default_factory=tuple)
+    quality: tuple[QualitySample, ...] = field(default_factory=tuple)
+    quality_difference: ConfidenceInterval | None = None
+
+    @property
+    def conclusive_failure(self) -> bool:
+        """A failed check that rolls back without waiting for the failure threshold."""
+        return any(check.phase is Phase.FAILED and check.conclusive for check in self.checks)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready form, with error rates spelled out per variant."""
@@ -101,6 +191,8 @@ class Measurement:
             sample = getattr(self, role)
             if sample is not None:
                 data[role]["error_rate"] = sample.error_rate
+        for entry, sample in zip(data["quality"], self.quality):
+            entry["mean_loss"] = sample.mean_loss
         return data
 
 
@@ -174,8 +266,32 @@ def _judge_latency(champion: VariantSample | None, challenger: VariantSample, li
     return Check("p95_latency", Phase.PASSED, described)
 
 
-def judge(champion: VariantSample | None, challenger: VariantSample | None, limits: Thresholds) -> Measurement:
-    """Judge one analysis window. Missing data is inconclusive, never passed."""
+def judge(
+    champion: VariantSample | None,
+    challenger: VariantSample | None,
+    limits: Thresholds,
+    quality: tuple[QualitySample | None, QualitySample | None] | None = None,
+    quality_limits: QualityThresholds | None = None,
+    promoting: bool = False,
+) -> Measurement:
+    """Judge one analysis window. Missing data is inconclusive, never passed.
+
+    `quality` is (champion, challenger) feedback since the rollout began; `promoting` says that passing
+    this look would promote (the quality gate may then be required).
+    """
+    quality_check, difference = (None, None)
+    if quality_limits is not None:
+        quality_check, difference = judge_quality(*(quality or (None, None)), quality_limits, promoting)
+    samples = tuple(sample for sample in (quality or ()) if sample is not None)
+    if quality_check is not None and quality_check.conclusive:
+        return Measurement(Phase.FAILED, f"{quality_check.name}: {quality_check.detail}", champion, challenger,
+                           (quality_check,), samples, difference)
+    measurement = _judge_traffic(champion, challenger, limits, quality_check)
+    return Measurement(measurement.phase, measurement.reason, champion, challenger, measurement.checks, samples,
+                       difference)
+
+
+def _judge_traffic(champion, challenger, limits: Thresholds, quality_check: Check | None) -> Measurement:
     if challenger is None:
         return Measurement(Phase.INCONCLUSIVE, "no data for the challenger", champion, challenger)
     if challenger.requests < limits.min_requests:
@@ -186,6 +302,8 @@ def judge(champion: VariantSample | None, challenger: VariantSample | None, limi
             challenger,
         )
     checks = (_judge_error_rate(champion, challenger, limits), _judge_latency(champion, challenger, limits))
+    if quality_check is not None:
+        checks += (quality_check,)
     for phase in (Phase.FAILED, Phase.INCONCLUSIVE):
         hits = [check for check in checks if check.phase is phase]
         if hits:
@@ -198,3 +316,110 @@ def judge(champion: VariantSample | None, challenger: VariantSample | None, limi
 def error_measurement(reason: str) -> Measurement:
     """A measurement that could not be taken (metrics backend unreachable or the query rejected)."""
     return Measurement(Phase.ERROR, reason)
+
+
+# ---------------------------------------------------------------- quality
+
+def quality_queries(selector: str, window_seconds: int, metric: str) -> dict[str, str]:
+    """PromQL for a variant's feedback count and its loss sums over the window (`count`, `sum`, `squared`)."""
+    window = f"{max(int(math.ceil(window_seconds)), 1)}s"
+    sum_field, squared_field = QUALITY_METRICS[metric]
+    fields = {"count": "count", "sum": sum_field, "squared": squared_field}
+    return {role: f"sum(increase({FEEDBACK_METRICS[name]}{{{selector}}}[{window}]))" for role, name in fields.items()}
+
+
+def quality_sample(variant: str, metric: str, count: float | None, loss_sum: float | None,
+                   squared_sum: float | None) -> QualitySample | None:
+    """A variant's sample from what the queries returned; for accuracy the sum counts correct rows, turned into errors."""
+    if count is None:
+        return None
+    # increase() extrapolates to the window's edges, so counts come back fractional.
+    rows = int(round(count))
+    total, squared = loss_sum or 0.0, squared_sum or 0.0
+    if metric == "accuracy":
+        errors = min(max(rows - int(round(total)), 0), rows)
+        return QualitySample(variant, rows, float(errors), float(errors))
+    return QualitySample(variant, rows, total, squared)
+
+
+def _mixture_radius(variance_of_difference: float, rho: float, significance: float) -> float:
+    """Half-width of the normal-mixture confidence sequence for a difference with variance V.
+
+    Robbins' normal mixture (Howard et al. 2021, "Time-uniform, nonparametric, nonasymptotic confidence
+    sequences", eq. 14; in the two-sample form of Johari et al.'s mSPRT): with information t = 1/V,
+    P(exists t: |S_t| >= sqrt((t + rho) log((t + rho) / (rho alpha^2)))) <= alpha, where S_t = t * (estimate - truth).
+    """
+    information = 1.0 / variance_of_difference
+    boundary = math.sqrt((information + rho) * math.log((information + rho) / (rho * significance**2)))
+    return boundary / information
+
+
+def quality_confidence_sequence(champion: QualitySample, challenger: QualitySample, limits: QualityThresholds,
+                                ) -> ConfidenceInterval:
+    """Always-valid bounds on (challenger's mean loss - champion's) from each variant's count, sum and squares.
+
+    The mixture's scale `rho` is tuned so the sequence is tightest when each variant has about
+    `min_feedback` rows (Howard et al. 2021, eq. 15), the earliest moment the gate judges.
+    """
+    champion_variance = champion.variance(limits.metric)
+    challenger_variance = challenger.variance(limits.metric)
+    variance = challenger_variance / challenger.count + champion_variance / champion.count
+    information_at_min = limits.min_feedback / (champion_variance + challenger_variance)
+    log_term = 2 * math.log(1 / limits.significance)
+    rho = information_at_min / (log_term + math.log(1 + log_term))
+    estimate = challenger.mean_loss - champion.mean_loss
+    radius = _mixture_radius(variance, rho, limits.significance)
+    return ConfidenceInterval(estimate, estimate - radius, estimate + radius)
+
+
+def fixed_sample_interval(champion: QualitySample, challenger: QualitySample, limits: QualityThresholds,
+                          ) -> ConfidenceInterval:
+    """The z-interval a fixed-sample test would use at the same significance: valid for one look only.
+
+    Kept to measure what re-running it every interval costs (`bench/rollout.py`), not used by the gate.
+    """
+    variance = (challenger.variance(limits.metric) / challenger.count
+                + champion.variance(limits.metric) / champion.count)
+    radius = float(stats.norm.ppf(1 - limits.significance / 2)) * math.sqrt(variance)
+    estimate = challenger.mean_loss - champion.mean_loss
+    return ConfidenceInterval(estimate, estimate - radius, estimate + radius)
+
+
+def _describe_difference(limits: QualityThresholds, interval: ConfidenceInterval) -> str:
+    level = f"{1 - limits.significance:.0%} always-valid range"
+    if limits.metric == "accuracy":
+        return (f"challenger accuracy {-interval.estimate * 100:+.1f} points vs the champion "
+                f"({level} {-interval.upper * 100:+.1f} to {-interval.lower * 100:+.1f})")
+    return (f"challenger {limits.metric} {interval.estimate:+.4g} vs the champion "
+            f"({level} {interval.lower:+.4g} to {interval.upper:+.4g})")
+
+
+def judge_quality(
+    champion: QualitySample | None,
+    challenger: QualitySample | None,
+    limits: QualityThresholds,
+    promoting: bool = False,
+    interval_fn=quality_confidence_sequence,
+) -> tuple[Check | None, ConfidenceInterval | None]:
+    """The quality check, or None when there is too little feedback to judge and nothing requires it."""
+    enough = [sample for sample in (champion, challenger) if sample is not None and sample.count >= limits.min_feedback]
+    if len(enough) < 2:
+        counts = ", ".join(f"{role} {sample.count if sample else 0}"
+                           for role, sample in (("champion", champion), ("challenger", challenger)))
+        if promoting and limits.required_for_promotion:
+            return Check("quality", Phase.INCONCLUSIVE,
+                         f"promotion needs the quality gate: feedback rows {counts}, need {limits.min_feedback} each"), None
+        return None, None
+    interval = interval_fn(champion, challenger, limits)
+    tolerated = (f"{limits.max_degradation * 100:g} points" if limits.metric == "accuracy"
+                 else f"{limits.max_degradation:g}")
+    detail = (f"{_describe_difference(limits, interval)} on {challenger.count}/{champion.count} feedback rows; "
+              f"degradation tolerated {tolerated}")
+    if interval.lower > limits.max_degradation:
+        return Check("quality", Phase.FAILED, detail + " (significantly worse)", conclusive=True), interval
+    if interval.estimate > limits.max_degradation:
+        return Check("quality", Phase.INCONCLUSIVE, detail + " (worse than tolerated, not yet significant)"), interval
+    if promoting and limits.required_for_promotion and interval.upper > limits.max_degradation:
+        return Check("quality", Phase.INCONCLUSIVE,
+                     detail + " (promotion needs the gate: not yet shown within tolerance)"), interval
+    return Check("quality", Phase.PASSED, detail), interval
