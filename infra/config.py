@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from infra.errors import ConfigError
+from service.quality import QUALITY_METRICS
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 NAMESPACE = "mlserve"
@@ -166,6 +167,10 @@ class RolloutConfig:
     max_error_rate_percent: float = key("rollout.maxErrorRatePercent", lambda v: _between(v, 0, 100))
     max_p95_latency_ms: int = key("rollout.maxP95LatencyMs", lambda v: _between(v, 1, 600000))
     prometheus_url: str = key("rollout.prometheusUrl", lambda v: _url(v))
+    quality_metric: str = key("rollout.quality.metric", lambda v: _one_of(v, tuple(QUALITY_METRICS)))
+    quality_max_degradation: float = key("rollout.quality.maxDegradation", lambda v: _between(v, 0, 1e9))
+    quality_min_feedback: int = key("rollout.quality.minFeedback", lambda v: _between(v, 30, 10**9))
+    quality_required_for_promotion: bool = key("rollout.quality.requiredForPromotion")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from enum import Enum
 
 from scipy import stats
 
-from service.quality import FEEDBACK_METRICS
+from service.quality import FEEDBACK_METRICS, QUALITY_METRICS
 
 # Metric names exported by the model server (service/), each labelled model_name, model_version, variant.
 REQUESTS_METRIC = "model_predictions_total"
@@ -46,14 +46,6 @@ ERRORS_METRIC = "model_prediction_errors_total"
 LATENCY_METRIC = "model_prediction_latency_seconds"
 # error_type values that are the client's fault (4xx); everything else counts against the model.
 CLIENT_ERROR_TYPES = "invalid_input|payload_too_large"
-# Quality metrics the gate can judge, each as the per-row loss it compares (lower is better): the error
-# rate stands for accuracy. The value names the sum and sum-of-squares counters of that loss.
-QUALITY_METRICS = {
-    "accuracy": ("correct", "correct"),
-    "log_loss": ("log_loss", "log_loss_squared"),
-    "brier": ("brier", "brier_squared"),
-    "mae": ("absolute_error", "squared_error"),
-}
 
 
 class Phase(str, Enum):

@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from rollout.errors import PlanError, RolloutError, RolloutLockedError
@@ -183,6 +184,7 @@ def _plan_dict(plan: RolloutPlan) -> dict:
         "max_error_rate": plan.thresholds.max_error_rate,
         "max_p95_seconds": plan.thresholds.max_p95_seconds,
         "significance": plan.thresholds.significance,
+        "quality": asdict(plan.quality) if plan.quality else None,
     }
 
 

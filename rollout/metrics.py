@@ -13,7 +13,7 @@ from typing import Protocol
 
 import requests
 
-from rollout.analysis import VariantSample, variant_queries
+from rollout.analysis import QualitySample, VariantSample, quality_queries, quality_sample, variant_queries
 from rollout.errors import MetricsQueryError, MetricsUnreachableError
 
 
@@ -100,3 +100,13 @@ def collect_sample(provider: MetricsProvider, variant: str, selector: str, windo
     # increase() extrapolates to the window's edges, so counts come back fractional.
     served = int(round(requests_served))
     return VariantSample(variant, served, min(int(round(errors)), served), p95)
+
+
+def collect_quality(provider: MetricsProvider, variant: str, selector: str, window_seconds: float,
+                    metric: str) -> QualitySample | None:
+    """The feedback `variant` received over the window, for `metric`; None when the server reports none."""
+    queries = quality_queries(selector, int(math.ceil(window_seconds)), metric)
+    count = provider.query(queries["count"])
+    if count is None:
+        return None
+    return quality_sample(variant, metric, count, provider.query(queries["sum"]), provider.query(queries["squared"]))

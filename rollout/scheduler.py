@@ -5,6 +5,10 @@ in this process: a rollout that was killed resumes from whatever weight the rout
 checks are counted over the whole rollout; at `failure_threshold` the weight goes back to 0 and the
 reason is recorded. Inconclusive and error measurements (too little traffic, no data, Prometheus
 unreachable) hold the current step: they never advance and never roll back. Reaching 100 promotes.
+
+With a quality gate (`RolloutPlan.quality`), each look also reads the feedback both variants received since
+the rollout began (not only this step's window: ground truth arrives late, and the sequential test is built
+for a growing sample); a conclusive quality failure rolls back at once.
 """
 
 from __future__ import annotations
@@ -16,9 +20,17 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Callable
 
-from rollout.analysis import Measurement, Phase, Thresholds, error_measurement, judge
+from rollout.analysis import (
+    Look,
+    Measurement,
+    Phase,
+    QualityThresholds,
+    Thresholds,
+    error_measurement,
+    judge,
+)
 from rollout.errors import MetricsQueryError, MetricsUnreachableError, RolloutError
-from rollout.metrics import MetricsProvider, collect_sample
+from rollout.metrics import MetricsProvider, collect_quality, collect_sample
 from rollout.router import TrafficRouter
 
 
@@ -50,6 +62,7 @@ class RolloutPlan:
     interval_seconds: float
     failure_threshold: int
     thresholds: Thresholds
+    quality: QualityThresholds | None = None
     champion_selector: str = 'variant="champion"'
     challenger_selector: str = 'variant="challenger"'
 
@@ -81,6 +94,12 @@ def plan_from_config(rollout_config) -> RolloutPlan:
             min_requests=rollout_config.min_requests,
             max_error_rate=float(rollout_config.max_error_rate_percent) / 100,
             max_p95_seconds=rollout_config.max_p95_latency_ms / 1000,
+        ),
+        quality=QualityThresholds(
+            metric=rollout_config.quality_metric,
+            max_degradation=rollout_config.quality_max_degradation,
+            min_feedback=rollout_config.quality_min_feedback,
+            required_for_promotion=rollout_config.quality_required_for_promotion,
         ),
     )
 
@@ -126,16 +145,27 @@ class RolloutResult:
         }
 
 
-def measure(provider: MetricsProvider, plan: RolloutPlan, window_seconds: float) -> Measurement:
-    """Query both variants over the window and judge them; backend failures become `error` values."""
+def measure(provider: MetricsProvider, plan: RolloutPlan, window_seconds: float, look: Look | None = None) -> Measurement:
+    """Query both variants over the window (and their feedback since the start) and judge them.
+
+    Backend failures become `error` values. Without `look`, the quality window is the step's window.
+    """
+    look = look or Look(since_start_seconds=window_seconds)
+    quality = None
     try:
         champion = collect_sample(provider, "champion", plan.champion_selector, window_seconds)
         challenger = collect_sample(provider, "challenger", plan.challenger_selector, window_seconds)
+        if plan.quality is not None:
+            since = max(look.since_start_seconds, window_seconds)
+            quality = (
+                collect_quality(provider, "champion", plan.champion_selector, since, plan.quality.metric),
+                collect_quality(provider, "challenger", plan.challenger_selector, since, plan.quality.metric),
+            )
     except MetricsUnreachableError as err:
         return error_measurement(str(err))
     except MetricsQueryError as err:
         return error_measurement(f"query failed: {err}")
-    return judge(champion, challenger, plan.thresholds)
+    return judge(champion, challenger, plan.thresholds, quality, plan.quality, look.promoting)
 
 
 class Scheduler:
@@ -154,7 +184,7 @@ class Scheduler:
         wait: Callable[[float], bool],
         clock: Callable[[], float] = time.time,
         on_record: Callable[[StepRecord], None] | None = None,
-        measure_fn: Callable[[MetricsProvider, RolloutPlan, float], Measurement] = measure,
+        measure_fn: Callable[..., Measurement] = measure,
     ):
         self.router = router
         self.provider = provider
@@ -203,9 +233,12 @@ class Scheduler:
                 self._promote(weight)
         elif measurement.phase is Phase.FAILED:
             failed_checks += 1
-            if failed_checks >= plan.failure_threshold:
+            if failed_checks >= plan.failure_threshold or measurement.conclusive_failure:
                 self.router.set_weight(0)
-                reason = f"{failed_checks} failed checks (threshold {plan.failure_threshold}): {measurement.reason}"
+                if measurement.conclusive_failure:
+                    reason = f"conclusive failure (valid at every look, no confirmation needed): {measurement.reason}"
+                else:
+                    reason = f"{failed_checks} failed checks (threshold {plan.failure_threshold}): {measurement.reason}"
                 self._record(0, Decision.ROLLBACK, reason, measurement, failed_checks)
                 self._finish(Verdict.ROLLED_BACK, reason)
                 return 0, failed_checks
@@ -214,19 +247,23 @@ class Scheduler:
             self._record(weight, Decision.HOLD, f"{measurement.phase.value}: {measurement.reason}", measurement, failed_checks)
         return weight, failed_checks
 
+    def _look(self, weight: int, started: float) -> Look:
+        return Look(since_start_seconds=math.ceil(self.clock() - started), promoting=self.plan.next_step(weight) >= 100)
+
     def run(self) -> RolloutResult:
         """Start (or resume) and loop until promoted, rolled back or stopped."""
         weight = self._begin()
         if weight >= 100:
             return self._promote(weight)
-        step_started = self.clock()
+        step_started = rollout_started = self.clock()
         failed_checks = 0
         while self.result.verdict is None:
             if self.wait(self.plan.interval_seconds):
                 self._record(weight, Decision.ABORT, "stopped by the operator; weight left in place")
                 return self._finish(Verdict.ABORTED, f"stopped at weight {weight}%")
             window = max(self.clock() - step_started, self.plan.interval_seconds)
-            measurement = self.measure_fn(self.provider, self.plan, math.ceil(window))
+            measurement = self.measure_fn(self.provider, self.plan, math.ceil(window),
+                                          look=self._look(weight, rollout_started))
             previous = weight
             weight, failed_checks = self._decide(weight, measurement, failed_checks)
             # A new step, or a failed check, starts a fresh window: a failure is confirmed only by new
@@ -251,6 +288,9 @@ class Scheduler:
             self._promote(weight)
             return self.result, 0
         self._record(weight, Decision.RESUME, f"judging the stack's current weight {weight}%")
-        measurement = self.measure_fn(self.provider, self.plan, math.ceil(self.plan.interval_seconds))
+        # Config-only mode keeps no start time between invocations: quality is judged over one interval.
+        look = Look(since_start_seconds=math.ceil(self.plan.interval_seconds),
+                    promoting=self.plan.next_step(weight) >= 100)
+        measurement = self.measure_fn(self.provider, self.plan, math.ceil(self.plan.interval_seconds), look=look)
         _, failed_checks = self._decide(weight, measurement, failed_checks)
         return self.result, failed_checks

@@ -97,6 +97,14 @@ FEEDBACK_METRICS = {
     "squared_error": "model_feedback_squared_error_total",
 }
 FEEDBACK_REJECTED_METRIC = "model_feedback_rejected_total"
+# Quality metrics a rollout can judge (`rollout.quality.metric`), each as the per-row loss it compares (lower
+# is better; the error rate stands for accuracy), by the FEEDBACK_METRICS fields of its sum and sum of squares.
+QUALITY_METRICS = {
+    "accuracy": ("correct", "correct"),
+    "log_loss": ("log_loss", "log_loss_squared"),
+    "brier": ("brier", "brier_squared"),
+    "mae": ("absolute_error", "squared_error"),
+}
 _DOCUMENTATION = {
     "count": "Predictions whose ground truth arrived through /feedback, by the variant that made them",
     "correct": "Classifier predictions whose predicted class was the true one",

@@ -63,6 +63,17 @@ INVALID = [
     ("error-rate-not-number", {"rollout.maxErrorRatePercent": "low"}, "rollout.maxErrorRatePercent", "number"),
     ("unknown-key-typo", {"traffic.challangerWeight": 10}, "traffic.challangerWeight", "did you mean traffic.challengerWeight"),
     ("array-not-list", {"gpu.nodeSelector": "nvidia.com/gpu.present=true"}, "gpu.nodeSelector", "list"),
+    ("quality-metric-unknown", {"rollout.quality.metric": "f1"}, "rollout.quality.metric",
+     "one of accuracy, log_loss, brier, mae"),
+    ("quality-degradation-negative", {"rollout.quality.maxDegradation": "-0.01"}, "rollout.quality.maxDegradation",
+     "between 0"),
+    ("quality-degradation-not-number", {"rollout.quality.maxDegradation": "a bit"}, "rollout.quality.maxDegradation",
+     "number"),
+    ("quality-min-feedback-too-small", {"rollout.quality.minFeedback": 5}, "rollout.quality.minFeedback", "between 30"),
+    ("quality-required-not-boolean", {"rollout.quality.requiredForPromotion": "yes"},
+     "rollout.quality.requiredForPromotion", "boolean"),
+    ("quality-key-typo", {"rollout.quality.minFeedbacks": 100}, "rollout.quality.minFeedbacks",
+     "did you mean rollout.quality.minFeedback"),
 ]
 
 
@@ -97,6 +108,16 @@ def test_defaults_come_from_pulumi_yaml():
     assert config.traffic.challenger_weight == declarations["traffic.challengerWeight"].default == 0
     assert config.rollout.steps == tuple(declarations["rollout.steps"].default)
     assert config.serving.port == declarations["serving.port"].default
+    assert config.rollout.quality_metric == declarations["rollout.quality.metric"].default == "accuracy"
+
+
+def test_quality_keys_nest_three_levels_in_a_stack_file(tmp_path: Path):
+    (tmp_path / "Pulumi.yaml").write_text((PROJECT_DIR / "Pulumi.yaml").read_text())
+    (tmp_path / "Pulumi.q.yaml").write_text(
+        "config:\n  mlserve:rollout:\n    quality:\n      metric: log_loss\n      maxDegradation: '0.02'\n"
+    )
+    config = load_stack_config("q", project_dir=tmp_path)
+    assert (config.rollout.quality_metric, config.rollout.quality_max_degradation) == ("log_loss", 0.02)
 
 
 def test_every_config_field_is_declared_with_type_default_and_description():

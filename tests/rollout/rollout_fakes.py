@@ -52,7 +52,7 @@ def scripted(phases: str):
     remaining = list(phases)
     windows: list[float] = []
 
-    def measure_fn(provider, plan, window_seconds):
+    def measure_fn(provider, plan, window_seconds, look=None):
         windows.append(window_seconds)
         phase = codes[remaining.pop(0)]
         return Measurement(phase, f"scripted {phase.value}")

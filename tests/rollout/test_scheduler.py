@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
+
 import pytest
 
+from rollout.analysis import QualityThresholds
 from rollout.errors import MetricsUnreachableError, RolloutError
 from rollout.scheduler import Decision, RolloutPlan, Scheduler, Verdict, measure
 
@@ -125,3 +129,70 @@ def test_run_once_for_config_only_mode(plan, case, start_weight, failed_before, 
     result, failed = scheduler.run_once(failed_before)
     assert (router.weight, result.verdict, failed) == (weight_after, verdict, failed_after)
     assert clock.waits == 0
+
+
+class FeedbackProvider:
+    """Healthy traffic for both variants, plus feedback counters read from `feedback[variant]` (rows, correct).
+
+    Records the window of every feedback query, so tests see that quality is read since the rollout began.
+    """
+
+    QUERY = re.compile(r'^sum\(increase\((\w+)\{variant="(\w+)"[^}]*\}\[(\d+)s\]\)\)$')
+
+    def __init__(self, feedback: dict[str, tuple[int, int]] | None):
+        self.feedback = feedback
+        self.feedback_windows: list[int] = []
+
+    def is_online(self):
+        return True
+
+    def query(self, promql):
+        if promql.startswith("histogram_quantile"):
+            return 0.02
+        metric, variant, window = self.QUERY.match(promql).groups()
+        if metric == "model_predictions_total":
+            return 1000.0
+        if metric == "model_prediction_errors_total":
+            return 0.0
+        if metric == "model_feedback_total" and variant == "champion":
+            self.feedback_windows.append(int(window))
+        if self.feedback is None:
+            return None
+        rows, correct = self.feedback[variant]
+        return float(rows if metric == "model_feedback_total" else correct)
+
+
+@pytest.fixture
+def quality_plan(plan):
+    return replace(plan, quality=QualityThresholds(metric="accuracy", max_degradation=0.01, min_feedback=200))
+
+
+def test_clearly_less_accurate_challenger_is_rolled_back_at_the_first_look(quality_plan):
+    router, clock = FakeRouter(), SimClock()
+    provider = FeedbackProvider({"champion": (5000, 4000), "challenger": (1000, 600)})
+    result = Scheduler(router, provider, quality_plan, wait=clock.wait, clock=clock).run()
+    assert result.verdict is Verdict.ROLLED_BACK
+    assert router.history == [5, 0]
+    assert "accuracy -20.0 points" in result.reason and "no confirmation needed" in result.reason
+
+
+@pytest.mark.parametrize("feedback", [None, {"champion": (0, 0), "challenger": (0, 0)}],
+                         ids=["no feedback series", "feedback series at zero"])
+def test_without_feedback_the_gate_changes_nothing(quality_plan, feedback):
+    router, clock = FakeRouter(), SimClock()
+    provider = FeedbackProvider(feedback)
+    result = Scheduler(router, provider, quality_plan, wait=clock.wait, clock=clock).run()
+    assert result.verdict is Verdict.PROMOTED
+    assert router.history == [5, 10, 25, 50, 100]
+    # Feedback is read over the whole rollout so far, not only the step's window.
+    assert provider.feedback_windows == [60, 120, 180, 240]
+
+
+def test_required_gate_holds_the_last_step_until_quality_is_shown(quality_plan):
+    plan = replace(quality_plan, quality=replace(quality_plan.quality, required_for_promotion=True))
+    router, clock = FakeRouter(), SimClock(stop_after=6)
+    provider = FeedbackProvider({"champion": (5000, 4000), "challenger": (100, 80)})
+    result = Scheduler(router, provider, plan, wait=clock.wait, clock=clock).run()
+    assert result.verdict is Verdict.ABORTED
+    assert router.weight == 50
+    assert "promotion needs the quality gate" in result.records[-2].reason
