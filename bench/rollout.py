@@ -21,6 +21,14 @@ faulty challenger (about 8% of rows fail, with a real 5xx) served by `bentoml se
 Prometheus, at 50 requests/s, with the fast config, in one local environment (private registry under
 ``build/bench-rollout``). ``--real-runs 0`` skips them.
 
+Quality (issue 15): the same simulation also answers the feedback counters. Each prediction is correct with its
+variant's accuracy; half of the rows get their true label back through feedback 30 s later (simulated: no
+server scores them, the counters are what `/feedback` would have added). Scenarios: a challenger 5 points less
+accurate (75% vs 80%) that never errors, at 50 requests/s, under the stack's defaults and the fast config,
+time from its first traffic to rollback; and 1,000 rollouts of two identical variants (80% accurate), the
+scheduler looking every interval, judged by the gate's confidence sequence and, for comparison, by a
+fixed-sample z-test at the same significance re-run at every look.
+
 ``--runs N`` sets simulated runs per scenario (default 1000 for identical variants, 300 for the faulty
 challenger); ``--seed`` makes a run reproducible.
 """
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import re
 import statistics
@@ -38,11 +47,15 @@ from pathlib import Path
 
 import numpy as np
 
-from rollout.scheduler import RolloutPlan, Scheduler, Verdict
+from rollout.analysis import fixed_sample_interval
+from rollout.scheduler import RolloutPlan, Scheduler, Verdict, measure
 
 RESULTS = Path(__file__).resolve().parent / "results"
-QUERY = re.compile(r'(model_predictions_total|model_prediction_errors_total|model_prediction_latency_seconds_bucket)'
+QUERY = re.compile(r'(model_predictions_total|model_prediction_errors_total|model_prediction_latency_seconds_bucket'
+                   r'|model_feedback_total|model_feedback_correct_total)'
                    r'\{variant="(\w+)"[^}]*\}\[(\d+)s\]')
+FEEDBACK_SHARE = 0.5
+FEEDBACK_DELAY_SECONDS = 30
 
 
 def default_plan() -> RolloutPlan:
@@ -55,18 +68,29 @@ def default_plan() -> RolloutPlan:
 
 
 class SimTraffic:
-    """Per-second simulated traffic, the router that splits it, and the clock the scheduler waits on."""
+    """Per-second simulated traffic, the router that splits it, and the clock the scheduler waits on.
 
-    def __init__(self, rng: np.random.Generator, rate: float, error_rates: dict[str, float], scrape_lag: int):
+    Counts are kept cumulatively per second (requests, errors, feedback rows, correct feedback rows per
+    variant), so a query over any window costs the same however long a rollout runs.
+    """
+
+    COLUMNS = {"model_predictions_total": 0, "model_prediction_errors_total": 1,
+               "model_feedback_total": 2, "model_feedback_correct_total": 3}
+
+    def __init__(self, rng: np.random.Generator, rate: float, error_rates: dict[str, float], scrape_lag: int,
+                 accuracies: dict[str, float] | None = None):
         self.rng = rng
         self.rate = rate
         self.error_rates = error_rates
         self.scrape_lag = scrape_lag
+        # With accuracies, FEEDBACK_SHARE of each second's rows come back as feedback FEEDBACK_DELAY_SECONDS later.
+        self.accuracies = accuracies
+        self.pending_feedback: dict[int, dict[str, tuple[int, int]]] = {}
         self.now = 0
         self.weight = 0
         self.first_challenger_second: int | None = None
-        # Per second: requests and errors per variant.
-        self.seconds: list[dict[str, tuple[int, int]]] = []
+        # cumulative[variant][s]: totals of the four COLUMNS over seconds 0..s-1.
+        self.cumulative = {variant: [(0, 0, 0, 0)] for variant in ("champion", "challenger")}
 
     # router protocol
     def get_weight(self) -> int:
@@ -88,13 +112,27 @@ class SimTraffic:
         for _ in range(int(seconds)):
             total = self.rng.poisson(self.rate)
             challenger = self.rng.binomial(total, self.weight / 100)
-            champion = total - challenger
-            self.seconds.append({
-                "champion": (champion, self.rng.binomial(champion, self.error_rates["champion"])),
-                "challenger": (challenger, self.rng.binomial(challenger, self.error_rates["challenger"])),
-            })
+            served = {"champion": total - challenger, "challenger": challenger}
+            if self.accuracies is not None:
+                arrivals = {}
+                for variant, count in served.items():
+                    rows = self.rng.binomial(count, FEEDBACK_SHARE)
+                    arrivals[variant] = (rows, self.rng.binomial(rows, self.accuracies[variant]))
+                self.pending_feedback[self.now + FEEDBACK_DELAY_SECONDS] = arrivals
+            arrived = self.pending_feedback.pop(self.now, {})
+            for variant, count in served.items():
+                requests, errors, rows, correct = self.cumulative[variant][-1]
+                new_rows, new_correct = arrived.get(variant, (0, 0))
+                self.cumulative[variant].append((
+                    requests + count, errors + self.rng.binomial(count, self.error_rates[variant]),
+                    rows + new_rows, correct + new_correct,
+                ))
             self.now += 1
         return False
+
+    def total(self, variant: str, column: int) -> int:
+        """Everything `variant` counted in `column` so far (the benchmark's own bookkeeping, not a query)."""
+        return self.cumulative[variant][-1][column]
 
     # metrics provider protocol
     def is_online(self) -> bool:
@@ -105,15 +143,18 @@ class SimTraffic:
         if match is None:
             raise ValueError(f"benchmark provider cannot answer {promql!r}")
         metric, variant, window = match.group(1), match.group(2), int(match.group(3))
-        visible = self.seconds[: max(len(self.seconds) - self.scrape_lag, 0)]
-        recent = visible[-window:]
-        if not recent:
+        if metric.startswith("model_feedback") and self.accuracies is None:
+            return None  # a server without feedback exports no such series
+        series = self.cumulative[variant]
+        end = max(len(series) - 1 - self.scrape_lag, 0)
+        if end == 0:
             return None
+        begin = max(end - window, 0)
         if metric.endswith("_bucket"):
-            served = sum(second[variant][0] for second in recent)
+            served = series[end][0] - series[begin][0]
             return None if served == 0 else float(0.02 + abs(self.rng.normal(0, 0.003)))
-        index = 0 if metric == "model_predictions_total" else 1
-        return float(sum(second[variant][index] for second in recent))
+        column = self.COLUMNS[metric]
+        return float(series[end][column] - series[begin][column])
 
 
 @dataclass
@@ -125,21 +166,23 @@ class RunOutcome:
 
 
 def simulate(plan: RolloutPlan, rng, rate: float, champion_error: float, challenger_error: float,
-             scrape_lag: int = 2, max_seconds: int = 3600) -> RunOutcome:
-    """One rollout in simulated time."""
-    traffic = SimTraffic(rng, rate, {"champion": champion_error, "challenger": challenger_error}, scrape_lag)
+             scrape_lag: int = 2, max_seconds: int = 3600, accuracies: dict[str, float] | None = None,
+             measure_fn=measure) -> RunOutcome:
+    """One rollout in simulated time (with feedback when `accuracies` are given)."""
+    traffic = SimTraffic(rng, rate, {"champion": champion_error, "challenger": challenger_error}, scrape_lag,
+                         accuracies)
 
     def wait(seconds: float) -> bool:
         traffic.wait(seconds)
         return traffic.now >= max_seconds  # a bound, in case a scenario never decides
 
-    result = Scheduler(traffic, traffic, plan, wait=wait, clock=traffic.clock).run()
+    result = Scheduler(traffic, traffic, plan, wait=wait, clock=traffic.clock, measure_fn=measure_fn).run()
     start = traffic.first_challenger_second or 0
     return RunOutcome(
         verdict=result.verdict.value,
         seconds_to_decision=traffic.now - start,
-        challenger_failed=sum(second["challenger"][1] for second in traffic.seconds),
-        challenger_served=sum(second["challenger"][0] for second in traffic.seconds),
+        challenger_failed=traffic.total("challenger", 1),
+        challenger_served=traffic.total("challenger", 0),
     )
 
 
@@ -176,10 +219,7 @@ def identical_scenario(plan: RolloutPlan, runs: int, rng, error: float, rate=50.
     outcomes = [simulate(plan, rng, rate, error, error) for _ in range(runs)]
     rolled = sum(o.verdict == Verdict.ROLLED_BACK.value for o in outcomes)
     durations = [o.seconds_to_decision for o in outcomes if o.verdict == Verdict.PROMOTED.value]
-    # Wilson 95% upper bound, so "0 of N" is not read as "never".
-    z = 1.96
-    p = rolled / runs
-    upper = (p + z * z / (2 * runs) + z * ((p * (1 - p) + z * z / (4 * runs)) / runs) ** 0.5) / (1 + z * z / runs)
+    p, upper = rolled / runs, wilson_upper(rolled, runs)
     return {
         "scenario": f"identical variants, both failing {error:.1%}",
         "shared_error_rate": error,
@@ -191,6 +231,62 @@ def identical_scenario(plan: RolloutPlan, runs: int, rng, error: float, rate=50.
         "promoted": sum(o.verdict == Verdict.PROMOTED.value for o in outcomes),
         "median_seconds_to_promotion": statistics.median(durations) if durations else None,
     }
+
+
+def less_accurate_scenario(name: str, plan: RolloutPlan, runs: int, rng, rate=50.0, champion=0.80,
+                           challenger=0.75) -> dict:
+    """A challenger that never errors but is `champion - challenger` less accurate: how long until rolled back."""
+    outcomes = [simulate(plan, rng, rate, 0.0, 0.0, accuracies={"champion": champion, "challenger": challenger})
+                for _ in range(runs)]
+    rolled = [o for o in outcomes if o.verdict == Verdict.ROLLED_BACK.value]
+    times = [o.seconds_to_decision for o in rolled]
+    served = [o.challenger_served for o in rolled]
+    return {
+        "scenario": name,
+        "rate_per_second": rate,
+        "accuracy": {"champion": champion, "challenger": challenger},
+        "feedback": {"share": FEEDBACK_SHARE, "delay_seconds": FEEDBACK_DELAY_SECONDS},
+        "interval_seconds": plan.interval_seconds,
+        "quality": {"metric": plan.quality.metric, "max_degradation": plan.quality.max_degradation,
+                    "min_feedback": plan.quality.min_feedback},
+        "runs": runs,
+        "rolled_back_share": len(rolled) / runs,
+        "promoted_share": sum(o.verdict == Verdict.PROMOTED.value for o in outcomes) / runs,
+        "seconds_to_rollback": {"median": statistics.median(times) if times else None,
+                                "p95": percentile(times, 95), "max": max(times) if times else None},
+        "challenger_requests_served": {"median": statistics.median(served) if served else None,
+                                       "p95": percentile(served, 95)},
+    }
+
+
+def identical_quality_scenario(name: str, plan: RolloutPlan, runs: int, rng, measure_fn=measure,
+                               rate=50.0, accuracy=0.80, max_seconds=1800) -> dict:
+    """Identical variants judged on quality at every look: how often a rollout is rolled back anyway."""
+    outcomes = [simulate(plan, rng, rate, 0.0, 0.0, max_seconds=max_seconds,
+                         accuracies={"champion": accuracy, "challenger": accuracy}, measure_fn=measure_fn)
+                for _ in range(runs)]
+    rolled = sum(o.verdict == Verdict.ROLLED_BACK.value for o in outcomes)
+    promoted = [o.seconds_to_decision for o in outcomes if o.verdict == Verdict.PROMOTED.value]
+    looks = [o.seconds_to_decision / plan.interval_seconds for o in outcomes]
+    return {
+        "scenario": name,
+        "accuracy": accuracy,
+        "interval_seconds": plan.interval_seconds,
+        "max_degradation": plan.quality.max_degradation,
+        "runs": runs,
+        "false_rollbacks": rolled,
+        "false_rollback_rate": rolled / runs,
+        "false_rollback_rate_upper95": wilson_upper(rolled, runs),
+        "promoted": len(promoted),
+        "median_looks": statistics.median(looks),
+        "median_seconds_to_promotion": statistics.median(promoted) if promoted else None,
+    }
+
+
+def wilson_upper(hits: int, runs: int, z: float = 1.96) -> float:
+    """Wilson 95% upper bound of a rate, so "0 of N" is not read as "never"."""
+    p = hits / runs
+    return (p + z * z / (2 * runs) + z * ((p * (1 - p) + z * z / (4 * runs)) / runs) ** 0.5) / (1 + z * z / runs)
 
 
 def real_runs(plan: RolloutPlan, runs: int, rate: float = 50.0) -> dict:
@@ -281,6 +377,36 @@ def markdown(report: dict) -> str:
             f"| {row['false_rollback_rate']:.2%} | {row['false_rollback_rate_upper95']:.2%} "
             f"| {row['median_seconds_to_promotion']:.0f} |"
         )
+    lines += [
+        "",
+        "## Quality: a challenger 5 points less accurate (80% vs 75%), no errors, 50 requests/s, "
+        f"feedback on {FEEDBACK_SHARE:.0%} of rows after {FEEDBACK_DELAY_SECONDS} s (simulated)",
+        "",
+        "| config | interval | min feedback | tolerated | rolled back | promoted | median s | p95 s | max s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["less_accurate"]:
+        t = row["seconds_to_rollback"]
+        lines.append(
+            f"| {row['scenario']} | {row['interval_seconds']:g} s | {row['quality']['min_feedback']} "
+            f"| {row['quality']['max_degradation'] * 100:g} points | {row['rolled_back_share']:.1%} "
+            f"| {row['promoted_share']:.1%} | {t['median']:.0f} | {t['p95']:.0f} | {t['max']:.0f} |"
+        )
+    lines += [
+        "",
+        "## Quality: false rollbacks of identical variants (80% accurate), the scheduler looking every interval",
+        "",
+        "| test | interval | tolerated | runs | rolled back | rate | 95% upper bound | median looks | median s to promotion |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["identical_quality"]:
+        promoted = row["median_seconds_to_promotion"]
+        lines.append(
+            f"| {row['scenario']} | {row['interval_seconds']:g} s | {row['max_degradation'] * 100:g} points "
+            f"| {row['runs']} | {row['false_rollbacks']} | {row['false_rollback_rate']:.2%} "
+            f"| {row['false_rollback_rate_upper95']:.2%} | {row['median_looks']:.0f} "
+            f"| {'-' if promoted is None else f'{promoted:.0f}'} |"
+        )
     if report.get("real"):
         real = report["real"]
         lines += [
@@ -330,6 +456,22 @@ def main(argv: list[str] | None = None) -> int:
     ]
     identical = [identical_scenario(fast, identical_runs, rng, error) for error in (0.0, 0.001, 0.005, 0.01)]
     identical += [identical_scenario(stack_default, identical_runs, rng, error) for error in (0.005, 0.01)]
+    # Quality: the gate's own defaults (Pulumi.yaml); for the false-rollback runs no tolerance at all and the
+    # gate required, so identical variants hold at the last step and are looked at every 5 s for 30 minutes
+    # (360 looks): the hardest case for a test re-run at every look.
+    # The fast config alone would promote in 25 s, before any feedback (30 s late) exists: with it, quality must
+    # be required for promotion, and the last step holds until the gate has shown the challenger good enough.
+    gated = replace(fast, quality=replace(fast.quality, required_for_promotion=True))
+    less_accurate = [
+        less_accurate_scenario("stack defaults", stack_default, faulty_runs, rng),
+        less_accurate_scenario("intervalSeconds=5, minRequests=20, requiredForPromotion", gated, faulty_runs, rng),
+    ]
+    strict = replace(gated, quality=replace(gated.quality, max_degradation=0.0))
+    identical_quality = [
+        identical_quality_scenario("confidence sequence (the gate)", strict, identical_runs, rng),
+        identical_quality_scenario("fixed-sample z-test re-run every look", strict, identical_runs, rng,
+                                   measure_fn=functools.partial(measure, interval_fn=fixed_sample_interval)),
+    ]
     real = real_runs(fast, args.real_runs) if args.real_runs else None
     fast_faulty = faulty[1]
     worst_identical = max(identical, key=lambda row: row["false_rollback_rate"])
@@ -341,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         "failure_threshold": stack_default.failure_threshold,
         "faulty": faulty,
         "identical": identical,
+        "less_accurate": less_accurate,
+        "identical_quality": identical_quality,
         "real": real,
         "targets": [
             {
@@ -354,6 +498,18 @@ def main(argv: list[str] | None = None) -> int:
                 "measured": f"worst {worst_identical['false_rollback_rate']:.2%} "
                             f"({worst_identical['scenario']}, interval {worst_identical['interval_seconds']:g} s)",
                 "met": all(row["false_rollback_rate"] < 0.01 for row in identical),
+            },
+            {
+                "target": "a challenger 5 points less accurate is rolled back (stack defaults), in 95% of runs",
+                "measured": f"{less_accurate[0]['rolled_back_share']:.1%} rolled back, median "
+                            f"{less_accurate[0]['seconds_to_rollback']['median']} s",
+                "met": less_accurate[0]["rolled_back_share"] >= 0.95,
+            },
+            {
+                "target": "identical variants rolled back on quality in under 1% of runs, looking every interval",
+                "measured": f"{identical_quality[0]['false_rollback_rate']:.2%} with the confidence sequence; "
+                            f"{identical_quality[1]['false_rollback_rate']:.2%} with a fixed-sample test",
+                "met": identical_quality[0]["false_rollback_rate"] < 0.01,
             },
         ],
     }

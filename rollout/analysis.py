@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from typing import Callable
 
 from scipy import stats
 
@@ -265,15 +266,18 @@ def judge(
     quality: tuple[QualitySample | None, QualitySample | None] | None = None,
     quality_limits: QualityThresholds | None = None,
     promoting: bool = False,
+    interval_fn: Callable[..., ConfidenceInterval] | None = None,
 ) -> Measurement:
     """Judge one analysis window. Missing data is inconclusive, never passed.
 
     `quality` is (champion, challenger) feedback since the rollout began; `promoting` says that passing
-    this look would promote (the quality gate may then be required).
+    this look would promote (the quality gate may then be required). `interval_fn` replaces the quality
+    test's interval (the benchmark measures a fixed-sample test that way).
     """
     quality_check, difference = (None, None)
     if quality_limits is not None:
-        quality_check, difference = judge_quality(*(quality or (None, None)), quality_limits, promoting)
+        quality_check, difference = judge_quality(*(quality or (None, None)), quality_limits, promoting,
+                                                  interval_fn=interval_fn)
     samples = tuple(sample for sample in (quality or ()) if sample is not None)
     if quality_check is not None and quality_check.conclusive:
         return Measurement(Phase.FAILED, f"{quality_check.name}: {quality_check.detail}", champion, challenger,
@@ -391,9 +395,10 @@ def judge_quality(
     challenger: QualitySample | None,
     limits: QualityThresholds,
     promoting: bool = False,
-    interval_fn=quality_confidence_sequence,
+    interval_fn: Callable[..., ConfidenceInterval] | None = None,
 ) -> tuple[Check | None, ConfidenceInterval | None]:
     """The quality check, or None when there is too little feedback to judge and nothing requires it."""
+    interval_fn = interval_fn or quality_confidence_sequence
     enough = [sample for sample in (champion, challenger) if sample is not None and sample.count >= limits.min_feedback]
     if len(enough) < 2:
         counts = ", ".join(f"{role} {sample.count if sample else 0}"

@@ -21,6 +21,7 @@ from enum import Enum
 from typing import Callable
 
 from rollout.analysis import (
+    ConfidenceInterval,
     Look,
     Measurement,
     Phase,
@@ -145,10 +146,12 @@ class RolloutResult:
         }
 
 
-def measure(provider: MetricsProvider, plan: RolloutPlan, window_seconds: float, look: Look | None = None) -> Measurement:
+def measure(provider: MetricsProvider, plan: RolloutPlan, window_seconds: float, look: Look | None = None,
+            interval_fn: Callable[..., ConfidenceInterval] | None = None) -> Measurement:
     """Query both variants over the window (and their feedback since the start) and judge them.
 
     Backend failures become `error` values. Without `look`, the quality window is the step's window.
+    `interval_fn` replaces the quality test (see `judge`).
     """
     look = look or Look(since_start_seconds=window_seconds)
     quality = None
@@ -165,7 +168,7 @@ def measure(provider: MetricsProvider, plan: RolloutPlan, window_seconds: float,
         return error_measurement(str(err))
     except MetricsQueryError as err:
         return error_measurement(f"query failed: {err}")
-    return judge(champion, challenger, plan.thresholds, quality, plan.quality, look.promoting)
+    return judge(champion, challenger, plan.thresholds, quality, plan.quality, look.promoting, interval_fn)
 
 
 class Scheduler:
