@@ -7,9 +7,10 @@ arrive days later at any replica (`POST /feedback`), which trusts nothing but th
 edited token cannot poison the quality metrics.
 
 Token: ``p1.<payload>.<signature>``, both parts base64url without padding. The payload is a JSON array
-``[model_name, model_version, variant, issued_at_epoch_seconds, key_id, prediction]``; `key_id` is the first 8
-hex digits of SHA-256 of the key, so a token signed under another key (a rotated Secret, another stack) says so
-instead of reading as forged. `prediction` is one of ``{"p": [probabilities], "c": [classes]}`` (a classifier's
+``[model_name, model_version, variant, issued_at_epoch_seconds, key_id, nonce, prediction]``; `key_id` is the
+first 8 hex digits of SHA-256 of the key, so a token signed under another key (a rotated Secret, another stack)
+says so instead of reading as forged; `nonce` (48 random bits) makes two identical predictions in the same second
+two different ids, so feedback for each is not mistaken for a duplicate. `prediction` is one of ``{"p": [probabilities], "c": [classes]}`` (a classifier's
 class probabilities; a single probability means the positive class of ``[0, 1]``), ``{"y": label}`` (a
 classifier that answers labels only) or ``{"v": number}`` (a regressor).
 
@@ -25,6 +26,7 @@ import hmac
 import json
 import math
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -157,7 +159,7 @@ class PredictionIdSigner:
         """A token for one row predicted by the model described by `labels` (model_name, model_version, variant)."""
         issued = int(time.time() if issued_at is None else issued_at)
         body = [labels["model_name"], labels["model_version"], labels["variant"], issued, self.key_id,
-                prediction.to_json()]
+                _b64encode(secrets.token_bytes(6)), prediction.to_json()]
         payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return f"{TOKEN_PREFIX}.{_b64encode(payload)}.{_b64encode(self._sign(payload))}"
 
@@ -175,9 +177,9 @@ class PredictionIdSigner:
             body = json.loads(payload.decode("utf-8"))
         except (binascii.Error, ValueError, UnicodeDecodeError) as err:
             raise PredictionIdError(Rejection.MALFORMED, f"prediction_id does not decode: {err}") from err
-        if not isinstance(body, list) or len(body) != 6:
+        if not isinstance(body, list) or len(body) != 7:
             raise PredictionIdError(Rejection.MALFORMED, "prediction_id payload is not a prediction record")
-        name, version, variant, issued_at, token_key_id, prediction = body
+        name, version, variant, issued_at, token_key_id, _nonce, prediction = body
         if token_key_id != self.key_id:
             # Checked before the signature: a token from another key fails both, and this is the useful reason.
             raise PredictionIdError(

@@ -53,6 +53,11 @@ def test_token_is_compact_and_url_safe():
     assert all(ch.isalnum() or ch in "-_." for ch in token)
 
 
+def test_identical_predictions_in_the_same_second_get_distinct_ids():
+    signer = PredictionIdSigner(KEY)
+    assert signer.issue(LABELS, Prediction(value=1.0), issued_at=NOW) != signer.issue(LABELS, Prediction(value=1.0), issued_at=NOW)
+
+
 def test_any_replica_with_the_same_key_verifies():
     token = PredictionIdSigner(KEY).issue(LABELS, Prediction(value=1.0), issued_at=NOW)
     assert PredictionIdSigner(bytes(KEY)).verify(token, now=NOW).variant == "challenger"
@@ -69,7 +74,7 @@ def _tamper(token: str, edit) -> str:
     ("case", "edit"),
     [
         ("variant swapped to blame the champion", lambda body: body.__setitem__(2, "champion")),
-        ("prediction edited", lambda body: body.__setitem__(5, {"p": [0.01]})),
+        ("prediction edited", lambda body: body.__setitem__(6, {"p": [0.01]})),
         ("issue time moved forward", lambda body: body.__setitem__(3, body[3] + 86400)),
     ],
     ids=lambda value: value if isinstance(value, str) else None,
