@@ -113,10 +113,18 @@ class QualitySample:
     count: int
     loss_sum: float
     loss_squared_sum: float
+    metric: str = "accuracy"
 
     @property
     def mean_loss(self) -> float | None:
         return self.loss_sum / self.count if self.count else None
+
+    @property
+    def score(self) -> float | None:
+        """The metric as people quote it: accuracy (fraction correct), or the mean loss for the others."""
+        if self.mean_loss is None:
+            return None
+        return 1 - self.mean_loss if self.metric == "accuracy" else self.mean_loss
 
     def variance(self, metric: str) -> float:
         """Per-row variance of the loss (smoothed for accuracy, so 0 or 100% correct is not certainty)."""
@@ -186,6 +194,7 @@ class Measurement:
                 data[role]["error_rate"] = sample.error_rate
         for entry, sample in zip(data["quality"], self.quality):
             entry["mean_loss"] = sample.mean_loss
+            entry["score"] = sample.score
         return data
 
 
@@ -334,8 +343,8 @@ def quality_sample(variant: str, metric: str, count: float | None, loss_sum: flo
     total, squared = loss_sum or 0.0, squared_sum or 0.0
     if metric == "accuracy":
         errors = min(max(rows - int(round(total)), 0), rows)
-        return QualitySample(variant, rows, float(errors), float(errors))
-    return QualitySample(variant, rows, total, squared)
+        return QualitySample(variant, rows, float(errors), float(errors), metric)
+    return QualitySample(variant, rows, total, squared, metric)
 
 
 def _mixture_radius(variance_of_difference: float, rho: float, significance: float) -> float:

@@ -1,7 +1,8 @@
 """Rollout reports: the run as JSON (every step, every measurement, the verdict) and a PNG chart beside it.
 
 The chart has three panels over time since the rollout started: the challenger's weight, the error
-rate of each variant, and the p95 latency of each variant. It uses matplotlib's Agg backend, so it
+rate of each variant, and the p95 latency of each variant; a fourth, when ground truth reached the
+rollout through `/feedback`, shows each variant's quality (accuracy, or the mean loss it was judged on). It uses matplotlib's Agg backend, so it
 renders on machines without a display.
 """
 
@@ -44,14 +45,40 @@ def _series(result: RolloutResult, role: str, key: str):
     return times, values
 
 
+def _quality_series(result: RolloutResult) -> tuple[str | None, dict[str, tuple[list[float], list[float]]]]:
+    """Per variant, (seconds since start, score) of every measurement that judged feedback; and the metric."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    metric = None
+    start = result.records[0].time if result.records else 0.0
+    for record in result.records:
+        for sample in (record.measurement.quality if record.measurement else ()):
+            if sample.score is None:
+                continue
+            metric = sample.metric
+            times, values = series.setdefault(sample.variant, ([], []))
+            times.append(record.time - start)
+            values.append(sample.score * 100 if metric == "accuracy" else sample.score)
+    return metric, series
+
+
 def render_chart(result: RolloutResult, png_path: Path) -> None:
-    """Draw weight, error rate and p95 latency per variant over time into `png_path`."""
+    """Draw weight, error rate and p95 latency per variant over time into `png_path`, and quality when judged."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, (ax_weight, ax_errors, ax_latency) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    metric, quality = _quality_series(result)
+    rows = 4 if quality else 3
+    fig, axes = plt.subplots(rows, 1, figsize=(9, 2.7 * rows), sharex=True)
+    ax_weight, ax_errors, ax_latency = axes[:3]
+    if quality:
+        ax_quality = axes[3]
+        for role, color in (("champion", "tab:blue"), ("challenger", "tab:orange")):
+            if role in quality:
+                ax_quality.plot(*quality[role], marker="o", label=role, color=color)
+        ax_quality.set_ylabel("accuracy (%)" if metric == "accuracy" else f"mean {metric}")
+        ax_quality.legend(loc="upper left")
     if result.records:
         start = result.records[0].time
         times = [record.time - start for record in result.records]
@@ -66,8 +93,8 @@ def render_chart(result: RolloutResult, png_path: Path) -> None:
     ax_errors.set_ylabel("error rate (%)")
     ax_errors.set_ylim(bottom=0)
     ax_latency.set_ylabel("p95 latency (ms)")
-    ax_latency.set_xlabel("seconds since start")
-    for axis in (ax_weight, ax_errors, ax_latency):
+    axes[-1].set_xlabel("seconds since start")
+    for axis in axes:
         axis.grid(alpha=0.3)
     if ax_errors.get_legend_handles_labels()[0]:
         ax_errors.legend(loc="upper left")

@@ -75,3 +75,20 @@ def test_report_has_verdict_every_step_and_a_chart(tmp_path):
     assert data["steps"][1]["measurement"]["challenger"]["error_rate"] == pytest.approx(0.05)
     assert data["steps"][2]["time"].startswith("1970-01-01T00:18:40")
     assert chart == tmp_path / "run.png" and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_shows_the_quality_that_decided_a_rollback(tmp_path):
+    from rollout.analysis import QualitySample
+
+    quality = (QualitySample("champion", 4000, 800.0, 800.0), QualitySample("challenger", 900, 360.0, 360.0))
+    failed = Measurement(Phase.FAILED, "quality: challenger accuracy -20.0 points", None, None, (), quality)
+    result = RolloutResult(Verdict.ROLLED_BACK, "conclusive failure", [
+        StepRecord(1000.0, 5, Decision.START, "challenger weight set to 5%"),
+        StepRecord(1060.0, 0, Decision.ROLLBACK, "conclusive failure", failed, 1),
+    ])
+    report, chart = write_report(result, tmp_path / "run.json")
+    scores = {entry["variant"]: entry["score"] for entry in json.loads(report.read_text())["steps"][1]["measurement"]["quality"]}
+    assert scores == pytest.approx({"champion": 0.8, "challenger": 0.6})
+    from matplotlib import image
+
+    assert image.imread(chart).shape[0] > 900  # four panels, not three
