@@ -31,6 +31,8 @@ NAMESPACE = "mlserve"
 ROUTERS = ("service", "seldon")
 # Ports of the executor Seldon adds to every predictor pod (REST and gRPC); our container must not take them.
 SELDON_EXECUTOR_PORTS = (8000, 5001)
+# Keys whose values are secrets (`pulumi config set --secret`): never echoed in a problem.
+SECRET_KEYS = frozenset({"feedback.signingKey"})
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
@@ -184,6 +186,21 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True)
+class FeedbackConfig:
+    signing_key: str = key("feedback.signingKey", lambda v: _signing_key(v))
+    max_age_days: int = key("feedback.maxAgeDays", lambda v: _between(v, 1, 3650))
+
+    @property
+    def enabled(self) -> bool:
+        """Predictions carry signed ids and /feedback is served: a signing key is set."""
+        return bool(self.signing_key)
+
+    def __repr__(self) -> str:
+        # The key is a secret: never in a traceback, a log line or a test failure.
+        return f"FeedbackConfig(signing_key={'<set>' if self.signing_key else '<empty>'}, max_age_days={self.max_age_days})"
+
+
+@dataclass(frozen=True)
 class AlertsConfig:
     error_rate_percent: float = key("alerts.errorRatePercent", lambda v: _between(v, 0.001, 100))
     p95_latency_ms: int = key("alerts.p95LatencyMs", lambda v: _between(v, 1, 600000))
@@ -208,6 +225,7 @@ class StackConfig:
     platform: PlatformConfig = field(default=None)  # type: ignore[assignment]
     monitoring: MonitoringConfig = field(default=None)  # type: ignore[assignment]
     alerts: AlertsConfig = field(default=None)  # type: ignore[assignment]
+    feedback: FeedbackConfig = field(default=None)  # type: ignore[assignment]
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -220,7 +238,7 @@ class StackConfig:
 
 SECTIONS: tuple[type, ...] = (
     ModelConfig, ImageConfig, ServingConfig, GpuConfig, AutoscalingConfig,
-    LoadBalancerConfig, TrafficConfig, PlatformConfig, RolloutConfig, MonitoringConfig, AlertsConfig,
+    LoadBalancerConfig, TrafficConfig, PlatformConfig, RolloutConfig, MonitoringConfig, AlertsConfig, FeedbackConfig,
 )
 
 
@@ -393,7 +411,8 @@ def parse_config(stack: str, values: Mapping[str, Any], declarations: Mapping[st
             if problem is None and spec.metadata["check"] is not None:
                 problem = spec.metadata["check"](value)
             if problem is not None:
-                problems.append(f"{name}: {problem} (got {raw!r})")
+                shown = "a secret value" if name in SECRET_KEYS else repr(raw)
+                problems.append(f"{name}: {problem} (got {shown})")
                 bad_keys.add(name)
             kwargs[spec.name] = value
         return kwargs
@@ -414,6 +433,7 @@ def parse_config(stack: str, values: Mapping[str, Any], declarations: Mapping[st
         platform=sections[PlatformConfig],
         monitoring=sections[MonitoringConfig],
         alerts=sections[AlertsConfig],
+        feedback=sections[FeedbackConfig],
     )
     problems.extend(cross_key_problems(config, bad_keys))
     if problems:
@@ -646,6 +666,12 @@ def _each(values: tuple[str, ...], check: Callable[[str], str | None]) -> str | 
         if (problem := check(value)) is not None:
             return f"item {index} ({value!r}) {problem}"
     return None
+
+
+def _signing_key(value: str) -> str | None:
+    if not value or len(value) >= 32:
+        return None
+    return f"must be empty or at least 32 characters (a {len(value)}-character key was given)"
 
 
 def _rollout_steps(steps: tuple[int, ...]) -> str | None:

@@ -18,6 +18,7 @@ from grafana_foundation_sdk.models.common import GraphTresholdsStyleMode, Legend
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, Threshold, ThresholdsMode
 
 from infra.config import StackConfig
+from service.quality import FEEDBACK_METRICS, FEEDBACK_REJECTED_METRIC
 
 # Metrics exported by the model server (service/service.py), each labelled model_name, model_version, variant.
 PREDICTIONS_METRIC = "model_predictions_total"  # every prediction request, successful or not
@@ -31,6 +32,8 @@ DASHBOARD_KEY_SUFFIX = ".json"
 DATASOURCE_VARIABLE = "datasource"
 # Grafana's own rate window: at least four scrape intervals, whatever the zoom.
 RATE_WINDOW = "$__rate_interval"
+# Ground truth trickles in: quality is averaged over a long window so a few rows do not swing it.
+QUALITY_WINDOW = "1h"
 
 
 def model_selector(config: StackConfig) -> str:
@@ -73,9 +76,32 @@ def dashboard_queries(config: StackConfig, window: str = RATE_WINDOW) -> dict[st
             f'100 * sum(rate({PREDICTIONS_METRIC}{{{selector},variant="challenger"}}[{window}]))'
             f" / sum(rate({PREDICTIONS_METRIC}{{{selector}}}[{window}]))"
         ),
+        **quality_queries(config),
         "traffic_share_percent": (
             f"100 * sum by (variant) (rate({PREDICTIONS_METRIC}{{{selector}}}[{window}]))"
             f" / ignoring (variant) group_left sum(rate({PREDICTIONS_METRIC}{{{selector}}}[{window}]))"
+        ),
+    }
+
+
+def quality_queries(config: StackConfig, window: str = QUALITY_WINDOW) -> dict[str, str]:
+    """Per-variant quality from the feedback counters (`service.quality`), averaged over `window`."""
+    selector = model_selector(config)
+
+    def total(field: str) -> str:
+        return f"sum by (variant) (increase({FEEDBACK_METRICS[field]}{{{selector}}}[{window}]))"
+
+    def mean(field: str) -> str:
+        return f"{total(field)} / {total('count')}"
+
+    return {
+        "accuracy_percent": f"100 * {mean('correct')}",
+        "mean_log_loss": mean("log_loss"),
+        "mean_brier": mean("brier"),
+        "mean_absolute_error": mean("absolute_error"),
+        "feedback_rows_per_second": f"sum by (variant) (rate({FEEDBACK_METRICS['count']}{{{selector}}}[{RATE_WINDOW}]))",
+        "feedback_rejected_per_second": (
+            f"sum by (reason) (rate({FEEDBACK_REJECTED_METRIC}{{{selector}}}[{RATE_WINDOW}]))"
         ),
     }
 
@@ -223,6 +249,55 @@ def build_dashboard(config: StackConfig) -> Dashboard:
             _timeseries(8, "Active requests, by variant", f"{ACTIVE_METRIC}: prediction requests in flight.", "short")
             .datasource(datasource)
             .with_target(_query(queries["active_requests"], by_variant))
+        )
+        .with_row(Row("Quality, from ground truth sent to /feedback").id(9))
+        .with_panel(
+            _timeseries(
+                10,
+                f"Accuracy, by variant (%, last {QUALITY_WINDOW})",
+                "Share of classifier predictions whose ground truth, sent later to /feedback, matched the predicted "
+                "class; counted for the variant that made the prediction (its signed prediction_id says which). "
+                "The rollout's quality gate judges the same counters.",
+                "percent",
+            )
+            .max(100)
+            .datasource(datasource)
+            .with_target(_query(queries["accuracy_percent"], by_variant))
+        )
+        .with_panel(
+            _timeseries(
+                11,
+                f"Log loss and Brier score, by variant (last {QUALITY_WINDOW})",
+                "Mean log loss (natural log) and Brier score of classifier predictions with probabilities: lower is "
+                "better.",
+                "short",
+            )
+            .datasource(datasource)
+            .with_target(_query(queries["mean_log_loss"], f"{by_variant} log loss", "A"))
+            .with_target(_query(queries["mean_brier"], f"{by_variant} Brier", "B"))
+        )
+        .with_panel(
+            _timeseries(
+                12,
+                f"Mean absolute error, by variant (last {QUALITY_WINDOW})",
+                "Regression models: mean absolute error against the ground truth sent to /feedback, in the target's "
+                "units.",
+                "short",
+            )
+            .datasource(datasource)
+            .with_target(_query(queries["mean_absolute_error"], by_variant))
+        )
+        .with_panel(
+            _timeseries(
+                13,
+                "Feedback rows per second: recorded by variant, refused by reason",
+                "Refused rows (forged, expired, wrong key, malformed, duplicate, bad truth) never reach the quality "
+                "figures.",
+                "short",
+            )
+            .datasource(datasource)
+            .with_target(_query(queries["feedback_rows_per_second"], f"{by_variant} recorded", "A"))
+            .with_target(_query(queries["feedback_rejected_per_second"], "refused: {{reason}}", "B"))
         )
     )
 

@@ -85,6 +85,24 @@ def sorted_keys(value: Any) -> Any:
     return value
 
 
+SECRET_PLACEHOLDER = "<secret>"
+# How the engine hands a secret input to the mocks: {SIG_KEY: SECRET_SIG, "value": plaintext}
+# (pulumi/runtime/rpc.py, `_special_sig_key` and `_special_secret_sig`).
+SIG_KEY, SECRET_SIG = "4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270"
+
+
+def secrets_masked(value: Any, secret: bool = False) -> Any:
+    """Every scalar inside a secret input replaced by a placeholder (the shape kept, so the object still
+    validates): a rendered file never holds a secret in plain text."""
+    if isinstance(value, dict):
+        if value.get(SIG_KEY) == SECRET_SIG:
+            return secrets_masked(value.get("value"), secret=True)
+        return {key: secrets_masked(item, secret) for key, item in value.items()}
+    if isinstance(value, list):
+        return [secrets_masked(item, secret) for item in value]
+    return SECRET_PLACEHOLDER if secret else value
+
+
 class RecordingMocks(pulumi.runtime.Mocks):
     """Pulumi mocks that record every resource and answer outputs a preview would not know yet."""
 
@@ -92,7 +110,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.resources: list[RenderedResource] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
-        inputs = integers_as_integers(dict(args.inputs))
+        inputs = secrets_masked(integers_as_integers(dict(args.inputs)))
         self.resources.append(RenderedResource(type=args.typ, name=args.name, inputs=inputs))
         outputs = dict(inputs)
         if args.typ == "docker:index/image:Image":

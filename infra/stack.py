@@ -7,6 +7,7 @@ import pulumi_kubernetes as k8s
 
 from infra import outputs
 from infra.config import StackConfig
+from infra.feedback import Feedback, FeedbackArgs
 from infra.image import BentoImage, BentoImageArgs, DockerContext
 from infra.monitoring import Monitoring, MonitoringArgs
 from infra.platform import Platform, PlatformArgs
@@ -41,6 +42,7 @@ def build_stack(config: StackConfig, docker_context: DockerContext) -> None:
         serving = ModelServing(config.app_name, ModelServingArgs(config=config, image=image.digest_reference), opts=after_platform)
         endpoint = serving.endpoint
     Monitoring(config.app_name, MonitoringArgs(config=config), opts=pulumi.ResourceOptions(depends_on=[namespace]))
+    Feedback(config.app_name, FeedbackArgs(config=config), opts=pulumi.ResourceOptions(depends_on=[namespace]))
     pulumi.export(outputs.NAMESPACE, config.namespace)
     pulumi.export(outputs.IMAGE, image.digest_reference)
     pulumi.export(outputs.ENDPOINT, endpoint)

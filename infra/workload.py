@@ -12,6 +12,7 @@ from typing import Any
 
 from infra.config import StackConfig
 from service.admission import AdmissionLimits
+from service.prediction_ids import KEY_ENV, MAX_AGE_ENV
 
 CONTAINER_NAME = "model-server"
 PORT_NAME = "http"
@@ -22,6 +23,7 @@ VARIANT_LABEL = "mlserve.io/variant"
 BENTO_UID = 1034
 TMP_VOLUME = "tmp"
 PROBE_PERIOD_SECONDS = 5
+SIGNING_SECRET_DATA_KEY = "key"
 TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
 Manifest = dict[str, Any]
@@ -63,8 +65,24 @@ def container_ports(config: StackConfig) -> list[Manifest]:
     ]
 
 
+def signing_secret_name(config: StackConfig) -> str:
+    """The Secret holding the key that signs prediction ids (made by `infra.feedback`)."""
+    return f"{config.app_name}-prediction-ids"
+
+
+def feedback_env(config: StackConfig) -> list[Manifest]:
+    """The signing key (by reference to its Secret) and feedback's maximum age; empty when feedback is off."""
+    if not config.feedback.enabled:
+        return []
+    return [
+        {"name": KEY_ENV,
+         "valueFrom": {"secretKeyRef": {"name": signing_secret_name(config), "key": SIGNING_SECRET_DATA_KEY}}},
+        {"name": MAX_AGE_ENV, "value": str(config.feedback.max_age_days * 86400)},
+    ]
+
+
 def container_env(config: StackConfig, variant: str) -> list[Manifest]:
-    """What the model server reads: the model to load, its variant name, the registry; telemetry off."""
+    """What the model server reads: the model to load, its variant name, the registry, the signing key; telemetry off."""
     env = {
         "MODEL_URI": config.model_uri(variant),
         "MODEL_VARIANT": variant,
@@ -76,7 +94,7 @@ def container_env(config: StackConfig, variant: str) -> list[Manifest]:
         **TELEMETRY_OFF,
         **admission_env(config),
     }
-    return [{"name": name, "value": value} for name, value in env.items()]
+    return [{"name": name, "value": value} for name, value in env.items()] + feedback_env(config)
 
 
 def admission_env(config: StackConfig) -> dict[str, str]:

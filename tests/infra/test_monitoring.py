@@ -276,3 +276,50 @@ def test_adapter_serves_the_pods_metric_the_hpas_ask_for(render):
         if m["type"] == "Pods"
     }
     assert hpa_metrics == {REQUESTS_PER_SECOND_METRIC}
+
+
+def test_dashboard_has_per_variant_quality_panels(render):
+    dashboard = json.loads(next(iter(one(render("prod"), "ConfigMap")["data"].values())))
+    panels = {panel["title"]: panel for panel in dashboard["panels"] if panel["type"] != "row"}
+    quality = [title for title in panels if title.startswith(("Accuracy", "Log loss", "Mean absolute error"))]
+    assert len(quality) == 3
+    for title in quality:
+        for target in panels[title]["targets"]:
+            assert "model_feedback_total" in target["expr"] and "by (variant)" in target["expr"], title
+            assert target["legendFormat"].startswith("{{variant}}"), title
+
+
+@needs_promtool
+def test_quality_queries_compute_accuracy_and_losses_per_variant(tmp_path):
+    """promtool evaluates the dashboard's quality queries on counters /feedback would have written."""
+    queries = dashboard_queries(stack_config("prod"))
+    rules = [{"record": f"quality:{name}", "expr": queries[name]}
+             for name in ("accuracy_percent", "mean_log_loss", "mean_absolute_error")]
+    write_rules(tmp_path / "rules.yaml", [{"name": "quality", "rules": rules}])
+    labels = 'namespace="mlserve",job="churn-model",model_name="m",model_version="1"'
+    # Over an hour, 600 rows per variant: 480 correct for the champion, 420 for the challenger.
+    series = {
+        "model_feedback_total": (600, 600), "model_feedback_correct_total": (480, 420),
+        "model_feedback_log_loss_total": (240, 330), "model_feedback_absolute_error_total": (0, 0),
+    }
+    input_series = [
+        {"series": f'{metric}{{{labels},variant="{variant}"}}', "values": f"0+{per_hour / 60:g}x60"}
+        for metric, totals in series.items() for variant, per_hour in zip(("champion", "challenger"), totals)
+    ]
+    test = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": input_series,
+            "promql_expr_test": [
+                {"expr": f'quality:{name}{{variant="{variant}"}}', "eval_time": "60m",
+                 "exp_samples": [{"labels": f'quality:{name}{{variant="{variant}"}}', "value": value}]}
+                for name, values in (("accuracy_percent", (80, 70)), ("mean_log_loss", (0.4, 0.55)))
+                for variant, value in zip(("champion", "challenger"), values)
+            ],
+        }],
+    }
+    (tmp_path / "quality_test.yaml").write_text(yaml.safe_dump(test))
+    result = promtool("test", "rules", "quality_test.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
