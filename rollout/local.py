@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -28,6 +29,7 @@ import requests
 
 from rollout.errors import LocalEnvironmentError
 from rollout.lock import REPO_ROOT
+from service.prediction_ids import KEY_ENV
 
 TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
@@ -87,6 +89,9 @@ class LocalEnvironment:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri
         self.log = log or (lambda message: None)
+        # One prediction-id signing key for every server of this environment, as the stack's Secret is for
+        # every pod: feedback verifies whichever server it reaches.
+        self.signing_key = secrets.token_urlsafe(48)
         self._started: list[Started] = []
         self._prometheus: Started | None = None
         self.prometheus_url: str | None = None
@@ -146,7 +151,8 @@ class LocalEnvironment:
                  "--model-uri", model_uri],
                 # The server keeps its BentoML home (metrics files) under MLSERVE_HOME/servers/<port>: here, so
                 # it goes away with the environment.
-                env={"MLFLOW_TRACKING_URI": self.tracking_uri, "MLSERVE_HOME": str(self.workdir)},
+                env={"MLFLOW_TRACKING_URI": self.tracking_uri, "MLSERVE_HOME": str(self.workdir),
+                     KEY_ENV: self.signing_key},
             )
             launched.append((ModelServer(name, variant, model_uri, port), started))
         for server, started in launched:
@@ -243,6 +249,9 @@ class LoadStats:
 
     by_variant_status: Counter = field(default_factory=Counter)
     transport_errors: int = 0
+    # Ground truth sent to /feedback: rows by the variant the server recorded them for, and rows refused.
+    feedback_recorded: Counter = field(default_factory=Counter)
+    feedback_refused: int = 0
 
     def failed(self, variant: str) -> int:
         """Requests `variant` answered with a 5xx."""
@@ -254,12 +263,23 @@ class LoadStats:
 
 class LoadGenerator:
     """Bounded prediction traffic: `rate_per_second` single-row requests, at most `max_requests` and
-    `max_seconds`, from a few threads; each request is one of `instances`, picked at random."""
+    `max_seconds`, from a few threads; each request is one of `instances`, picked at random.
+
+    With `truths` (one per instance), each answered row's true label goes back to `POST /feedback` with the
+    row's `prediction_id`, `feedback_delay_seconds` later, as a system that learns the outcome later would.
+    """
 
     def __init__(self, url: str, instances: list[dict], *, rate_per_second: float, max_requests: int,
-                 max_seconds: float, threads: int = 4, seed: int = 0):
-        self.url = url.rstrip("/") + "/predict"
+                 max_seconds: float, threads: int = 4, seed: int = 0, truths: list | None = None,
+                 feedback_delay_seconds: float = 0.0):
+        if truths is not None and len(truths) != len(instances):
+            raise ValueError(f"{len(truths)} truths for {len(instances)} instances; give one per instance")
+        self.base_url = url.rstrip("/")
+        self.url = self.base_url + "/predict"
         self.instances = instances
+        self.truths = truths
+        self.feedback_delay_seconds = feedback_delay_seconds
+        self._pending_feedback: list[tuple[float, str, object]] = []
         self.rate_per_second = rate_per_second
         self.max_requests = max_requests
         self.max_seconds = max_seconds
@@ -277,6 +297,10 @@ class LoadGenerator:
             worker = threading.Thread(target=self._run, name=f"load-{index}", daemon=True)
             worker.start()
             self._workers.append(worker)
+        if self.truths is not None:
+            sender = threading.Thread(target=self._send_feedback, name="load-feedback", daemon=True)
+            sender.start()
+            self._workers.append(sender)
         return self
 
     def _next_slot(self) -> float | None:
@@ -297,15 +321,47 @@ class LoadGenerator:
             if delay > 0 and self._stop.wait(delay):
                 return
             with self._lock:
-                instance = self._random.choice(self.instances)
+                index = self._random.randrange(len(self.instances))
             try:
-                response = session.post(self.url, json={"instances": [instance]}, timeout=10)
+                response = session.post(self.url, json={"instances": [self.instances[index]]}, timeout=10)
                 key = (response.headers.get("x-model-variant", "unknown"), response.status_code)
                 with self._lock:
                     self.stats.by_variant_status[key] += 1
-            except requests.RequestException:
+                if self.truths is not None and response.status_code == 200:
+                    self._queue_feedback(response.json().get("prediction_ids") or [], self.truths[index])
+            except (requests.RequestException, ValueError):
                 with self._lock:
                     self.stats.transport_errors += 1
+
+    def _queue_feedback(self, prediction_ids: list, truth) -> None:
+        due = time.monotonic() + self.feedback_delay_seconds
+        with self._lock:
+            self._pending_feedback.extend((due, prediction_id, truth) for prediction_id in prediction_ids)
+
+    def _send_feedback(self) -> None:
+        """Every half second, send the truths that are due, in one request; until stopped."""
+        session = requests.Session()
+        while not self._stop.wait(0.5):
+            now = time.monotonic()
+            with self._lock:
+                due = [item for item in self._pending_feedback if item[0] <= now]
+                self._pending_feedback = [item for item in self._pending_feedback if item[0] > now]
+            if not due:
+                continue
+            rows = [{"prediction_id": prediction_id, "truth": truth} for _, prediction_id, truth in due]
+            try:
+                response = session.post(self.base_url + "/feedback", json=rows, timeout=10)
+                results = response.json().get("results", [])
+            except (requests.RequestException, ValueError):
+                with self._lock:
+                    self.stats.feedback_refused += len(rows)
+                continue
+            with self._lock:
+                for result in results:
+                    if result.get("status") == 200:
+                        self.stats.feedback_recorded[result["variant"]] += 1
+                    else:
+                        self.stats.feedback_refused += 1
 
     def stop(self) -> LoadStats:
         """Stop sending and wait for in-flight requests."""
