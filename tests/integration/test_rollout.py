@@ -165,8 +165,12 @@ def test_killed_rollout_resumes_and_second_rollout_is_refused(local, load, tmp_p
     load(local.healthy_split)
     env = {**os.environ, "MLSERVE_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true",
            "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    first = subprocess.Popen(rollout_cli(local, local.healthy_split), cwd=REPO_ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The first rollout starts at 50% and can never gather enough requests to pass it: it holds there until
+    # killed, so the second is refused however slowly it starts (importing the CLI takes seconds on a loaded
+    # machine, longer than an interval).
+    holding = ("--set", "rollout.steps=[50, 100]", "--set", "rollout.minRequests=1000000000")
+    first = subprocess.Popen(rollout_cli(local, local.healthy_split, *holding),
+                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 45
         while router.get_weight() < 50 and time.monotonic() < deadline and first.poll() is None:
