@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test demo bench bench-rollout soak render clean
+.PHONY: setup test engine cluster cluster-down demo bench bench-rollout soak render clean
 
 setup: $(STAMP)
 
@@ -16,8 +16,18 @@ $(STAMP): requirements.txt policy/requirements.txt scripts/setup.sh
 	bash scripts/setup.sh $(VENV)
 	touch $(STAMP)
 
-test: setup
+# The local control plane (etcd, kube-apiserver, kube-controller-manager) from Go modules, cached by version.
+engine: setup
+	$(PY) -m engine build
+
+test: setup engine
 	$(PY) -m pytest
+
+cluster: engine
+	$(PY) -m engine up
+
+cluster-down: setup
+	$(PY) -m engine down
 
 demo: setup
 	$(PY) -m rollout demo --report .mlserve/demo-report.json

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what mlserve needs on a fresh Debian machine: Debian tools (prometheus/promtool,
+# Installs what mlserve needs on a fresh Debian machine: Debian tools (prometheus/promtool, openssl,
 # haproxy, wrk, shellcheck) when missing, then a virtualenv with the exact pins of requirements.txt.
 set -euo pipefail
 venv=${1:-.venv}
@@ -8,6 +8,7 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)  # Debian puts it in /usr/sbin
 command -v wrk >/dev/null || need+=(wrk)
 command -v shellcheck >/dev/null || need+=(shellcheck)  # actionlint checks `run:` scripts with it
+command -v openssl >/dev/null || need+=(openssl)  # certificates of the local cluster (make cluster)
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then echo "setup: need root to apt-get install ${need[*]}" >&2; exit 1; fi
   apt-get update -qq

@@ -1,0 +1,291 @@
+"""A local control plane on loopback: etcd, kube-apiserver and kube-controller-manager, and no kubelet.
+
+`start(state_dir)` makes a CA and certificates with openssl, starts the three processes on free loopback
+ports (RBAC and the Pod Security admission on), waits until the API server is ready and the controller
+manager has created the `default` ServiceAccount, installs the CRDs the stack uses, writes a kubeconfig and
+records the pids in STATE_DIR/cluster.json. `stop(state_dir)` stops exactly those pids (each checked to still
+be the binary it started, so a reused pid is never signalled). Pods stay Pending: nothing runs them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+import yaml
+
+from engine.build import bin_dir, missing_binaries
+from engine.kubeapi import KubeAPI, KubeAPIError
+from rollout.local import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_STATE_DIR = REPO_ROOT / ".engine" / "cluster"
+STATE_FILE = "cluster.json"
+KUBECONFIG = "kubeconfig"
+# The shared folder sits beside the checkout (CI, /work/main) or beside the worktrees' parent.
+CRD_DIR_CANDIDATES = (REPO_ROOT.parent / "shared" / "schemas" / "crds", REPO_ROOT.parents[1] / "shared" / "schemas" / "crds")
+SERVICE_CIDR = "10.96.0.0/16"  # allocation range for ClusterIPs only: nothing routes to it
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+ADMISSION_PLUGINS = "NamespaceLifecycle,ServiceAccount,PodSecurity,DefaultStorageClass,ResourceQuota,LimitRanger"
+READY_TIMEOUT_S = 180.0
+SELDON_CRD = "seldondeployments.machinelearning.seldon.io"
+GRAPH_LEVELS = 10  # as Seldon's own build of the CRD
+STOP_TIMEOUT_S = 20.0
+
+
+class ClusterError(RuntimeError):
+    """The local cluster could not be started or stopped; the message says why and where the logs are."""
+
+
+@dataclass
+class ClusterState:
+    """What `start` recorded: enough for tests, `make cluster-down` and a person with the kubeconfig."""
+
+    state_dir: str
+    server: str
+    kubeconfig: str
+    bin_dir: str
+    pids: dict[str, int]
+
+    @property
+    def api(self) -> KubeAPI:
+        pki = Path(self.state_dir) / "pki"
+        return KubeAPI(self.server, ca=pki / "ca.crt", cert=pki / "admin.crt", key=pki / "admin.key")
+
+
+def crd_dir() -> Path:
+    override = os.environ.get("MLSERVE_CRD_DIR")
+    for candidate in ([Path(override)] if override else CRD_DIR_CANDIDATES):
+        if candidate.is_dir():
+            return candidate
+    raise ClusterError(f"no CRD folder: looked in {', '.join(map(str, CRD_DIR_CANDIDATES))} (or set MLSERVE_CRD_DIR)")
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ClusterError(f"openssl {' '.join(args[:2])} failed: {result.stderr.strip()}")
+
+
+def _certificate(pki: Path, name: str, subject: str, extensions: str) -> None:
+    """An EC P-256 key and a certificate for `subject` signed by the CA in `pki`."""
+    # Key identifiers: Python's ssl verifies with X509_STRICT, which requires them.
+    (pki / f"{name}.ext").write_text(extensions + "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n")
+    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", f"{name}.key", "-subj", subject, "-out", f"{name}.csr", cwd=pki)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "30", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=pki)
+
+
+def make_pki(pki: Path) -> None:
+    """A CA, the API server's serving certificate, client certificates and the service-account key pair."""
+    pki.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", "ca.key", "-out", "ca.crt", "-days", "30", "-subj", "/CN=mlserve-local-ca",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             "-addext", "subjectKeyIdentifier=hash", cwd=pki)
+    names = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
+    san = ",".join(["IP:127.0.0.1", "IP:10.96.0.1", *(f"DNS:{name}" for name in names)])
+    _certificate(pki, "apiserver", "/CN=kube-apiserver",
+                 f"subjectAltName={san}\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n")
+    client = "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
+    _certificate(pki, "admin", "/O=system:masters/CN=mlserve-admin", client)
+    _certificate(pki, "controller-manager", "/CN=system:kube-controller-manager", client)
+    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out", "sa.key", cwd=pki)
+    _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+
+
+def kubeconfig(server: str, pki: Path, user: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "mlserve-local", "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")}}],
+        "users": [{"name": user, "user": {"client-certificate": str(pki / f"{user}.crt"), "client-key": str(pki / f"{user}.key")}}],
+        "contexts": [{"name": "mlserve-local", "context": {"cluster": "mlserve-local", "user": user}}],
+        "current-context": "mlserve-local",
+    }
+
+
+def _spawn(name: str, argv: list[str], state_dir: Path) -> int:
+    log = open(state_dir / "logs" / f"{name}.log", "ab")
+    # Own session: the cluster outlives `python -m engine up`, and a Ctrl-C in that terminal does not reach it.
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    return process.pid
+
+
+def _wait(what: str, check, timeout: float, state_dir: Path) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except KubeAPIError as err:
+            last = str(err)
+        time.sleep(0.5)
+    raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what} ({last or 'not yet'}); logs in {state_dir / 'logs'}")
+
+
+def expand_seldon_graph(crd: dict, levels: int = GRAPH_LEVELS) -> dict:
+    """The SeldonDeployment CRD made structural as Seldon installs it: controller-gen leaves the recursive
+    `graph.children` as `items: {}`, which the API server refuses; Seldon's build nests the graph schema in its
+    own `children` `levels` deep, the deepest without `children` (operator/hack/create_graph_openapi_schema.py
+    and the v1.18.2 chart's CRD in SeldonIO/seldon-core)."""
+    crd = copy.deepcopy(crd)
+    for version in crd["spec"]["versions"]:
+        spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        graph = spec["properties"]["predictors"]["items"]["properties"]["graph"]
+        if graph["properties"].get("children", {}).get("items") != {}:
+            continue
+        level = graph
+        for _ in range(levels):
+            child = copy.deepcopy(graph)
+            level["properties"]["children"]["items"] = child
+            level = child
+        del level["properties"]["children"]
+    return crd
+
+
+def install_crds(api: KubeAPI, directory: Path) -> list[str]:
+    """Create every CustomResourceDefinition in `directory` and wait until each is established."""
+    names = []
+    for path in sorted(directory.glob("*.y*ml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document and document.get("kind") == "CustomResourceDefinition":
+                if document["metadata"]["name"] == SELDON_CRD:
+                    document = expand_seldon_graph(document)
+                api.apply(document)
+                names.append(document["metadata"]["name"])
+    for name in names:
+        _wait(f"CRD {name} to be established", lambda name=name: _established(api, name), 60.0, Path("."))
+    return names
+
+
+def _established(api: KubeAPI, name: str) -> bool:
+    crd = api.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name)
+    return any(c["type"] == "Established" and c["status"] == "True" for c in (crd.get("status") or {}).get("conditions") or [])
+
+
+def start(state_dir: Path = DEFAULT_STATE_DIR) -> ClusterState:
+    """Start a fresh cluster whose files live in `state_dir` (replaced); returns what it recorded."""
+    binaries = bin_dir()
+    if missing := missing_binaries(binaries):
+        raise ClusterError(f"engine binaries missing in {binaries}: {', '.join(missing)}; run `make engine`")
+    if (state_dir / STATE_FILE).exists():
+        stop(state_dir)
+    for sub in ("pki", "etcd", "logs"):
+        path = state_dir / sub
+        if path.exists():
+            subprocess.run(["rm", "-rf", str(path)], check=True)
+    (state_dir / "logs").mkdir(parents=True)
+    pki = state_dir / "pki"
+    make_pki(pki)
+    etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
+    server = f"https://127.0.0.1:{api_port}"
+    (state_dir / "controller-manager.kubeconfig").write_text(yaml.safe_dump(kubeconfig(server, pki, "controller-manager")))
+    (state_dir / KUBECONFIG).write_text(yaml.safe_dump(kubeconfig(server, pki, "admin")))
+    pids: dict[str, int] = {}
+    state = ClusterState(state_dir=str(state_dir), server=server, kubeconfig=str(state_dir / KUBECONFIG),
+                         bin_dir=str(binaries), pids=pids)
+
+    def record() -> None:
+        (state_dir / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
+
+    try:
+        pids["etcd"] = _spawn("etcd", [
+            str(binaries / "etcd"), "--name", "mlserve", "--data-dir", str(state_dir / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}", "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-cluster", f"mlserve=http://127.0.0.1:{etcd_peer}",
+            # A throwaway store: skipping fsync keeps it fast on a busy disk.
+            "--unsafe-no-fsync", "--log-level", "warn",
+        ], state_dir)
+        record()
+        pids["kube-apiserver"] = _spawn("kube-apiserver", [
+            str(binaries / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}", "--authorization-mode=RBAC", "--anonymous-auth=false",
+            # As kubeadm sets it: privilege is then Pod Security's decision, as on the clusters we deploy to.
+            f"--enable-admission-plugins={ADMISSION_PLUGINS}", "--allow-privileged=true",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}", f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}", f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--profiling=false", "--v=1",
+        ], state_dir)
+        record()
+        api = state.api
+        _wait("the API server to be ready", lambda: api.ready(), READY_TIMEOUT_S, state_dir)
+        pids["kube-controller-manager"] = _spawn("kube-controller-manager", [
+            str(binaries / "kube-controller-manager"), f"--kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
+            f"--authentication-kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
+            f"--authorization-kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false",
+            "--use-service-account-credentials=true", f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}", f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--profiling=false", "--v=1",
+        ], state_dir)
+        record()
+        _wait("the controller manager to create the default ServiceAccount",
+              lambda: api.exists("v1", "ServiceAccount", "default", namespace="default"), READY_TIMEOUT_S, state_dir)
+        install_crds(api, crd_dir())
+    except BaseException:
+        stop(state_dir)
+        raise
+    return state
+
+
+def load_state(state_dir: Path = DEFAULT_STATE_DIR) -> ClusterState | None:
+    path = state_dir / STATE_FILE
+    return ClusterState(**json.loads(path.read_text())) if path.exists() else None
+
+
+def _ours(pid: int, binary: Path) -> psutil.Process | None:
+    """The process `pid` if it is still the `binary` we started, else None (gone, or the pid was reused)."""
+    try:
+        process = psutil.Process(pid)
+        argv = process.cmdline()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return None
+    return process if argv and Path(argv[0]) == binary else None
+
+
+def _exited(process: psutil.Process, timeout: float) -> bool:
+    """Wait for `process` to end; a zombie has ended (its parent, maybe another program, reaps it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                if process.ppid() == os.getpid():
+                    process.wait(0)  # our own child: reap it
+                return True
+        except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def stop(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
+    """Stop the processes recorded in `state_dir`, newest first; returns the names that were running."""
+    state = load_state(state_dir)
+    if state is None:
+        return []
+    stopped = []
+    for name, pid in reversed(list(state.pids.items())):
+        process = _ours(pid, Path(state.bin_dir) / name)
+        if process is None:
+            continue
+        process.send_signal(signal.SIGTERM)
+        if not _exited(process, STOP_TIMEOUT_S):
+            process.kill()
+            _exited(process, STOP_TIMEOUT_S)
+        stopped.append(name)
+    (state_dir / STATE_FILE).unlink()
+    return stopped
