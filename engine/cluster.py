@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -121,7 +122,7 @@ def _spawn(name: str, argv: list[str], state_dir: Path) -> int:
     return process.pid
 
 
-def _wait(what: str, check, timeout: float, state_dir: Path) -> None:
+def _wait(what: str, check, timeout: float, logs: Path) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
@@ -131,7 +132,7 @@ def _wait(what: str, check, timeout: float, state_dir: Path) -> None:
         except KubeAPIError as err:
             last = str(err)
         time.sleep(0.5)
-    raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what} ({last or 'not yet'}); logs in {state_dir / 'logs'}")
+    raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what} ({last or 'not yet'}); logs in {logs}")
 
 
 def expand_seldon_graph(crd: dict, levels: int = GRAPH_LEVELS) -> dict:
@@ -154,7 +155,7 @@ def expand_seldon_graph(crd: dict, levels: int = GRAPH_LEVELS) -> dict:
     return crd
 
 
-def install_crds(api: KubeAPI, directory: Path) -> list[str]:
+def install_crds(api: KubeAPI, directory: Path, logs: Path) -> list[str]:
     """Create every CustomResourceDefinition in `directory` and wait until each is established."""
     names = []
     for path in sorted(directory.glob("*.y*ml")):
@@ -165,7 +166,7 @@ def install_crds(api: KubeAPI, directory: Path) -> list[str]:
                 api.apply(document)
                 names.append(document["metadata"]["name"])
     for name in names:
-        _wait(f"CRD {name} to be established", lambda name=name: _established(api, name), 60.0, Path("."))
+        _wait(f"CRD {name} to be established", lambda name=name: _established(api, name), READY_TIMEOUT_S, logs)
     return names
 
 
@@ -182,10 +183,9 @@ def start(state_dir: Path = DEFAULT_STATE_DIR) -> ClusterState:
     if (state_dir / STATE_FILE).exists():
         stop(state_dir)
     for sub in ("pki", "etcd", "logs"):
-        path = state_dir / sub
-        if path.exists():
-            subprocess.run(["rm", "-rf", str(path)], check=True)
-    (state_dir / "logs").mkdir(parents=True)
+        shutil.rmtree(state_dir / sub, ignore_errors=True)
+    logs = state_dir / "logs"
+    logs.mkdir(parents=True)
     pki = state_dir / "pki"
     make_pki(pki)
     etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
@@ -222,7 +222,7 @@ def start(state_dir: Path = DEFAULT_STATE_DIR) -> ClusterState:
         ], state_dir)
         record()
         api = state.api
-        _wait("the API server to be ready", lambda: api.ready(), READY_TIMEOUT_S, state_dir)
+        _wait("the API server to be ready", lambda: api.ready(), READY_TIMEOUT_S, logs)
         pids["kube-controller-manager"] = _spawn("kube-controller-manager", [
             str(binaries / "kube-controller-manager"), f"--kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
             f"--authentication-kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
@@ -234,8 +234,8 @@ def start(state_dir: Path = DEFAULT_STATE_DIR) -> ClusterState:
         ], state_dir)
         record()
         _wait("the controller manager to create the default ServiceAccount",
-              lambda: api.exists("v1", "ServiceAccount", "default", namespace="default"), READY_TIMEOUT_S, state_dir)
-        install_crds(api, crd_dir())
+              lambda: api.exists("v1", "ServiceAccount", "default", namespace="default"), READY_TIMEOUT_S, logs)
+        install_crds(api, crd_dir(), logs)
     except BaseException:
         stop(state_dir)
         raise
