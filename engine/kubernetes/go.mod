@@ -1,4 +1,5 @@
-// Wrapper module: builds kube-apiserver and kube-controller-manager from k8s.io/kubernetes v1.34.4.
+// Wrapper module: builds etcd, kube-apiserver and kube-controller-manager (tool directives below) at the
+// versions k8s.io/kubernetes v1.34.4 pins; `python -m engine build` reads the versions from this file.
 module mlserve.local/engine/kubernetes
 
 go 1.24.0
