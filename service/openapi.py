@@ -36,10 +36,22 @@ ERRORS = {
 }
 
 
-def error_responses() -> dict[str, t.Any]:
-    """The documented error answers of a prediction route."""
-    content = {"application/json": {"schema": {"$ref": "#/components/schemas/MlserveError"}}}
-    responses: dict[str, t.Any] = {code: {"description": text, "content": content} for code, text in ERRORS.items()}
+ERROR_REF = {"$ref": "#/components/schemas/MlserveError"}
+# A row the model refuses fails the whole merged batch of /predict_batch, and BentoML's batching answers each request
+# of that batch with the error in a one-element list (the shape of a batched output).
+BATCH_FAILURES = ("422", "500")
+
+
+def error_responses(batched: bool = False) -> dict[str, t.Any]:
+    """The documented error answers of a prediction route (``batched``: an adaptive-batching route)."""
+    responses: dict[str, t.Any] = {
+        code: {"description": text, "content": {"application/json": {"schema": ERROR_REF}}}
+        for code, text in ERRORS.items()
+    }
+    if batched:
+        for code in BATCH_FAILURES:
+            responses[code]["content"]["application/json"]["schema"] = {
+                "anyOf": [ERROR_REF, {"type": "array", "items": ERROR_REF, "minItems": 1}]}
     responses["503"]["headers"] = {"Retry-After": {"schema": {"type": "integer", "minimum": 1},
                                                    "description": "seconds to wait before retrying"}}
     return responses
@@ -55,7 +67,8 @@ def document_errors(document: dict[str, t.Any]) -> dict[str, t.Any]:
         for operation in item.values():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
-            errors = error_responses() if prediction else {"404": error_responses()["404"]}
+            errors = error_responses(batched=path == "/predict_batch") if prediction else {
+                "404": error_responses()["404"]}
             operation["responses"].update(errors)
     return document
 

@@ -13,6 +13,7 @@ BENTOML_ERROR = {"description": "Bad Request", "content": {"application/json": {
 DOCUMENT = {
     "paths": {
         "/predict": {"post": {"responses": {"200": {"description": "ok"}, "400": BENTOML_ERROR}}},
+        "/predict_batch": {"post": {"responses": {"200": {"description": "ok"}}}},
         "/invocations": {"post": {"responses": {"200": {"description": "ok"}}}},
         "/v2/models/{name}/infer": {"post": {"responses": {"200": {"description": "ok"}}}},
         "/v2/models/{name}": {"get": {"responses": {"200": {"description": "ok"}}}},
@@ -28,6 +29,13 @@ def test_prediction_routes_document_every_error_with_the_body_the_server_sends(p
     assert set(responses) == {"200", *ERRORS}
     assert responses["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/MlserveError"}
     assert "Retry-After" in responses["503"]["headers"]
+
+
+def test_a_batch_the_model_refuses_is_documented_as_the_list_bentoml_answers_with():
+    responses = document_errors(json.loads(json.dumps(DOCUMENT)))["paths"]["/predict_batch"]["post"]["responses"]
+
+    assert responses["422"]["content"]["application/json"]["schema"]["anyOf"][1]["type"] == "array"
+    assert responses["415"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/MlserveError"}
 
 
 def test_model_routes_document_404_and_health_routes_stay_as_they_are():
