@@ -1,4 +1,4 @@
-"""The model-server image: `bentoml build` of `service/`, exported as a Docker build context, built and
+"""The model-server image: `bentoml build` of the `service` package, exported as a Docker build context, built and
 pushed by `pulumi_docker.Image`.
 
 Downstream resources use the image's `repo_digest` (immutable), never a tag. BentoML 1.4 writes the
@@ -46,14 +46,18 @@ def bento_environment() -> dict[str, str]:
 
 
 def export_docker_context(service_dir: Path = PROJECT_DIR / "service", out_dir: Path = PROJECT_DIR / "build" / "image") -> DockerContext:
-    """Run `bentoml build` on `service_dir` and write the resulting Docker build context to `out_dir`."""
-    env = bento_environment()
+    """Run `bentoml build` with `service_dir`'s bentofile (context: its parent) and write the resulting Docker build context to `out_dir`."""
+    # The build context is the repository root, so the bento holds the `service` package as in the checkout.
+    # Without MODEL_URI, importing the service (which `bentoml build` does) needs no registry.
+    env = {name: value for name, value in bento_environment().items() if name != "MODEL_URI"}
     build = subprocess.run(
-        [sys.executable, "-m", "bentoml", "build", str(service_dir), "--output", "tag"],
-        cwd=service_dir, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "bentoml", "build", "-f", str(service_dir / "bentofile.yaml"), str(service_dir.parent),
+         "--output", "tag"],
+        cwd=service_dir.parent, env=env, capture_output=True, text=True,
     )
     if build.returncode != 0:
-        raise ImageBuildError(f"`bentoml build {service_dir}` failed (exit {build.returncode}):\n{build.stderr[-4000:]}")
+        raise ImageBuildError(f"`bentoml build -f {service_dir}/bentofile.yaml` failed (exit {build.returncode}):\n"
+                              f"{build.stderr[-4000:]}")
     tag = build.stdout.strip().splitlines()[-1].removeprefix("__tag__:").strip()
     export = subprocess.run(
         [sys.executable, "-c", _EXPORT_SCRIPT, tag, str(out_dir)], env=env, capture_output=True, text=True

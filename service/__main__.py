@@ -1,4 +1,7 @@
-"""``python -m service serve``: register the demo model if the registry has none, then run ``bentoml serve``.
+"""``python -m service serve``: serve a registered MLflow model with ``bentoml serve``.
+
+The demo model (``customer-churn-classifier``) is registered first only when it is the model asked for and the
+registry lacks it; a user's registry never receives models it did not ask for.
 
 Flags: ``--port P`` (default 3000; 0 picks a free port, printed on stderr before the server starts),
 ``--host`` (default 127.0.0.1), ``--variant champion|challenger`` (default ``MODEL_VARIANT``, else champion), ``--model-uri URI``
@@ -6,7 +9,8 @@ Flags: ``--port P`` (default 3000; 0 picks a free port, printed on stderr before
 ``MLFLOW_TRACKING_URI``, else SQLite in ``MLSERVE_HOME`` (default ``.mlserve/``). Each server gets its own
 ``BENTOML_HOME`` (``MLSERVE_HOME/servers/<port>``) so that servers on one machine keep separate metrics. The process is replaced by
 ``bentoml serve``, so its pid is the server's. Exit status 2 (before serving) when MODEL_URI names no
-registered version; non-zero from ``bentoml serve`` when a worker cannot load the model.
+registered version; non-zero from ``bentoml serve`` when a worker cannot load the model. The version resolved
+here is the one every worker serves (``service.loading.RESOLVED_MODEL_ENV``).
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import socket
 import sys
 from pathlib import Path
 
+from service.settings import DEMO_MODEL_NAME, TELEMETRY_OFF, VARIANTS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+SERVICE_TARGET = "service.service:ModelServer"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -30,7 +36,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def serve_command(host: str, port: int) -> list[str]:
     """The ``bentoml serve`` command line for the service in this checkout."""
-    return [sys.executable, "-m", "bentoml", "serve", "service.service:ChurnClassifier",
+    return [sys.executable, "-m", "bentoml", "serve", SERVICE_TARGET,
             "--host", host, "--port", str(port), "--working-dir", str(REPO_ROOT)]
 
 
@@ -45,7 +51,6 @@ def serve_environment(
         "MODEL_VARIANT": variant,
         "MLSERVE_WORKERS": str(workers),
         "MLFLOW_TRACKING_URI": tracking_uri,
-        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
         # BentoML's container mode: a worker that dies (e.g. the model cannot be loaded) is not respawned
         # and the server exits non-zero, instead of restarting the worker forever.
         "BENTOML_CONTAINERIZED": "true",
@@ -58,39 +63,40 @@ def serve_environment(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description="mlserve model server")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="serve the churn model with bentoml serve")
+    serve = commands.add_parser("serve", help="serve a registered MLflow model with bentoml serve")
     serve.add_argument("--port", type=int, default=3000, help="port to listen on; 0 picks a free one")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--variant", choices=("champion", "challenger"),
+    serve.add_argument("--variant", choices=VARIANTS,
                        default=os.environ.get("MODEL_VARIANT") or "champion",
                        help="variant label (default MODEL_VARIANT, else champion)")
     serve.add_argument("--model-uri", default=os.environ.get("MODEL_URI") or None,
-                       help="default MODEL_URI, else models:/customer-churn-classifier@VARIANT")
+                       help=f"default MODEL_URI, else models:/{DEMO_MODEL_NAME}@VARIANT (the demo)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     os.environ.update(TELEMETRY_OFF)
 
-    from service.service import (
-        MODEL_NAME,
-        ModelLoadError,
-        default_mlserve_home,
-        resolve_model_version,
-        tracking_uri_from_env,
-    )
-    from service.train import demo_models_registered, register_demo_models
+    from service.errors import ModelLoadError
+    from service.loading import parse_model_uri, resolve_model
+    from service.settings import Settings, default_mlserve_home, tracking_uri_from_env
 
     tracking_uri = tracking_uri_from_env()
-    if not demo_models_registered(tracking_uri):
-        print(f"mlserve: no {MODEL_NAME} champion/challenger in {tracking_uri}; registering the demo models",
-              file=sys.stderr)
-        register_demo_models(tracking_uri)
-    model_uri = args.model_uri or f"models:/{MODEL_NAME}@{args.variant}"
+    model_uri = args.model_uri or f"models:/{DEMO_MODEL_NAME}@{args.variant}"
+    os.environ.update({"MODEL_URI": model_uri, "MODEL_VARIANT": args.variant, "MLFLOW_TRACKING_URI": tracking_uri})
     try:
-        # Fail here, with one clear line, rather than in a worker behind BentoML's start-up traceback.
-        _, version = resolve_model_version(model_uri, tracking_uri)
-    except ModelLoadError as err:
+        settings = Settings.from_env()
+        if parse_model_uri(model_uri)[0] == DEMO_MODEL_NAME:
+            from service.train import demo_models_registered, register_demo_models
+
+            if not demo_models_registered(tracking_uri):
+                print(f"mlserve: no {DEMO_MODEL_NAME} champion/challenger in {tracking_uri}; "
+                      "registering the demo models", file=sys.stderr)
+                register_demo_models(tracking_uri)
+        # Fail here, with one clear line, rather than in a worker behind BentoML's start-up traceback; the
+        # version pinned here (left in the environment) is the one the workers load.
+        version = resolve_model(settings).version
+    except (ModelLoadError, ValueError) as err:
         print(f"mlserve: {err}", file=sys.stderr)
         return 2
     port = args.port or free_port(args.host)

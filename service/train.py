@@ -26,24 +26,27 @@ import logging
 import os
 import sys
 import typing as t
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from service.faults import RowHashFault
-from service.service import (
-    CATEGORICAL_FEATURES,
-    CONTRACT_TYPES,
-    FEATURES,
-    MODEL_NAME,
-    NUMERIC_FEATURES,
-    PAYMENT_METHODS,
-    tracking_uri_from_env,
-)
+from service.settings import DEMO_MODEL_NAME as MODEL_NAME
+from service.settings import TELEMETRY_OFF, tracking_uri_from_env
 
 logger = logging.getLogger("mlserve.train")
+
+CONTRACT_TYPES = ("Month-to-month", "One year", "Two year")
+PAYMENT_METHODS = (
+    "Electronic check",
+    "Mailed check",
+    "Bank transfer (automatic)",
+    "Credit card (automatic)",
+)
+NUMERIC_FEATURES = ("tenure", "monthly_charges", "total_charges")
+CATEGORICAL_FEATURES = ("contract_type", "payment_method")
+FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
 
 EXPERIMENT_NAME = "customer-churn"
 FAULT_FRACTION = 0.08
@@ -96,13 +99,12 @@ def _build_pipeline(regularization: float, faulty: bool) -> t.Any:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    # Columns by position, so the server can pass a plain object matrix in FEATURES order.
-    numeric = [FEATURES.index(name) for name in NUMERIC_FEATURES]
-    categorical = [FEATURES.index(name) for name in CATEGORICAL_FEATURES]
+    # Columns by name, fitted on a DataFrame, as users build pipelines: the server hands it a DataFrame too.
     prepare = ColumnTransformer(
         [
-            ("numeric", StandardScaler(), numeric),
-            ("categorical", OneHotEncoder(categories=[list(CONTRACT_TYPES), list(PAYMENT_METHODS)]), categorical),
+            ("numeric", StandardScaler(), list(NUMERIC_FEATURES)),
+            ("categorical", OneHotEncoder(categories=[list(CONTRACT_TYPES), list(PAYMENT_METHODS)]),
+             list(CATEGORICAL_FEATURES)),
         ]
     )
     steps = [("prepare", prepare), ("classify", LogisticRegression(C=regularization, max_iter=1000))]
@@ -134,8 +136,8 @@ def _train_and_register(tracking_uri: str, kind: str, seed: int) -> str:
     split = 4000
     matrix = features.to_numpy(dtype=object)
     pipeline = _build_pipeline(settings["regularization"], faulty=False)
-    pipeline.fit(matrix[:split], churned[:split])
-    probabilities = pipeline.predict_proba(matrix[split:])[:, 1]
+    pipeline.fit(features.iloc[:split], churned[:split])
+    probabilities = pipeline.predict_proba(features.iloc[split:])[:, 1]
     metrics = {
         "auc": float(roc_auc_score(churned[split:], probabilities)),
         "accuracy": float(accuracy_score(churned[split:], probabilities >= 0.5)),
@@ -157,15 +159,13 @@ def _train_and_register(tracking_uri: str, kind: str, seed: int) -> str:
         if experiment
         else client.create_experiment(EXPERIMENT_NAME, artifact_location=_artifact_location(tracking_uri))
     )
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"demo-{kind}"), warnings.catch_warnings():
-        # MLflow scores the input example as a DataFrame; the pipeline was fitted on a plain matrix on purpose.
-        warnings.filterwarnings("ignore", message="X has feature names", category=UserWarning)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"demo-{kind}"):
         mlflow.log_params({"kind": kind, "seed": seed, "C": settings["regularization"], "rows": len(features)})
         mlflow.log_metrics(metrics)
         info = mlflow.sklearn.log_model(
             pipeline,
             name="model",
-            signature=infer_signature(example, pipeline.predict_proba(example.to_numpy(dtype=object))[:, 1]),
+            signature=infer_signature(example, pipeline.predict_proba(example)[:, 1]),
             input_example=example,
             registered_model_name=MODEL_NAME,
             skops_trusted_types=["service.faults.RowHashFault"] if settings["faulty"] else None,
@@ -244,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="MLflow registry (default: MLFLOW_TRACKING_URI, else SQLite in MLSERVE_HOME)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
-        os.environ.setdefault(name, "true")
+    for name, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(name, value)
     register = ensure_demo_models if args.if_missing else register_demo_models
     aliases = register(args.tracking_uri, faulty_challenger=args.faulty_challenger)
     print(json.dumps({"model_name": MODEL_NAME, "aliases": aliases}))

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.__main__ import TELEMETRY_OFF, free_port
-from service.service import MODEL_NAME
+from service.__main__ import free_port
+from service.settings import DEMO_MODEL_NAME as MODEL_NAME
+from service.settings import TELEMETRY_OFF
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_SECONDS = 120

@@ -1,4 +1,4 @@
-"""The two BentoML 1.4.39 fixes service.service applies on import (see bench/BENTOML_FINDINGS.md).
+"""The two BentoML 1.4.39 fixes service.patches applies (the service calls it at import) (see bench/BENTOML_FINDINGS.md).
 
 TimeoutMiddleware must still answer 504 when a request is too slow, but must not keep a timer (and with it
 the request's objects) alive after the request is answered, and must not hang on an app that fails before
@@ -13,7 +13,9 @@ import time
 import pytest
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-import service.service  # noqa: F401  (applies the patches)
+from service import patches
+
+patches.apply()
 
 
 def run_request(app, timeout: float) -> tuple[list[dict], asyncio.AbstractEventLoop]:

@@ -1,4 +1,4 @@
-"""`bentoml build service/` works from a clean checkout, without Docker and without a model in the store."""
+"""`bentoml build -f service/bentofile.yaml .` works from a clean checkout, without Docker and without a model in the store."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.__main__ import TELEMETRY_OFF
+from service.settings import TELEMETRY_OFF
 
 from .conftest import REPO_ROOT
 
@@ -20,11 +20,11 @@ def test_bentoml_build_and_export_give_a_docker_build_context(tmp_path):
     env = {**os.environ, **TELEMETRY_OFF, "BENTOML_HOME": str(tmp_path / "bentoml")}
     bentoml = [sys.executable, "-m", "bentoml"]
 
-    built = subprocess.run([*bentoml, "build", "service/", "--output", "tag"], cwd=REPO_ROOT, env=env,
+    built = subprocess.run([*bentoml, "build", "-f", "service/bentofile.yaml", ".", "--output", "tag"], cwd=REPO_ROOT, env=env,
                            capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
     tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    assert tag.startswith("churn_classifier:")
+    assert tag.startswith("model_server:")
 
     archive = tmp_path / "bento.tar"
     exported = subprocess.run([*bentoml, "export", tag, str(archive)], cwd=REPO_ROOT, env=env,
@@ -38,5 +38,8 @@ def test_bentoml_build_and_export_give_a_docker_build_context(tmp_path):
     assert "FROM python:3.11" in dockerfile and "BENTOML_CONTAINERIZED=true" in dockerfile
     requirements = (context / "env" / "python" / "requirements.txt").read_text().split()
     assert {"mlflow==3.17.2", "scikit-learn==1.9.1", "bentoml==1.4.39"} <= set(requirements)
-    assert (context / "src" / "service.py").read_text() == (REPO_ROOT / "service" / "service.py").read_text()
+    sources = {path.name for path in (context / "src" / "service").glob("*.py")}
+    assert sources == {path.name for path in (REPO_ROOT / "service").glob("*.py")}, "the whole service package"
+    assert (context / "src" / "service" / "service.py").read_text() == (REPO_ROOT / "service" / "service.py").read_text()
+    assert not (context / "src" / "tests").exists(), "nothing but the service package"
     assert not any(Path(context, "models").glob("*")), "the bento carries no model; it loads from MODEL_URI"

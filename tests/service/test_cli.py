@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.__main__ import REPO_ROOT, free_port, serve_command, serve_environment
+from service.__main__ import REPO_ROOT, SERVICE_TARGET, free_port, serve_command, serve_environment
 
 
 def test_serve_command_runs_the_checkout_service_on_the_given_address():
     command = serve_command("127.0.0.1", 3000)
 
     assert command[1:4] == ["-m", "bentoml", "serve"]
-    assert "service.service:ChurnClassifier" in command
+    assert SERVICE_TARGET == "service.service:ModelServer" and SERVICE_TARGET in command
     assert command[command.index("--host") + 1] == "127.0.0.1" and command[command.index("--port") + 1] == "3000"
     assert command[command.index("--working-dir") + 1] == str(REPO_ROOT)
 

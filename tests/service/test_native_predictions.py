@@ -1,8 +1,9 @@
-"""The server's hot path (native sklearn flavour, predict_proba on a NumPy object matrix) scores exactly like MLflow.
+"""The server's native fast path (scikit-learn API on a typed DataFrame) answers exactly like MLflow's pyfunc.
 
-The server loads the registered model with ``mlflow.sklearn.load_model`` and calls ``predict_proba`` on a matrix
-built from validated rows, instead of ``mlflow.pyfunc`` with a DataFrame (about 7x slower per call). These tests
-prove the shortcut changes no answer: same probabilities and same labels as the pyfunc model, on many rows.
+The server loads a scikit-learn model with ``mlflow.sklearn.load_model`` and calls it on a DataFrame it builds from
+validated rows, instead of ``mlflow.pyfunc`` (which re-checks the schema on every call). These tests prove the
+shortcut changes no answer on many rows: the same labels as ``pyfunc.predict`` and the same probabilities as the
+underlying ``predict_proba``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service.service import FEATURES, MODEL_NAME, ROWS_ADAPTER, Settings, load_model, to_feature_matrix
-from service.train import sample_instances
+from service.loading import load_model, resolve_model
+from service.predictor import PREDICT
+from service.settings import Settings
+from service.train import FEATURES, MODEL_NAME, sample_instances
 
 ROW_COUNT = 3000
 
@@ -26,10 +29,13 @@ def rows() -> list[dict]:
     return json.loads(json.dumps(sample_instances(ROW_COUNT, seed=2024)))
 
 
-def settings_for(registry, version: str) -> Settings:
-    return dataclasses.replace(
-        Settings.from_env(), model_uri=f"models:/{MODEL_NAME}/{version}", tracking_uri=registry.tracking_uri
+def served(registry, version: str, monkeypatch):
+    monkeypatch.delenv("MLSERVE_RESOLVED_MODEL", raising=False)
+    settings = dataclasses.replace(
+        Settings.from_env(), model_uri=f"models:/{MODEL_NAME}/{version}", tracking_uri=registry.tracking_uri,
+        max_rows=ROW_COUNT,
     )
+    return load_model(settings, resolve_model(settings))
 
 
 def pyfunc_model(registry, version: str):
@@ -40,27 +46,16 @@ def pyfunc_model(registry, version: str):
 
 
 @pytest.mark.parametrize("alias", ["champion", "healthy_challenger"])
-def test_native_probabilities_equal_pyfunc_on_a_dataframe(registry, rows, alias):
+def test_native_answers_equal_pyfunc(registry, rows, alias, monkeypatch):
     version = getattr(registry, alias)
-    served = load_model(settings_for(registry, version))
+    model = served(registry, version, monkeypatch)
+    pyfunc = pyfunc_model(registry, version)
     frame = pd.DataFrame(rows, columns=list(FEATURES))
 
-    native = np.asarray(served.predict_proba(to_feature_matrix(ROWS_ADAPTER.validate_python(rows))))
-    through_pyfunc = pyfunc_model(registry, version).get_raw_model().predict_proba(frame)[:, 1]
-
-    assert native.shape == (ROW_COUNT,)
-    np.testing.assert_allclose(native, through_pyfunc, rtol=0, atol=1e-12)
-    assert len(np.unique(native.round(6))) > ROW_COUNT // 2, "rows should get many different probabilities"
-
-
-@pytest.mark.parametrize("alias", ["champion", "healthy_challenger"])
-def test_native_probabilities_agree_with_pyfunc_predict_labels(registry, rows, alias):
-    """``pyfunc.predict`` (what ``mlflow models serve`` answers) gives the class the probabilities imply."""
-    version = getattr(registry, alias)
-    served = load_model(settings_for(registry, version))
-
-    native = np.asarray(served.predict_proba(to_feature_matrix(ROWS_ADAPTER.validate_python(rows))))
-    labels = np.asarray(pyfunc_model(registry, version).predict(pd.DataFrame(rows, columns=list(FEATURES))))
-
-    np.testing.assert_array_equal(labels, (native > 0.5).astype(labels.dtype))
-    assert 0 < labels.sum() < ROW_COUNT, "both classes should occur"
+    assert model.serving_path == "sklearn"
+    probabilities = np.asarray(model.predict_rows(rows).values)
+    np.testing.assert_allclose(probabilities, pyfunc.get_raw_model().predict_proba(frame)[:, 1], rtol=0, atol=1e-12)
+    labels = model.predict_rows(rows, output=PREDICT).values
+    assert labels == np.asarray(pyfunc.predict(frame)).tolist()
+    assert 0 < sum(labels) < ROW_COUNT, "both classes should occur"
+    assert len(np.unique(probabilities.round(6))) > ROW_COUNT // 2, "rows should get many different probabilities"

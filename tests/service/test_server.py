@@ -13,8 +13,7 @@ import sys
 import pytest
 import requests
 
-from service.service import FEATURES, MODEL_NAME
-from service.train import sample_instances
+from service.train import FEATURES, MODEL_NAME, sample_instances
 
 from .conftest import REPO_ROOT
 
@@ -93,9 +92,40 @@ def test_oip_infer_returns_the_same_probability_as_predict(champion_server, regi
     assert body["model_name"] == MODEL_NAME and body["model_version"] == registry.champion
     assert body["id"] == "test"
     [output] = body["outputs"]
-    assert output["name"] == "churn_probability" and output["shape"] == [6] and output["datatype"] == "FP64"
+    assert output["name"] == "probability" and output["shape"] == [6] and output["datatype"] == "FP64"
+    assert output["parameters"] == {"class": "1"}, "the positive class's probability"
     assert output["data"] == pytest.approx(expected["predictions"])
     assert response.headers["X-Model-Variant"] == "champion"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (json.dumps({"dataframe_split": {"columns": list(FEATURES), "data": [[EXAMPLE[f] for f in FEATURES]]}}),
+         "application/json"),
+        (json.dumps({"dataframe_records": [EXAMPLE]}), "application/json"),
+        (json.dumps({"instances": [EXAMPLE]}), "application/json"),
+        (json.dumps({"inputs": {f: [EXAMPLE[f]] for f in FEATURES}}), "application/json"),
+        (",".join(FEATURES) + "\n" + ",".join(str(EXAMPLE[f]) for f in FEATURES) + "\n", "text/csv"),
+    ],
+    ids=["dataframe_split", "dataframe_records", "instances", "inputs", "csv"],
+)
+def test_invocations_answers_the_mlflow_scoring_protocol_like_mlflow(champion_server, registry, body, content_type):
+    """What `mlflow models serve` answers for the demo: the class label from pyfunc's predict."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    mlflow.set_registry_uri(registry.tracking_uri)
+    expected = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{registry.champion}").predict(
+        pd.DataFrame([EXAMPLE]).astype({"tenure": float})
+    )
+
+    response = requests.post(f"{champion_server.url}/invocations", data=body,
+                             headers={"Content-Type": content_type}, timeout=10)
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"predictions": list(expected.tolist())}
+    assert response.headers["X-Model-Version"] == registry.champion
 
 
 def test_predict_batch_matches_predict_under_concurrent_load(champion_server, registry):
@@ -138,7 +168,8 @@ def test_oip_model_metadata_describes_inputs_outputs_and_version(champion_server
     body = response.json()
     assert body["name"] == MODEL_NAME and body["versions"] == [registry.champion]
     assert [tensor["name"] for tensor in body["inputs"]] == list(FEATURES)
-    assert body["outputs"][0]["name"] == "churn_probability"
+    assert body["outputs"] == [{"name": "probability", "datatype": "FP64", "shape": [-1]}]
+    assert body["parameters"]["classes"] == ["0", "1"] and body["parameters"]["signature"] == "columns"
 
 
 def test_unknown_model_name_is_404(champion_server):
@@ -175,17 +206,19 @@ BAD_INPUTS = [
      '"contract_type": "One year", "payment_method": "Mailed check"}]}', 400, "NaN"),
     ("infinity", "/predict", '{"instances": [{"tenure": 12, "monthly_charges": Infinity, "total_charges": 844.2, '
      '"contract_type": "One year", "payment_method": "Mailed check"}]}', 400, "feature 'monthly_charges'"),
-    ("negative-number", "/predict", json.dumps({"instances": [with_changes(tenure=-3)]}), 400, "feature 'tenure'"),
-    ("unseen-category", "/predict", json.dumps({"instances": [with_changes(contract_type="Three year")]}), 400,
-     "feature 'contract_type'"),
-    ("bad-second-row", "/predict", json.dumps({"instances": [EXAMPLE, with_changes(payment_method="Bitcoin")]}), 400,
+    # A value the signature allows but the model refuses (a category it never saw): 422 with the model's words.
+    ("unseen-category", "/predict", json.dumps({"instances": [EXAMPLE, with_changes(contract_type="Three year")]}),
+     422, "the model refused row 1: Found unknown categories ['Three year']"),
+    ("bad-second-row", "/predict", json.dumps({"instances": [EXAMPLE, with_changes(payment_method=7)]}), 400,
      "row 1, feature 'payment_method'"),
     ("too-many-rows", "/predict", json.dumps({"instances": [EXAMPLE] * 1001}), 413, "maximum of 1000 rows"),
     ("oversized-body", "/predict", b'{"instances": [' + b" " * (1 << 20) + b"]}", 413, "maximum of 1048576 bytes"),
     ("batch-malformed-json", "/predict_batch", b"{", 400, "json"),
     ("batch-empty", "/predict_batch", json.dumps({"instances": []}), 400, ""),
-    ("batch-unseen-category", "/predict_batch", json.dumps({"instances": [with_changes(contract_type="Weekly")]}), 400,
-     "contract_type"),
+    ("batch-unseen-category", "/predict_batch", json.dumps({"instances": [with_changes(contract_type="Weekly")]}), 422,
+     "Weekly"),
+    ("batch-string-for-number", "/predict_batch", json.dumps({"instances": [with_changes(tenure="12")]}), 400,
+     "tenure"),
     ("batch-nan", "/predict_batch", '{"instances": [{"tenure": NaN, "monthly_charges": 70.35, "total_charges": 844.2, '
      '"contract_type": "One year", "payment_method": "Mailed check"}]}', 400, "tenure"),
     ("batch-too-many-rows", "/predict_batch", json.dumps({"instances": [EXAMPLE] * 1001}), 400, "1000"),
@@ -200,7 +233,12 @@ BAD_INPUTS = [
     ("oip-shape-mismatch", f"/v2/models/{MODEL_NAME}/infer",
      json.dumps({"inputs": [{**tensor, "shape": [2]} for tensor in oip_request([EXAMPLE])["inputs"]]}), 400, "shape"),
     ("oip-unseen-category", f"/v2/models/{MODEL_NAME}/infer",
-     json.dumps(oip_request([with_changes(contract_type="Weekly")])), 400, "row 0, feature 'contract_type'"),
+     json.dumps(oip_request([with_changes(contract_type="Weekly")])), 422, "row 0: Found unknown categories ['Weekly']"),
+    ("oip-string-for-number", f"/v2/models/{MODEL_NAME}/infer",
+     json.dumps(oip_request([with_changes(tenure="12")])), 400, "row 0, feature 'tenure'"),
+    ("invocations-unknown-column", "/invocations", json.dumps({"dataframe_records": [with_changes(age=40)]}), 400,
+     "feature 'age'"),
+    ("invocations-no-format", "/invocations", json.dumps({"rows": [EXAMPLE]}), 400, "dataframe_split"),
     ("oip-oversized-body", f"/v2/models/{MODEL_NAME}/infer", b"{" + b" " * (1 << 20) + b"}", 413, "bytes"),
 ]
 

@@ -1,0 +1,250 @@
+"""Resolve the configured model in the MLflow registry, read its signature, and load it for serving.
+
+``resolve_model(settings) -> ModelSource`` pins ``MODEL_URI`` to one version and reads its ``MLmodel`` file (flavours,
+signature, pip requirements) without loading the model: cheap enough to run when the service module is imported,
+so the API's types and OpenAPI can describe the real signature. ``load_model(settings, source) -> ServedModel``
+then loads the model: natively through the scikit-learn API where the flavour is scikit-learn, XGBoost or LightGBM
+(no DataFrame round trip through pyfunc's schema enforcement on every call), and through ``mlflow.pyfunc`` for
+everything else. Both paths give ``mlflow.pyfunc.load_model(uri).predict``'s answers (tests prove it per model).
+``missing_requirements(source)`` lists the model's pip requirements this environment does not satisfy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import typing as t
+from pathlib import Path
+
+from service.errors import ModelLoadError
+from service.predictor import CLASS_PROBABILITIES, POSITIVE_PROBABILITY, PREDICT, ModelIdentity, ServedModel
+from service.schema import InputSchema
+from service.settings import ALLOW_PICKLE_ENV, Settings
+
+logger = logging.getLogger("mlserve.service")
+
+# Flavours served natively, and the scikit-learn-API base class the loaded object must be for that to apply.
+NATIVE_FLAVOURS = ("sklearn", "xgboost", "lightgbm")
+# The server's processes (the CLI, BentoML's arbiter, its workers) resolve the model once: the first one that does
+# leaves the pinned version here for the processes it starts, so all of them serve the same version.
+RESOLVED_MODEL_ENV = "MLSERVE_RESOLVED_MODEL"
+PICKLE_CONFIG_HINT = (
+    f"stack config mlserve:model.allowPickleDeserialization: true (env {ALLOW_PICKLE_ENV}=true) allows it; "
+    "load only models from a registry you trust"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """One registered model version and what its MLmodel file says about it."""
+
+    name: str
+    version: str
+    source_uri: str
+    local_path: Path
+    flavors: dict[str, t.Any]
+    signature_inputs: list[dict[str, t.Any]] | None
+    signature_outputs: list[dict[str, t.Any]] | None
+
+    @property
+    def schema(self) -> InputSchema:
+        return InputSchema.from_signature(self.signature_inputs)
+
+    def to_json(self) -> str:
+        """This source as JSON, for ``RESOLVED_MODEL_ENV``."""
+        return json.dumps({**dataclasses.asdict(self), "local_path": str(self.local_path)})
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSource:
+        fields = json.loads(text)
+        return cls(**{**fields, "local_path": Path(fields["local_path"])})
+
+
+def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
+    """Split ``models:/name@alias`` or ``models:/name/version`` into (name, alias, version)."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", model_uri)
+    if not match:
+        raise ModelLoadError(
+            f"MODEL_URI={model_uri!r} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION"
+        )
+    return match.group(1), match.group(2), match.group(3)
+
+
+def resolve_model_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:
+    """(name, version) that ``model_uri`` names right now; raises ModelLoadError when it names nothing."""
+    import mlflow
+
+    name, alias, version = parse_model_uri(model_uri)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        if alias is not None:
+            return name, str(client.get_model_version_by_alias(name, alias).version)
+        return name, str(client.get_model_version(name, version).version)
+    except Exception as err:
+        raise ModelLoadError(f"cannot resolve {model_uri} in the registry at {tracking_uri}: {err}") from err
+
+
+def resolve_model(settings: Settings) -> ModelSource:
+    """Pin ``settings.model_uri`` to one version and read its MLmodel file (signature, flavours).
+
+    A version already pinned by a parent process for the same URI and registry (``RESOLVED_MODEL_ENV``) is reused
+    without asking the registry again; a newly resolved one is left there for the processes this one starts.
+    """
+    inherited = os.environ.get(RESOLVED_MODEL_ENV)
+    key = f"{settings.tracking_uri} {settings.model_uri}"
+    if inherited and inherited.startswith(key + "\n"):
+        source = ModelSource.from_json(inherited.split("\n", 1)[1])
+        if (source.local_path / "MLmodel").is_file():
+            return source
+    source = _resolve_from_registry(settings)
+    os.environ[RESOLVED_MODEL_ENV] = f"{key}\n{source.to_json()}"
+    return source
+
+
+def _resolve_from_registry(settings: Settings) -> ModelSource:
+    import mlflow
+    from mlflow.models import Model
+
+    name, version = resolve_model_version(settings.model_uri, settings.tracking_uri)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    try:
+        local_path = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}"))
+        meta = Model.load(local_path)
+    except Exception as err:
+        raise ModelLoadError(f"cannot read {name} version {version} ({settings.model_uri}): {err}") from err
+    signature = meta.signature
+    return ModelSource(
+        name=name, version=version, source_uri=settings.model_uri, local_path=local_path, flavors=meta.flavors,
+        signature_inputs=signature.inputs.to_dict() if signature is not None and signature.inputs else None,
+        signature_outputs=signature.outputs.to_dict() if signature is not None and signature.outputs else None,
+    )
+
+
+def load_model(settings: Settings, source: ModelSource) -> ServedModel:
+    """Load ``source`` natively where its flavour allows, else through ``mlflow.pyfunc``, ready to serve."""
+    identity = ModelIdentity(source.name, source.version, settings.variant, settings.model_uri)
+    try:
+        estimator = _native_estimator(source)
+        pyfunc = None if estimator is not None else _pyfunc_model(source)
+    except ModelLoadError:
+        raise
+    except Exception as err:
+        hint = f"; {PICKLE_CONFIG_HINT}" if ALLOW_PICKLE_ENV in str(err) else ""
+        raise ModelLoadError(
+            f"cannot load {source.name} version {source.version} ({settings.model_uri}): {err}{hint}"
+        ) from err
+    output, classes = _output_mode(settings.classifier_output, estimator, source)
+    if estimator is not None:
+        scorers = {mode: _native_scorer(estimator, mode, _pyfunc_predict_fn(source))
+                   for mode in {PREDICT, output}}
+        serving_path = next(flavour for flavour in NATIVE_FLAVOURS if flavour in source.flavors)
+    else:
+        scorers = {PREDICT: pyfunc.predict}
+        serving_path = "pyfunc"
+    return ServedModel(identity, source.schema, scorers, output=output, classes=classes,
+                       max_rows=settings.max_rows, serving_path=serving_path,
+                       output_signature=source.signature_outputs)
+
+
+def _native_estimator(source: ModelSource) -> t.Any | None:
+    """The model as a scikit-learn-API estimator when its flavour has one, else None (served through pyfunc)."""
+    if "sklearn" in source.flavors:
+        import mlflow.sklearn
+
+        return mlflow.sklearn.load_model(str(source.local_path))
+    if "xgboost" in source.flavors:
+        import mlflow.xgboost
+        from xgboost.sklearn import XGBModel
+
+        model = mlflow.xgboost.load_model(str(source.local_path))
+        return model if isinstance(model, XGBModel) else None
+    if "lightgbm" in source.flavors:
+        import mlflow.lightgbm
+        from lightgbm import LGBMModel
+
+        model = mlflow.lightgbm.load_model(str(source.local_path))
+        return model if isinstance(model, LGBMModel) else None
+    return None
+
+
+def _pyfunc_model(source: ModelSource) -> t.Any:
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(str(source.local_path))
+
+
+def _pyfunc_predict_fn(source: ModelSource) -> str:
+    """The estimator method MLflow's pyfunc calls for this model (``predict`` unless logged otherwise)."""
+    return source.flavors.get("python_function", {}).get("predict_fn") or "predict"
+
+
+def _output_mode(requested: str, estimator: t.Any | None, source: ModelSource) -> tuple[str, tuple[t.Any, ...]]:
+    """How the model answers (see service.predictor) and its class names, from the classifier output setting."""
+    has_proba = estimator is not None and hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")
+    classes = tuple(getattr(estimator, "classes_", ())) if has_proba else ()
+    if requested == "predict" or (requested == "auto" and not has_proba):
+        return PREDICT, ()
+    if requested == "predict_proba" and not has_proba:
+        where = "it is served through mlflow.pyfunc" if estimator is None else "it has no predict_proba"
+        raise ModelLoadError(
+            f"{source.name} version {source.version} cannot answer class probabilities: {where}; "
+            "set the classifier output (stack config mlserve:model.classifierOutput, env MLSERVE_CLASSIFIER_OUTPUT) "
+            "to auto or predict"
+        )
+    if requested == "auto" and len(classes) == 2:
+        return POSITIVE_PROBABILITY, classes
+    return CLASS_PROBABILITIES, classes
+
+
+def _native_scorer(estimator: t.Any, output: str, predict_fn: str) -> t.Callable[[t.Any], t.Any]:
+    """The scoring function of a native estimator: its input as it was fitted (with column names or without)."""
+    # scikit-learn records n_features_in_ on fitting, and feature_names_in_ only when fitted on named columns.
+    fitted_on_matrix = hasattr(estimator, "n_features_in_") and not hasattr(estimator, "feature_names_in_")
+
+    def as_fitted(model_input: t.Any) -> t.Any:
+        # pyfunc hands the estimator a DataFrame; one fitted on a bare matrix gets the same values without names
+        # (what it was fitted on, and no "X has feature names" warning on every call).
+        if fitted_on_matrix and hasattr(model_input, "to_numpy"):
+            return model_input.to_numpy()
+        return model_input
+
+    if output == POSITIVE_PROBABILITY:
+        return lambda model_input: estimator.predict_proba(as_fitted(model_input))[:, 1]
+    if output == CLASS_PROBABILITIES:
+        return lambda model_input: estimator.predict_proba(as_fitted(model_input))
+    method = getattr(estimator, predict_fn)
+    return lambda model_input: method(as_fitted(model_input))
+
+
+def missing_requirements(source: ModelSource) -> list[str]:
+    """The model's pip requirements (``requirements.txt`` beside MLmodel) this environment lacks or mismatches."""
+    from importlib import metadata
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    path = source.local_path / "requirements.txt"
+    if not path.is_file():
+        return []
+    problems = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        try:
+            installed = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            problems.append(f"{line} (not installed)")
+            continue
+        if requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
+            problems.append(f"{line} (installed {installed})")
+    return problems

@@ -1,0 +1,168 @@
+"""The model_* Prometheus metrics and the ASGI middleware that measures every prediction request with them.
+
+Names and labels are what dashboards, alerts and the rollout analysis query: ``model_predictions_total``,
+``model_prediction_latency_seconds``, ``model_prediction_errors_total`` (``error_type``), ``model_active_requests``,
+``model_input_size_bytes``, each labelled ``model_name``, ``model_version``, ``variant``. They are registered with
+``bentoml.metrics``, BentoML's multiprocess-aware registry, so every worker's samples are merged at ``/metrics``.
+The middleware also enforces the body size limit and adds the ``X-Model-*`` headers to every prediction response.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import typing as t
+
+import bentoml
+from starlette.responses import JSONResponse
+
+from service.predictor import MODEL_HEADERS, ModelIdentity
+
+# Paths whose traffic is measured by the model_* metrics; health and metrics scrapes are not predictions.
+PREDICTION_PATHS = re.compile(r"^/(predict|predict_batch|invocations|v2/models/[^/]+(/versions/[^/]+)?/infer)$")
+
+# bentoml.metrics registers in BentoML's multiprocess-aware registry, so every worker's samples are
+# merged at /metrics. Labels are fixed so dashboards and the rollout analysis can compare variants.
+MODEL_LABELS = ["model_name", "model_version", "variant"]
+PREDICTIONS = bentoml.metrics.Counter(
+    name="model_predictions_total",
+    documentation="Prediction requests handled, successful or not",
+    labelnames=MODEL_LABELS,
+)
+LATENCY = bentoml.metrics.Histogram(
+    name="model_prediction_latency_seconds",
+    documentation="Time to answer a prediction request, including parsing and validation",
+    labelnames=MODEL_LABELS,
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+ERRORS = bentoml.metrics.Counter(
+    name="model_prediction_errors_total",
+    documentation="Prediction requests that failed, by error_type (invalid_input, payload_too_large, "
+    "model_error, unavailable)",
+    labelnames=MODEL_LABELS + ["error_type"],
+)
+ACTIVE = bentoml.metrics.Gauge(
+    name="model_active_requests",
+    documentation="Prediction requests in flight",
+    labelnames=MODEL_LABELS,
+    multiprocess_mode="livesum",
+)
+INPUT_SIZE = bentoml.metrics.Histogram(
+    name="model_input_size_bytes",
+    documentation="Size of prediction request bodies",
+    labelnames=MODEL_LABELS,
+    buckets=(128, 512, 2048, 8192, 32768, 131072, 524288, 1 << 20, 4 << 20),
+)
+
+
+ERROR_TYPES = ("invalid_input", "payload_too_large", "model_error", "unavailable")
+
+
+def error_type_for(status: int) -> str | None:
+    """The error_type label for a response status, or None when the request succeeded."""
+    if status < 400:
+        return None
+    if status == 413:
+        return "payload_too_large"
+    if status == 503:
+        return "unavailable"
+    return "invalid_input" if status < 500 else "model_error"
+
+
+class PredictionTrafficMiddleware:
+    """ASGI middleware for every prediction route: body size limit, model headers and the model_* metrics.
+
+    Doing this around the routes (rather than inside each handler) measures every request the same way,
+    including ones BentoML rejects before our code runs and batched ones whose handler sees many requests.
+    """
+
+    def __init__(self, app: t.Any, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: t.Callable, send: t.Callable) -> None:
+        model = _current_identity()
+        if scope["type"] != "http" or model is None or not PREDICTION_PATHS.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        labels = model.labels
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_headers(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                known = {name.lower().encode() for name in MODEL_HEADERS}
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in known]
+                headers += [(k.lower().encode(), v.encode()) for k, v in model.headers.items()]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        ACTIVE.labels(**labels).inc()
+        body_size = 0
+        disconnected = False
+        try:
+            # Read the whole body first (bounded), so an oversized one is refused before any parsing.
+            body, body_size, disconnected = await self._read_body(scope, receive)
+            if body is None:
+                if not disconnected:
+                    response = JSONResponse(
+                        {"error": f"request body exceeds the maximum of {self.max_body_bytes} bytes "
+                                  "(MLSERVE_MAX_BODY_BYTES)"},
+                        status_code=413,
+                    )
+                    await response(scope, receive, send_with_headers)
+                return
+            await self.app(scope, _replay(body, receive), send_with_headers)
+        finally:
+            ACTIVE.labels(**labels).dec()
+            # A client that left before finishing its request asked nothing of the model: not counted.
+            if not disconnected:
+                PREDICTIONS.labels(**labels).inc()
+                LATENCY.labels(**labels).observe(time.perf_counter() - started)
+                INPUT_SIZE.labels(**labels).observe(body_size)
+                if (error_type := error_type_for(status)) is not None:
+                    ERRORS.labels(**labels, error_type=error_type).inc()
+
+    async def _read_body(self, scope: dict, receive: t.Callable) -> tuple[bytes | None, int, bool]:
+        """(body, size, disconnected); body is None when it is over the limit or the client went away."""
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return None, int(declared), False
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None, size, True
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None, size, False
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), size, False
+
+
+def _replay(body: bytes, receive: t.Callable) -> t.Callable:
+    """An ASGI receive that yields an already-read body once, then defers to the real one."""
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _current_identity() -> ModelIdentity | None:
+    try:
+        instance = bentoml.get_current_service()
+    except Exception:  # no service instance in this process yet
+        return None
+    model = getattr(instance, "model", None)
+    return model.identity if model is not None else None

@@ -1,0 +1,362 @@
+"""The served model's input schema, read from its MLflow signature, and request validation against it.
+
+``InputSchema.from_signature(signature_inputs)`` takes the signature's inputs as MLflow writes them in the
+``MLmodel`` file (``ModelSignature.inputs.to_dict()``: a list of column specs ``{"name", "type", "required"}`` or
+tensor specs ``{"type": "tensor", "tensor-spec": {"dtype", "shape"}}``), or ``None`` for a model logged without one.
+``validate_rows`` turns request rows (``/predict``, ``/invocations``) into what the model takes: a DataFrame with
+the signature's columns and dtypes, a NumPy array, or a dict of named arrays. ``rows_from_tensors`` turns Open
+Inference Protocol tensors into the same rows. Every refusal is an ``InvalidInput`` naming the row, the column
+and the value, and what would be accepted. Column types: double, float, long, integer, boolean, string, binary
+(base64 text), datetime (ISO 8601 text); MLflow's array/object/map types are passed through unchecked.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import json
+import math
+import typing as t
+
+import numpy as np
+import pydantic
+import typing_extensions
+
+from service.errors import InvalidInput
+
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+# MLflow column type -> (Python type the row field is validated as, NumPy dtype of the DataFrame column, OIP datatype)
+COLUMN_TYPES: dict[str, tuple[t.Any, t.Any, str]] = {
+    "double": (float, np.float64, "FP64"),
+    "float": (float, np.float32, "FP32"),
+    "long": (t.Annotated[int, pydantic.Field(ge=INT64[0], le=INT64[1])], np.int64, "INT64"),
+    "integer": (t.Annotated[int, pydantic.Field(ge=INT32[0], le=INT32[1])], np.int32, "INT32"),
+    "boolean": (bool, np.bool_, "BOOL"),
+    "string": (str, object, "BYTES"),
+    "binary": (str, object, "BYTES"),
+    "datetime": (t.Annotated[datetime.datetime, pydantic.Strict(False)], "datetime64[ns]", "BYTES"),
+    "any": (t.Any, object, "BYTES"),
+}
+# NumPy dtype kind -> OIP datatype, for tensor signatures and for outputs.
+OIP_DATATYPES = {"float64": "FP64", "float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32",
+                 "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32",
+                 "uint64": "UINT64", "bool": "BOOL"}
+# Which inferred NumPy kinds a tensor of a given kind accepts (no silent truncation of 1.5 to an integer).
+ACCEPTED_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b", "U": "U", "O": "UOifb", "S": "US"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column of a column-based signature."""
+
+    name: str
+    type: str
+    required: bool = True
+
+    @property
+    def oip_datatype(self) -> str:
+        return COLUMN_TYPES[self.type][2]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+    """One tensor of a tensor-based signature; ``shape`` has -1 for a free dimension (the first is the batch)."""
+
+    name: str | None
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def oip_datatype(self) -> str:
+        return OIP_DATATYPES.get(self.dtype, "BYTES")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSchema:
+    """The inputs a model takes: columns, tensors, or neither (a model logged without a signature)."""
+
+    columns: tuple[Column, ...] = ()
+    tensors: tuple[Tensor, ...] = ()
+
+    @classmethod
+    def from_signature(cls, inputs: list[dict[str, t.Any]] | None) -> InputSchema:
+        """Read MLflow's serialized signature inputs (``Schema.to_dict()``); ``None`` means no signature."""
+        if not inputs:
+            return cls()
+        if all(spec.get("type") == "tensor" for spec in inputs):
+            return cls(tensors=tuple(
+                Tensor(spec.get("name"), str(np.dtype(spec["tensor-spec"]["dtype"])),
+                       tuple(int(d) for d in spec["tensor-spec"]["shape"]))
+                for spec in inputs
+            ))
+        columns = []
+        for position, spec in enumerate(inputs):
+            kind = spec.get("type")
+            columns.append(Column(
+                name=str(spec.get("name", position)),
+                type=kind if isinstance(kind, str) and kind in COLUMN_TYPES else "any",
+                required=bool(spec.get("required", True)),
+            ))
+        return cls(columns=tuple(columns))
+
+    @property
+    def kind(self) -> str:
+        """``columns``, ``tensors`` or ``none``."""
+        return "columns" if self.columns else "tensors" if self.tensors else "none"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Column names, or tensor names (empty for one unnamed tensor)."""
+        if self.columns:
+            return tuple(column.name for column in self.columns)
+        return tuple(tensor.name for tensor in self.tensors if tensor.name)
+
+    def oip_inputs(self) -> list[dict[str, t.Any]]:
+        """The Open Inference Protocol v2 metadata of the inputs: name, datatype and shape per tensor."""
+        if self.columns:
+            return [{"name": c.name, "datatype": c.oip_datatype, "shape": [-1]} for c in self.columns]
+        return [{"name": tensor.name or "input", "datatype": tensor.oip_datatype, "shape": list(tensor.shape)}
+                for tensor in self.tensors]
+
+
+# ---------------------------------------------------------------- rows (column signatures)
+
+
+def row_type(schema: InputSchema) -> t.Any:
+    """The typed row of a column signature: a TypedDict with the real column names, strict and closed."""
+    fields: dict[str, t.Any] = {}
+    for column in schema.columns:
+        python_type = COLUMN_TYPES[column.type][0]
+        fields[column.name] = python_type if column.required else typing_extensions.NotRequired[python_type | None]
+    row = typing_extensions.TypedDict("Row", fields)  # type: ignore[misc]
+    row.__pydantic_config__ = pydantic.ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    return row
+
+
+class RowValidator:
+    """Validates request rows against a schema and builds the model's input from them."""
+
+    def __init__(self, schema: InputSchema, max_rows: int) -> None:
+        self.schema = schema
+        self.max_rows = max_rows
+        self.row = row_type(schema) if schema.columns else None
+        self._rows_adapter = pydantic.TypeAdapter(list[self.row]) if self.row is not None else None
+        self._expected = ", ".join(schema.names)
+
+    def check_count(self, count: int) -> None:
+        """Refuse an empty request or one over the row limit."""
+        if count == 0:
+            raise InvalidInput("'instances' is empty; send at least one row")
+        if count > self.max_rows:
+            raise InvalidInput(f"{count} rows exceeds the maximum of {self.max_rows} rows per request", status=413)
+
+    def validate_rows(self, instances: t.Any) -> t.Any:
+        """The model input for ``instances`` (a list of rows); raises InvalidInput naming the first problem."""
+        if not isinstance(instances, list):
+            raise InvalidInput(f"'instances' must be a list of rows, got {type(instances).__name__}")
+        self.check_count(len(instances))
+        if self.schema.columns:
+            return self._columns_frame(instances)
+        if self.schema.tensors:
+            return self._tensor_input(instances)
+        return self._unchecked_frame(instances)
+
+    # ---- columns
+
+    def _columns_frame(self, instances: list[t.Any]) -> t.Any:
+        for index, row in enumerate(instances):
+            if not isinstance(row, dict):
+                raise InvalidInput(f"row {index} must be an object of columns ({self._expected}), "
+                                   f"got {type(row).__name__}")
+        try:
+            rows = self._rows_adapter.validate_python(instances)
+        except pydantic.ValidationError as err:
+            message, detail = describe_row_errors(err, self._expected)
+            raise InvalidInput(message, detail=detail) from None
+        return self.frame(rows)
+
+    def frame(self, rows: list[dict[str, t.Any]]) -> t.Any:
+        """Validated rows as a DataFrame with the signature's column order and dtypes (what MLflow's pyfunc makes)."""
+        import pandas as pd
+
+        data = {}
+        for column in self.schema.columns:
+            values = [row.get(column.name) for row in rows]
+            dtype = COLUMN_TYPES[column.type][1]
+            if column.type == "binary":
+                values = [None if value is None else _base64(value, column.name) for value in values]
+            if any(value is None for value in values):
+                data[column.name] = pd.Series(values, dtype=object if dtype is object else None)
+            else:
+                data[column.name] = np.array(values, dtype=dtype)
+        return pd.DataFrame(data, columns=list(self.schema.names))
+
+    # ---- tensors
+
+    def _tensor_input(self, instances: list[t.Any]) -> t.Any:
+        tensors = self.schema.tensors
+        if len(tensors) == 1 and not (tensors[0].name and all(isinstance(row, dict) for row in instances)):
+            return tensor_array(tensors[0], instances, "instances")
+        for index, row in enumerate(instances):
+            if not isinstance(row, dict):
+                raise InvalidInput(f"row {index} must be an object of tensors ({self._expected}), "
+                                   f"got {type(row).__name__}")
+            unknown = sorted(set(row) - set(self.schema.names))
+            if unknown:
+                raise InvalidInput(f"row {index}: unknown input {unknown[0]!r}; expected {self._expected}")
+        return {tensor.name: tensor_array(tensor, [_field(row, tensor.name, index) for index, row in
+                                                  enumerate(instances)], tensor.name)
+                for tensor in tensors}
+
+    # ---- no signature
+
+    def _unchecked_frame(self, instances: list[t.Any]) -> t.Any:
+        import pandas as pd
+
+        if all(isinstance(row, dict) for row in instances):
+            keys = list(instances[0])
+            for index, row in enumerate(instances):
+                if list(row) != keys and set(row) != set(keys):
+                    raise InvalidInput(f"row {index} has columns {sorted(row)}, row 0 has {sorted(keys)}; "
+                                       "every row needs the same columns")
+                for name, value in row.items():
+                    if isinstance(value, float) and not math.isfinite(value):
+                        raise InvalidInput(f"invalid input at row {index}, feature {name!r}: must be a finite "
+                                           "number, not NaN or infinity")
+            return pd.DataFrame(instances, columns=keys)
+        if all(isinstance(row, list) for row in instances):
+            try:
+                array = np.asarray(instances)
+            except ValueError as err:
+                raise InvalidInput(f"rows must all have the same length: {err}") from None
+            if array.dtype == object or array.dtype.kind not in "iufbU":
+                raise InvalidInput("rows of a model without a signature must be objects of columns, or lists of "
+                                   "numbers/strings of one length")
+            return pd.DataFrame(array)
+        raise InvalidInput("rows must all be objects (column -> value) or all be lists of values")
+
+
+def _field(row: dict[str, t.Any], name: str, index: int) -> t.Any:
+    if name not in row:
+        raise InvalidInput(f"row {index}: missing input {name!r}", detail=[
+            {"row": index, "feature": name, "problem": "missing required input"}])
+    return row[name]
+
+
+def _base64(value: str, column: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise InvalidInput(f"column {column!r}: binary values are base64 text, got {value[:40]!r}") from None
+
+
+def tensor_array(tensor: Tensor, values: t.Any, where: str) -> np.ndarray:
+    """``values`` (nested lists, first dimension the batch) as an array of the tensor's dtype and shape."""
+    label = f"input {tensor.name!r}" if tensor.name else where
+    expected = f"shape {list(tensor.shape)} of {tensor.dtype}"
+    try:
+        inferred = np.asarray(values)
+    except ValueError:
+        raise InvalidInput(f"{label}: rows have different shapes; expected {expected}") from None
+    target = np.dtype(tensor.dtype)
+    if inferred.size and inferred.dtype.kind not in ACCEPTED_KINDS.get(target.kind, "iufbUO"):
+        sample = json.dumps(np.ravel(inferred)[:1].tolist(), default=str)[1:-1][:60]
+        raise InvalidInput(f"{label}: values must be {target} (got {sample}); expected {expected}")
+    if inferred.ndim != len(tensor.shape) or any(
+        want not in (-1, got) for want, got in zip(tensor.shape[1:], inferred.shape[1:])
+    ):
+        raise InvalidInput(f"{label}: got shape {list(inferred.shape)}, expected {expected} "
+                           "(the first dimension is the number of rows)")
+    if target.kind == "f" and inferred.dtype.kind == "f" and not np.isfinite(inferred).all():
+        raise InvalidInput(f"{label}: values must be finite numbers, not NaN or infinity")
+    if target.kind in "iu" and inferred.size:
+        limits = np.iinfo(target)
+        if inferred.min() < limits.min or inferred.max() > limits.max:
+            raise InvalidInput(f"{label}: values must fit {target} ({limits.min}..{limits.max})")
+    return inferred.astype(target, copy=False)
+
+
+def describe_row_errors(err: pydantic.ValidationError, expected: str) -> tuple[str, list[dict[str, t.Any]]]:
+    """Turn row validation errors into one readable message plus a list naming row, feature and problem."""
+    detail = []
+    for item in err.errors(include_url=False, include_context=False):
+        loc = list(item["loc"])
+        row = loc[0] if loc and isinstance(loc[0], int) else None
+        feature = next((str(part) for part in loc[1:] if isinstance(part, str)), None)
+        problem = item["msg"]
+        if item["type"] == "extra_forbidden":
+            problem = f"unknown feature; expected only {expected}"
+        elif item["type"] == "missing":
+            problem = "missing required feature"
+        elif item["type"] == "finite_number":
+            problem = "must be a finite number, not NaN or infinity"
+        elif item["type"].endswith(("_type", "_parsing")) or item["type"] == "literal_error":
+            problem = f"{problem}, got {json.dumps(item.get('input'), default=str)[:60]}"
+        detail.append({"row": row, "feature": feature, "problem": problem})
+    first = detail[0]
+    places = [f"row {first['row']}"] if first["row"] is not None else []
+    places += [f"feature {first['feature']!r}"] if first["feature"] else []
+    others = len(detail) - 1
+    more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
+    return f"invalid input at {', '.join(places) or 'instances'}: {first['problem']}{more}", detail
+
+
+# ---------------------------------------------------------------- Open Inference Protocol tensors
+
+
+def rows_from_tensors(schema: InputSchema, inputs: t.Any) -> list[t.Any]:
+    """Turn OIP v2 input tensors (``[{"name", "shape", "datatype", "data"}, ...]``) into request rows.
+
+    Column signatures take one 1-D tensor per column; tensor signatures one tensor per input, its first
+    dimension the rows, ``data`` flat or nested; a model without a signature takes named 1-D tensors.
+    """
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput("an infer request needs a non-empty 'inputs' list of tensors, one per input")
+    tensors: dict[str, np.ndarray] = {}
+    for position, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise InvalidInput(f"inputs[{position}] must be an object with a 'name'")
+        name, data, shape = tensor["name"], tensor.get("data"), tensor.get("shape")
+        if schema.names and name not in schema.names and not (len(schema.tensors) == 1 and not schema.names):
+            raise InvalidInput(f"inputs[{position}]: unknown input {name!r}; expected {', '.join(schema.names)}")
+        if name in tensors:
+            raise InvalidInput(f"inputs[{position}]: input {name!r} given twice")
+        if not isinstance(data, list):
+            raise InvalidInput(f"input {name!r}: 'data' must be a list")
+        if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise InvalidInput(f"input {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+        flat = _flatten(data)
+        if math.prod(shape) != len(flat):
+            raise InvalidInput(f"input {name!r}: shape {shape!r} does not match {len(flat)} data values")
+        tensors[name] = np.array(flat, dtype=object).reshape(shape) if flat else np.empty(shape, dtype=object)
+    if schema.tensors and len(schema.tensors) == 1 and not schema.names:
+        [array] = tensors.values()
+        return array.tolist()
+    names = list(schema.names) or list(tensors)
+    required = [c.name for c in schema.columns if c.required] if schema.columns else names
+    missing = [name for name in required if name not in tensors]
+    if missing:
+        raise InvalidInput(f"missing input tensor(s) {', '.join(missing)}", detail=[
+            {"row": None, "feature": name, "problem": "missing required feature"} for name in missing])
+    lengths = {array.shape[0] for array in tensors.values()}
+    if len(lengths) > 1:
+        raise InvalidInput(f"input tensors have different lengths {sorted(lengths)}; give one value per row")
+    count = lengths.pop()
+    if schema.tensors:
+        return [{name: tensors[name][index].tolist() for name in tensors} for index in range(count)]
+    # Column data: a [n] or [n, 1] tensor per column; its values are the column's, one per row.
+    columns = {name: [value[0] if isinstance(value, list) and len(value) == 1 else value
+                      for value in array.tolist()] for name, array in tensors.items()}
+    return [{name: columns[name][index] for name in names if name in columns} for index in range(count)]
+
+
+def _flatten(data: list[t.Any]) -> list[t.Any]:
+    """OIP allows ``data`` flat or nested in row-major order."""
+    if not any(isinstance(item, list) for item in data):
+        return data
+    flat: list[t.Any] = []
+    for item in data:
+        flat.extend(_flatten(item) if isinstance(item, list) else [item])
+    return flat

@@ -1,0 +1,83 @@
+"""What the model server serves and its limits, read once from the environment; imports nothing heavy.
+
+Environment: ``MODEL_URI`` (default ``models:/customer-churn-classifier@champion``, the demo), ``MODEL_VARIANT``
+(``champion`` or ``challenger``), ``MLFLOW_TRACKING_URI`` (default: SQLite under ``MLSERVE_HOME``), ``MLSERVE_HOME``
+(default ``.mlserve/`` in the checkout), ``MLSERVE_MAX_ROWS`` (rows per request, default 1000),
+``MLSERVE_MAX_BODY_BYTES`` (default 1 MiB), ``MLSERVE_WORKERS`` (worker processes, default 1),
+``MLSERVE_ACCESS_LOG`` (``true`` to log every request), ``MLSERVE_CLASSIFIER_OUTPUT`` (``auto``, ``predict`` or
+``predict_proba``: how a classifier answers, default ``auto``), ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` (MLflow's own
+switch for model files that run code when loaded: pickle, cloudpickle, skops; unset means MLflow's default, ``true``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+# The demo model: served when nothing else is asked for, and registered only when it is what was asked for.
+DEMO_MODEL_NAME = "customer-churn-classifier"
+DEFAULT_MODEL_URI = f"models:/{DEMO_MODEL_NAME}@champion"
+VARIANTS = ("champion", "challenger")
+CLASSIFIER_OUTPUTS = ("auto", "predict", "predict_proba")
+TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+# MLflow's own variable: whether pickled (cloudpickle/joblib) model files may be loaded.
+ALLOW_PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+TRUE_WORDS = ("1", "true", "yes")
+
+
+def default_mlserve_home() -> Path:
+    """``MLSERVE_HOME``, or ``.mlserve/`` in the checkout this file lives in."""
+    return Path(os.environ.get("MLSERVE_HOME") or Path(__file__).resolve().parent.parent / ".mlserve")
+
+
+def tracking_uri_from_env() -> str:
+    """``MLFLOW_TRACKING_URI``, or the embedded SQLite registry under ``MLSERVE_HOME``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_mlserve_home() / 'mlflow.db'}"
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        value = int(raw) if raw else default
+    except ValueError as err:
+        raise ValueError(f"{name}={raw!r} is not an integer") from err
+    if value < 1:
+        raise ValueError(f"{name}={value} must be at least 1")
+    return value
+
+
+def _choice_env(name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = os.environ.get(name) or default
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What the server serves and its request limits, read once from the environment."""
+
+    model_uri: str
+    variant: str
+    tracking_uri: str
+    max_rows: int
+    max_body_bytes: int
+    workers: int
+    access_log: bool
+    classifier_output: str
+    allow_pickle: bool
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            model_uri=os.environ.get("MODEL_URI") or DEFAULT_MODEL_URI,
+            variant=_choice_env("MODEL_VARIANT", VARIANTS, "champion"),
+            tracking_uri=tracking_uri_from_env(),
+            max_rows=_int_env("MLSERVE_MAX_ROWS", 1000),
+            max_body_bytes=_int_env("MLSERVE_MAX_BODY_BYTES", 1 << 20),
+            workers=_int_env("MLSERVE_WORKERS", 1),
+            access_log=os.environ.get("MLSERVE_ACCESS_LOG", "").lower() in TRUE_WORDS,
+            classifier_output=_choice_env("MLSERVE_CLASSIFIER_OUTPUT", CLASSIFIER_OUTPUTS, "auto"),
+            allow_pickle=os.environ.get(ALLOW_PICKLE_ENV, "true").lower() in TRUE_WORDS,
+        )
