@@ -2,7 +2,8 @@
 
 No batching, no validation beyond what JSON parsing gives, no metrics, no tracing: the cheapest honest way to
 answer ``POST /predict`` (``{"instances": [{feature: value, ...}]}`` -> ``{"predictions": [...]}``) from the same
-registered model, loaded with the native sklearn flavour. ``bench.serving`` measures every server against it.
+registered model, loaded with the native sklearn flavour and handed a DataFrame (the demo pipeline selects its
+columns by name, as users' pipelines do). ``bench.serving`` measures every server against it.
 
 Usage: ``python -m bench.reference_server --port P --model-uri models:/NAME@ALIAS`` (registry from
 ``MLFLOW_TRACKING_URI``); ``GET /ping`` answers 200 once the model is loaded, which happens before the socket
@@ -15,7 +16,7 @@ import argparse
 import json
 import os
 
-import numpy as np
+import pandas as pd
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,15 +27,15 @@ FEATURES = ("tenure", "monthly_charges", "total_charges", "contract_type", "paym
 
 
 def build_app(estimator) -> Starlette:
-    """A Starlette app scoring ``instances`` with ``estimator.predict_proba`` on an object matrix."""
+    """A Starlette app scoring ``instances`` with ``estimator.predict_proba`` on a DataFrame of them."""
 
     async def predict(request: Request) -> Response:
         try:
             instances = json.loads(await request.body())["instances"]
-            matrix = np.array([[row[feature] for feature in FEATURES] for row in instances], dtype=object)
+            frame = pd.DataFrame(instances, columns=list(FEATURES))
         except (ValueError, KeyError, TypeError) as err:
             return JSONResponse({"error": str(err)}, status_code=400)
-        return JSONResponse({"predictions": estimator.predict_proba(matrix)[:, 1].tolist()})
+        return JSONResponse({"predictions": estimator.predict_proba(frame)[:, 1].tolist()})
 
     async def ping(_: Request) -> Response:
         return Response(b"ok")

@@ -24,6 +24,7 @@ import yaml
 
 from infra.errors import ConfigError
 from service.quality import QUALITY_METRICS
+from service.settings import CLASSIFIER_OUTPUTS  # the values the server accepts (a light module: no model code)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 NAMESPACE = "mlserve"
@@ -69,6 +70,8 @@ class ModelConfig:
     champion_uri: str = key("model.championUri", lambda v: _model_uri(v, required=True))
     challenger_uri: str = key("model.challengerUri", lambda v: _model_uri(v, required=False))
     tracking_uri: str = key("model.trackingUri", lambda v: _non_empty(v))
+    classifier_output: str = key("model.classifierOutput", lambda v: _one_of(v, CLASSIFIER_OUTPUTS))
+    allow_pickle_deserialization: bool = key("model.allowPickleDeserialization")
 
     @property
     def has_challenger(self) -> bool:

@@ -88,6 +88,8 @@ def container_env(config: StackConfig, variant: str) -> list[Manifest]:
         "MODEL_VARIANT": variant,
         "MLFLOW_TRACKING_URI": config.model.tracking_uri,
         "MLSERVE_GRPC_PORT": str(config.serving.grpc_port),
+        "MLSERVE_CLASSIFIER_OUTPUT": config.model.classifier_output,
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true" if config.model.allow_pickle_deserialization else "false",
         # Read-only root filesystem: everything BentoML and MLflow write goes to the tmp volume.
         "BENTOML_HOME": "/tmp/bentoml",
         "HOME": "/tmp",

@@ -1,11 +1,15 @@
 """mlserve's model server and the demo model it serves.
 
-- ``service.service``: the BentoML 1.4 service (``ChurnClassifier``); configured by ``MODEL_URI``,
-  ``MODEL_VARIANT``, ``MLFLOW_TRACKING_URI``, ``MLSERVE_HOME``, ``MLSERVE_MAX_ROWS``, ``MLSERVE_MAX_BODY_BYTES``
-  and ``MLSERVE_WORKERS``.
-- ``service.train``: trains and registers ``customer-churn-classifier`` with ``champion``/``challenger``
+- ``service.service``: the BentoML 1.4 service (``ModelServer``) serving the registered MLflow model named by
+  ``MODEL_URI``; ``service.settings`` lists the environment it reads.
+- ``service.predictor``: the protocol-independent core every protocol calls (``ServedModel.predict_rows``,
+  ``predict_tensors``); ``service.schema`` validates requests against the model's signature; ``service.loading``
+  resolves and loads the model; ``service.protocols`` reads the MLflow scoring and OIP wire formats;
+  ``service.metrics`` the model_* metrics; ``service.patches`` two BentoML fixes.
+- ``service.train``: trains and registers the demo ``customer-churn-classifier`` with ``champion``/``challenger``
   aliases (``ensure_demo_models``, ``register_demo_models``, ``sample_instances``).
-- ``python -m service serve``: registers the demo models if needed, then runs ``bentoml serve``.
+- ``python -m service serve``: serves a model with ``bentoml serve`` (registering the demo first only when the demo
+  is what was asked for).
 
 Nothing is imported here so that ``python -m service.train`` and the CLI stay cheap to start.
 """

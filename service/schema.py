@@ -295,6 +295,8 @@ def describe_row_errors(err: pydantic.ValidationError, expected: str) -> tuple[s
         elif item["type"].endswith(("_type", "_parsing")) or item["type"] == "literal_error":
             problem = f"{problem}, got {json.dumps(item.get('input'), default=str)[:60]}"
         detail.append({"row": row, "feature": feature, "problem": problem})
+    # An unknown column is usually a misspelt one: name it first (the missing one is then its intended name).
+    detail.sort(key=lambda item: (item["row"] or 0, not item["problem"].startswith("unknown feature")))
     first = detail[0]
     places = [f"row {first['row']}"] if first["row"] is not None else []
     places += [f"feature {first['feature']!r}"] if first["feature"] else []

@@ -38,6 +38,22 @@ def test_services_and_network_policy_let_grpc_through(config, public):
     assert config.serving.port in allowed and config.serving.grpc_port in allowed
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, {"MLSERVE_CLASSIFIER_OUTPUT": "auto", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}),
+        ({"model.classifierOutput": "predict_proba", "model.allowPickleDeserialization": False},
+         {"MLSERVE_CLASSIFIER_OUTPUT": "predict_proba", "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}),
+    ],
+    ids=["defaults", "overridden"],
+)
+def test_container_env_carries_the_model_serving_keys(overrides, expected):
+    """What service.settings reads: the classifier output mode and MLflow's pickle switch, from stack config."""
+    container = workload.model_container(stack_config("prod", **overrides), "champion", IMAGE)
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert {name: env[name] for name in expected} == expected
+
+
 def test_probes_hit_livez_and_readyz_and_startup_covers_slow_loads(config):
     probes = workload.probes(config)
     assert probes["livenessProbe"]["httpGet"]["path"] == "/livez"
