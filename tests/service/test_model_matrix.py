@@ -54,7 +54,9 @@ def models(matrix_registry) -> dict[str, matrix_models.MatrixModel]:
 
     mlflow.set_tracking_uri(matrix_registry.tracking_uri)
     mlflow.set_registry_uri(matrix_registry.tracking_uri)
-    mlflow.set_experiment("matrix")
+    # Artifacts beside the temporary registry, not in ./mlruns of the checkout.
+    artifacts = (matrix_registry.home / "artifacts").as_uri()
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("matrix", artifact_location=artifacts))
     return {
         "churn": churn_model(matrix_registry.tracking_uri),
         "diabetes": matrix_models.diabetes_regressor(),
