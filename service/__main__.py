@@ -3,6 +3,7 @@
 The demo model (``customer-churn-classifier``) is registered first only when it is the model asked for and the
 registry lacks it; a user's registry never receives models it did not ask for.
 
+The registry is consulted once, by ``bentoml serve`` as it imports the service (``service.service``).
 Flags: ``--port P`` (default 3000; 0 picks a free port, printed on stderr before the server starts),
 ``--host`` (default 127.0.0.1), ``--variant champion|challenger`` (default ``MODEL_VARIANT``, else champion), ``--model-uri URI``
 (default ``MODEL_URI``, else ``models:/customer-churn-classifier@<variant>``), ``--workers N`` (default 1). The registry is
@@ -21,7 +22,7 @@ import socket
 import sys
 from pathlib import Path
 
-from service.settings import DEMO_MODEL_NAME, TELEMETRY_OFF, VARIANTS
+from service.settings import DEMO_MODEL_NAME, RESOLVED_MODEL_ENV, TELEMETRY_OFF, VARIANTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE_TARGET = "service.service:ModelServer"
@@ -44,8 +45,10 @@ def serve_environment(
     model_uri: str, variant: str, workers: int, tracking_uri: str, bentoml_home: Path
 ) -> dict[str, str]:
     """The environment the server runs with: this one plus the model selection and telemetry off."""
+    inherited = {name: value for name, value in os.environ.items() if name != RESOLVED_MODEL_ENV}
     return {
-        **os.environ,
+        # A new server resolves its model afresh: an alias may have moved since this environment pinned one.
+        **inherited,
         **TELEMETRY_OFF,
         "MODEL_URI": model_uri,
         "MODEL_VARIANT": variant,
@@ -78,30 +81,24 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(TELEMETRY_OFF)
 
     from service.errors import ModelLoadError
-    from service.loading import parse_model_uri, resolve_model
-    from service.settings import Settings, default_mlserve_home, tracking_uri_from_env
+    from service.loading import parse_model_uri
+    from service.settings import REGISTER_DEMO_ENV, Settings, default_mlserve_home, tracking_uri_from_env
 
     tracking_uri = tracking_uri_from_env()
     model_uri = args.model_uri or f"models:/{DEMO_MODEL_NAME}@{args.variant}"
     os.environ.update({"MODEL_URI": model_uri, "MODEL_VARIANT": args.variant, "MLFLOW_TRACKING_URI": tracking_uri})
     try:
-        settings = Settings.from_env()
-        if parse_model_uri(model_uri)[0] == DEMO_MODEL_NAME:
-            from service.train import demo_models_registered, register_demo_models
-
-            if not demo_models_registered(tracking_uri):
-                print(f"mlserve: no {DEMO_MODEL_NAME} champion/challenger in {tracking_uri}; "
-                      "registering the demo models", file=sys.stderr)
-                register_demo_models(tracking_uri)
-        # Fail here, with one clear line, rather than in a worker behind BentoML's start-up traceback; the
-        # version pinned here (left in the environment) is the one the workers load.
-        version = resolve_model(settings).version
+        Settings.from_env()
+        parse_model_uri(model_uri)
     except (ModelLoadError, ValueError) as err:
         print(f"mlserve: {err}", file=sys.stderr)
         return 2
+    # No registry look-up here: `bentoml serve` resolves the model once, as it imports the service (exit status 2
+    # when MODEL_URI names nothing), and its workers inherit the pinned version. Importing MLflow in this process
+    # too cost a second and a half of every cold start.
+    os.environ[REGISTER_DEMO_ENV] = "true"
     port = args.port or free_port(args.host)
-    print(f"mlserve: serving {model_uri} (version {version}) as {args.variant} on http://{args.host}:{port}",
-          file=sys.stderr, flush=True)
+    print(f"mlserve: serving {model_uri} as {args.variant} on http://{args.host}:{port}", file=sys.stderr, flush=True)
     command = serve_command(args.host, port)
     os.chdir(REPO_ROOT)
     bentoml_home = default_mlserve_home() / "servers" / str(port)

@@ -22,15 +22,12 @@ from pathlib import Path
 from service.errors import ModelLoadError
 from service.predictor import CLASS_PROBABILITIES, POSITIVE_PROBABILITY, PREDICT, ModelIdentity, ServedModel
 from service.schema import InputSchema
-from service.settings import ALLOW_PICKLE_ENV, Settings
+from service.settings import ALLOW_PICKLE_ENV, RESOLVED_MODEL_ENV, Settings
 
 logger = logging.getLogger("mlserve.service")
 
 # Flavours served natively, and the scikit-learn-API base class the loaded object must be for that to apply.
 NATIVE_FLAVOURS = ("sklearn", "xgboost", "lightgbm")
-# The server's processes (the CLI, BentoML's arbiter, its workers) resolve the model once: the first one that does
-# leaves the pinned version here for the processes it starts, so all of them serve the same version.
-RESOLVED_MODEL_ENV = "MLSERVE_RESOLVED_MODEL"
 PICKLE_CONFIG_HINT = (
     f"stack config mlserve:model.allowPickleDeserialization: true (env {ALLOW_PICKLE_ENV}=true) allows it; "
     "load only models from a registry you trust"
@@ -128,7 +125,7 @@ def load_model(settings: Settings, source: ModelSource) -> ServedModel:
     """Load ``source`` natively where its flavour allows, else through ``mlflow.pyfunc``, ready to serve."""
     identity = ModelIdentity(source.name, source.version, settings.variant, settings.model_uri)
     try:
-        estimator = _native_estimator(source)
+        estimator = _native_estimator(source, settings.allow_pickle)
         pyfunc = None if estimator is not None else _pyfunc_model(source)
     except ModelLoadError:
         raise
@@ -150,12 +147,10 @@ def load_model(settings: Settings, source: ModelSource) -> ServedModel:
                        output_signature=source.signature_outputs)
 
 
-def _native_estimator(source: ModelSource) -> t.Any | None:
+def _native_estimator(source: ModelSource, allow_pickle: bool) -> t.Any | None:
     """The model as a scikit-learn-API estimator when its flavour has one, else None (served through pyfunc)."""
     if "sklearn" in source.flavors:
-        import mlflow.sklearn
-
-        return mlflow.sklearn.load_model(str(source.local_path))
+        return _load_sklearn(source, allow_pickle)
     if "xgboost" in source.flavors:
         import mlflow.xgboost
         from xgboost.sklearn import XGBModel
@@ -169,6 +164,41 @@ def _native_estimator(source: ModelSource) -> t.Any | None:
         model = mlflow.lightgbm.load_model(str(source.local_path))
         return model if isinstance(model, LGBMModel) else None
     return None
+
+
+def _load_sklearn(source: ModelSource, allow_pickle: bool) -> t.Any:
+    """``mlflow.sklearn.load_model`` of a local model without importing mlflow (a second of every cold start).
+
+    The same steps as MLflow 3.17's ``mlflow/sklearn/__init__.py`` (``load_model`` and
+    ``_load_model_from_local_file``): the file named by the flavour's ``pickled_model``, read in its
+    ``serialization_format`` (skops with the logged ``skops_trusted_types``, pickle by default, or cloudpickle), and
+    refused, whatever the format, unless MLFLOW_ALLOW_PICKLE_DESERIALIZATION allows it. A model that ships its own
+    code (``code_paths``) goes through MLflow, which puts that code on ``sys.path``.
+    """
+    conf = source.flavors["sklearn"]
+    if conf.get("code"):
+        import mlflow.sklearn
+
+        return mlflow.sklearn.load_model(str(source.local_path))
+    serialization = conf.get("serialization_format", "pickle")
+    if not allow_pickle:
+        raise ModelLoadError(
+            f"{source.name} version {source.version} is saved with {serialization}, and loading it can run code "
+            f"from the model file: refused because {ALLOW_PICKLE_ENV} is false; {PICKLE_CONFIG_HINT}"
+        )
+    path = source.local_path / conf["pickled_model"]
+    if serialization == "skops":
+        import skops.io
+
+        return skops.io.load(path, trusted=conf.get("skops_trusted_types"))
+    with open(path, "rb") as model_file:
+        if serialization == "cloudpickle":
+            import cloudpickle
+
+            return cloudpickle.load(model_file)
+        import pickle
+
+        return pickle.load(model_file)
 
 
 def _pyfunc_model(source: ModelSource) -> t.Any:

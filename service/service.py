@@ -27,21 +27,21 @@ from fastapi.responses import JSONResponse
 
 from service import patches
 from service.errors import InvalidInput, ModelFailure, ModelLoadError
-from service.loading import ModelSource, load_model, missing_requirements, resolve_model
+from service.loading import ModelSource, load_model, missing_requirements, parse_model_uri, resolve_model
 from service.metrics import ERROR_TYPES, ERRORS, PREDICTIONS, PredictionTrafficMiddleware
 from service.predictor import PREDICT, Prediction, ServedModel
 from service.protocols import invocation_rows, oip_infer_response, parse_json
 from service.schema import InputSchema, row_type
-from service.settings import Settings
+from service.settings import DEMO_MODEL_NAME, REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, Settings
 
 logger = logging.getLogger("mlserve.service")
 
 
-def fatal(message: str) -> t.NoReturn:
+def fatal(message: str, status: int = 3) -> t.NoReturn:
     """A server that cannot score must not look healthy: say why and stop the whole process tree."""
     print(f"mlserve: FATAL: {message}", file=sys.stderr, flush=True)
     logger.critical("%s", message)
-    os._exit(3)
+    os._exit(status)
 
 
 def warn(message: str) -> None:
@@ -55,12 +55,33 @@ patches.apply()
 # A server is always told its model (the CLI and the pods set MODEL_URI): pin it now, so the API's types and the
 # OpenAPI document describe its columns. Without MODEL_URI (`bentoml build`, which imports this module) nothing is
 # resolved; a worker then resolves the default model when it starts.
+def resolve_at_start(settings: Settings) -> ModelSource:
+    """The pinned model; under `python -m service serve`, the demo is registered first when it is asked for and the
+    registry lacks it (a user's registry never receives models it did not ask for)."""
+    try:
+        return resolve_model(settings)
+    except ModelLoadError:
+        if not os.environ.get(REGISTER_DEMO_ENV) or parse_model_uri(settings.model_uri)[0] != DEMO_MODEL_NAME:
+            raise
+        from service.train import demo_models_registered, register_demo_models
+
+        if demo_models_registered(settings.tracking_uri):
+            raise
+    print(f"mlserve: no {DEMO_MODEL_NAME} champion/challenger in {settings.tracking_uri}; registering the demo models",
+          file=sys.stderr, flush=True)
+    register_demo_models(settings.tracking_uri)
+    return resolve_model(settings)
+
+
 SOURCE: ModelSource | None = None
 if os.environ.get("MODEL_URI"):
+    first_to_resolve = RESOLVED_MODEL_ENV not in os.environ
     try:
-        SOURCE = resolve_model(SETTINGS)
+        SOURCE = resolve_at_start(SETTINGS)
     except ModelLoadError as err:
-        fatal(str(err))
+        fatal(str(err), status=2)
+    if first_to_resolve:
+        print(f"mlserve: {SETTINGS.model_uri} is {SOURCE.name} version {SOURCE.version}", file=sys.stderr, flush=True)
 SCHEMA = SOURCE.schema if SOURCE is not None else InputSchema()
 
 # /predict validates rows itself (for errors naming row, column and value); the schema documents them.

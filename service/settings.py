@@ -24,6 +24,11 @@ TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "tr
 # MLflow's own variable: whether pickled (cloudpickle/joblib) model files may be loaded.
 ALLOW_PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 TRUE_WORDS = ("1", "true", "yes")
+# The server's processes (BentoML's arbiter, then its workers) resolve the model once: the first one that does leaves
+# the pinned version here for the processes it starts, so all of them serve the same version (service.loading).
+RESOLVED_MODEL_ENV = "MLSERVE_RESOLVED_MODEL"
+# Set by `python -m service serve`: the server may register the demo model when the demo is asked for and missing.
+REGISTER_DEMO_ENV = "MLSERVE_REGISTER_DEMO"
 
 
 def default_mlserve_home() -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.__main__ import REPO_ROOT, SERVICE_TARGET, free_port, serve_command, serve_environment
+from service.settings import RESOLVED_MODEL_ENV
 
 
 def test_serve_command_runs_the_checkout_service_on_the_given_address():
@@ -16,12 +17,14 @@ def test_serve_command_runs_the_checkout_service_on_the_given_address():
     assert command[command.index("--working-dir") + 1] == str(REPO_ROOT)
 
 
-def test_serve_environment_selects_the_model_and_isolates_the_server(tmp_path: Path):
+def test_serve_environment_selects_the_model_and_isolates_the_server(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv(RESOLVED_MODEL_ENV, "sqlite:///x.db models:/m/3\n{}")
     env = serve_environment("models:/m/3", "challenger", 2, "sqlite:///x.db", tmp_path / "servers" / "3000")
 
     assert (env["MODEL_URI"], env["MODEL_VARIANT"], env["MLSERVE_WORKERS"]) == ("models:/m/3", "challenger", "2")
     assert env["MLFLOW_TRACKING_URI"] == "sqlite:///x.db"
     assert env["BENTOML_HOME"] == str(tmp_path / "servers" / "3000")
+    assert RESOLVED_MODEL_ENV not in env, "a new server resolves its model afresh (an alias may have moved)"
     assert env["BENTOML_CONTAINERIZED"] == "true", "a worker that cannot load the model must stop the server"
     assert all(env[name] == "true" for name in ("BENTOML_DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"))
 

@@ -1,0 +1,82 @@
+"""Loading a model for serving, without a server: requirements check, output modes, the pickle switch."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+from service.errors import ModelLoadError
+from service.loading import ModelSource, _load_sklearn, _output_mode, missing_requirements
+from service.predictor import CLASS_PROBABILITIES, POSITIVE_PROBABILITY, PREDICT
+
+
+def source_at(path: Path, **flavors) -> ModelSource:
+    return ModelSource("m", "3", "models:/m@champion", path, flavors or {"sklearn": {}}, None, None)
+
+
+def test_missing_requirements_names_what_this_environment_lacks(tmp_path):
+    (tmp_path / "requirements.txt").write_text(
+        "mlflow==3.17.2\nnumpy==0.0.1\nsurely-not-installed-package==1.0\npandas\n# a comment\n"
+        "windows-only-package==1; sys_platform == 'win32'\n"
+    )
+
+    problems = missing_requirements(source_at(tmp_path))
+
+    assert problems == [f"numpy==0.0.1 (installed {np.__version__})", "surely-not-installed-package==1.0 (not installed)"]
+
+
+def test_a_model_without_requirements_has_nothing_missing(tmp_path):
+    assert missing_requirements(source_at(tmp_path)) == []
+
+
+BINARY = LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], [0, 0, 1, 1])
+THREE = LogisticRegression().fit([[0.0], [1.0], [2.0]], ["a", "b", "c"])
+REGRESSOR = LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("requested", "estimator", "mode", "classes"),
+    [
+        ("auto", BINARY, POSITIVE_PROBABILITY, (0, 1)),
+        ("auto", THREE, CLASS_PROBABILITIES, ("a", "b", "c")),
+        ("auto", REGRESSOR, PREDICT, ()),
+        ("auto", None, PREDICT, ()),
+        ("predict", BINARY, PREDICT, ()),
+        ("predict_proba", BINARY, CLASS_PROBABILITIES, (0, 1)),
+        ("predict_proba", THREE, CLASS_PROBABILITIES, ("a", "b", "c")),
+    ],
+)
+def test_classifier_output_setting_picks_how_the_model_answers(requested, estimator, mode, classes, tmp_path):
+    assert _output_mode(requested, estimator, source_at(tmp_path)) == (mode, classes)
+
+
+@pytest.mark.parametrize("estimator", [REGRESSOR, None], ids=["regressor", "pyfunc"])
+def test_probabilities_asked_of_a_model_without_them_stop_the_server_naming_the_setting(estimator, tmp_path):
+    with pytest.raises(ModelLoadError, match="mlserve:model.classifierOutput"):
+        _output_mode("predict_proba", estimator, source_at(tmp_path))
+
+
+def test_a_pickled_model_is_refused_naming_the_stack_key_when_pickle_is_off(tmp_path):
+    source = source_at(tmp_path, sklearn={"pickled_model": "model.pkl", "serialization_format": "cloudpickle"})
+
+    with pytest.raises(ModelLoadError, match="mlserve:model.allowPickleDeserialization") as refused:
+        _load_sklearn(source, allow_pickle=False)
+    assert "cloudpickle" in str(refused.value) and "MLFLOW_ALLOW_PICKLE_DESERIALIZATION" in str(refused.value)
+
+
+@pytest.mark.parametrize("serialization", ["pickle", "cloudpickle"])
+def test_native_loading_reads_the_file_mlflow_wrote(serialization, tmp_path):
+    import mlflow.sklearn
+    from mlflow.models import Model
+
+    mlflow.sklearn.save_model(BINARY, tmp_path / "model", serialization_format=serialization)
+    flavors = Model.load(tmp_path / "model").flavors
+    source = dataclasses.replace(source_at(tmp_path / "model"), flavors=flavors)
+
+    loaded = _load_sklearn(source, allow_pickle=True)
+
+    np.testing.assert_array_equal(loaded.predict_proba([[0.5], [2.5]]), BINARY.predict_proba([[0.5], [2.5]]))
