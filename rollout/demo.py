@@ -75,7 +75,7 @@ def _interrupt(signum, frame) -> None:
 
 def run_demo(faulty_challenger: bool = False, report: Path | None = None) -> int:
     """Run the demo to a verdict; returns the exit code (0 once the scheduler decided)."""
-    from service.service import tracking_uri_from_env
+    from service.settings import tracking_uri_from_env
     from service.train import sample_instances
 
     tracking_uri = tracking_uri_from_env()
