@@ -15,7 +15,7 @@ body, no rows, an unknown model). A few slow clients send their body a byte a se
 Reported per phase: outcomes by request kind (2xx, 4xx by status, shed 503, other 5xx, timeouts), p50/p99 of valid
 requests per 10-second window, server RSS every 2 s (growth after warm-up), file descriptors of the server's
 processes when idle before and after, and the server's own ``model_prediction_errors_total`` by ``error_type``.
-Results: ``bench/results/soak.{json,md,png}``; a run shorter than 10 minutes writes ``soak-quick.*``. Every phase
+Results: ``bench/results/soak.{json,md,png}`` (the report says when the run was shorter than 10 minutes). Every phase
 is bounded by its duration and every request by a timeout; the server is stopped (its process tree) in a ``finally``.
 """
 
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers": 1, "minutes": args.minutes, "overload_minutes": args.overload_minutes,
         "step_seconds": args.step_seconds, "p99_budget_ms": args.p99_budget_ms,
     }
-    stem = "soak" if args.minutes >= FULL_MINUTES else "soak-quick"
+    stem = "soak"
     (RESULTS / f"{stem}.json").write_text(json.dumps(
         {"meta": meta, **result, "targets": targets(result)}, indent=1) + "\n")
     report = markdown(meta, result)
