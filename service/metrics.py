@@ -145,6 +145,16 @@ class PredictionTrafficMiddleware:
                 return b"".join(chunks), size, False
 
 
+def count_refused(scope: dict, status: int) -> None:
+    """Count a prediction request that admission control answered itself (415, 408, 503) like any other one."""
+    identity = _current_identity()
+    if identity is None:
+        return
+    PREDICTIONS.labels(**identity.labels).inc()
+    if (error_type := error_type_for(status)) is not None:
+        ERRORS.labels(**identity.labels, error_type=error_type).inc()
+
+
 def _replay(body: bytes, receive: t.Callable) -> t.Callable:
     """An ASGI receive that yields an already-read body once, then defers to the real one."""
     sent = False

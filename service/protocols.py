@@ -29,6 +29,8 @@ def parse_json(body: bytes) -> t.Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
         raise InvalidInput(f"request body is not valid JSON: {err}") from None
+    except RecursionError:  # json.loads recurses once per nesting level: [[[[...]]]] is a client's doing
+        raise InvalidInput("request body is not valid JSON: nested too deeply") from None
 
 
 def invocation_rows(body: bytes, content_type: str, schema: InputSchema) -> list[t.Any]:

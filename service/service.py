@@ -26,9 +26,11 @@ from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse
 
 from service import patches
+from service.admission import AdmissionLimits, AdmissionMiddleware
 from service.errors import InvalidInput, ModelFailure, ModelLoadError
 from service.loading import ModelSource, load_model, missing_requirements, parse_model_uri, resolve_model
-from service.metrics import ERROR_TYPES, ERRORS, PREDICTIONS, PredictionTrafficMiddleware
+from service.metrics import ERROR_TYPES, ERRORS, PREDICTIONS, PredictionTrafficMiddleware, count_refused
+from service.openapi import DocumentedErrorsMiddleware
 from service.predictor import PREDICT, Prediction, ServedModel
 from service.protocols import invocation_rows, oip_infer_response, parse_json
 from service.schema import InputSchema, row_type
@@ -258,4 +260,7 @@ class ModelServer:
         return JSONResponse(oip_infer_response(answer, payload.get("id")))
 
 
+# Added first, so it is the outer one: it refuses, sheds and times out bodies before the traffic middleware reads them.
+ModelServer.add_asgi_middleware(AdmissionMiddleware, limits=AdmissionLimits.from_env(), on_reject=count_refused)
 ModelServer.add_asgi_middleware(PredictionTrafficMiddleware, max_body_bytes=SETTINGS.max_body_bytes)
+ModelServer.add_asgi_middleware(DocumentedErrorsMiddleware)

@@ -64,13 +64,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     return Registry(home, tracking_uri, healthy["champion"], healthy["challenger"], faulty["challenger"])
 
 
-def start_server(registry: Registry, log_path: Path, *args: str) -> Server:
-    """Start `python -m service serve` on a free port and wait until /readyz answers 200."""
+def start_server(registry: Registry, log_path: Path, *args: str, env: dict[str, str] | None = None) -> Server:
+    """Start `python -m service serve` on a free port (``env`` added to the registry's) and wait for /readyz."""
     port = free_port()
     log_file = open(log_path, "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(port), *args],
-        cwd=REPO_ROOT, env=registry.env(), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        cwd=REPO_ROOT, env={**registry.env(), **(env or {})}, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
     log_file.close()
