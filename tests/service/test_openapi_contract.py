@@ -43,7 +43,9 @@ def other_model_server(registry, tmp_path_factory):
 
     mlflow.set_tracking_uri(registry.tracking_uri)
     mlflow.set_registry_uri(registry.tracking_uri)
-    mlflow.set_experiment("openapi-contract")
+    # Artifacts beside the session's temporary registry, not in ./mlruns of the checkout.
+    artifacts = (registry.home / "contract-artifacts").as_uri()
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("openapi-contract", artifact_location=artifacts))
     model = matrix_models.diabetes_regressor()
     server = start_server(registry, tmp_path_factory.mktemp("logs") / "diabetes.log",
                           "--model-uri", f"models:/{model.name}/1")
