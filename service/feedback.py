@@ -1,4 +1,7 @@
-"""`POST /feedback`: ground truth for earlier predictions, joined through their signed prediction ids.
+"""Prediction ids out, ground truth in: `row_predictions` and `POST /feedback`.
+
+`row_predictions` turns one answer of the model (`service.predictor.Prediction`) into what each row's
+`prediction_id` carries (class probabilities, a label or a value), so every protocol issues the same ids.
 
 The body is a JSON list of ``{"prediction_id": "...", "truth": ...}``. Each row is verified and scored on
 its own (`service.prediction_ids`, `service.quality`): good rows are recorded under the labels the token
@@ -16,7 +19,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from service.prediction_ids import Prediction as RowPrediction
 from service.prediction_ids import PredictionIdError, PredictionIdSigner, Rejection
+from service.predictor import CLASS_PROBABILITIES, POSITIVE_PROBABILITY, Prediction, to_json_values
 from service.quality import QualityMetrics, TruthError, score
 
 # One HTTP status per way a row can be refused.
@@ -28,6 +35,39 @@ ROW_STATUS = {
     "duplicate": 409,
     "bad_truth": 422,
 }
+
+
+def _json_scalar(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def row_predictions(answer: Prediction, classifier: bool) -> list[RowPrediction]:
+    """What each row's prediction_id holds: probabilities (with the classes), a class label, or a value.
+
+    `classifier` says whether plain predictions are class labels (the model has classes) or values. Outputs
+    that are neither a number nor a label per row (several output columns) are kept as the row's JSON value,
+    judged by exact match.
+    """
+    classes = tuple(_json_scalar(name) for name in answer.classes)
+    if answer.output == CLASS_PROBABILITIES:
+        return [RowPrediction(probabilities=tuple(row), classes=classes)
+                for row in np.asarray(answer.raw, dtype=float).tolist()]
+    if answer.output == POSITIVE_PROBABILITY:
+        # (0, 1), the usual binary classes, is the token's default: left out, the id stays short.
+        named = None if classes in ((), (0, 1)) else classes
+        return [RowPrediction(probabilities=(probability,), classes=named)
+                for probability in np.asarray(answer.raw, dtype=float).ravel().tolist()]
+    values = to_json_values(answer.raw)
+    if isinstance(values, dict):  # a dict of output columns: rows are its columns' entries
+        names = list(values)
+        values = [dict(zip(names, row)) for row in zip(*(values[name] for name in names))]
+    rows = []
+    for value in values if isinstance(values, list) else [values]:
+        if not classifier and isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append(RowPrediction(value=float(value)))
+        else:
+            rows.append(RowPrediction(label=value))
+    return rows
 
 
 @dataclass(frozen=True)

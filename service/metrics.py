@@ -17,6 +17,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from service.predictor import MODEL_HEADERS, ModelIdentity
+from service.quality import QualityMetrics
 
 # Paths whose traffic is measured by the model_* metrics; health and metrics scrapes are not predictions.
 PREDICTION_PATHS = re.compile(r"^/(predict|predict_batch|invocations|v2/models/[^/]+(/versions/[^/]+)?/infer)$")
@@ -54,6 +55,8 @@ INPUT_SIZE = bentoml.metrics.Histogram(
     buckets=(128, 512, 2048, 8192, 32768, 131072, 524288, 1 << 20, 4 << 20),
 )
 
+# Ground truth from /feedback (service.feedback), per variant that made the prediction.
+QUALITY = QualityMetrics(bentoml.metrics, MODEL_LABELS)
 
 ERROR_TYPES = ("invalid_input", "payload_too_large", "model_error", "unavailable")
 

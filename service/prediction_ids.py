@@ -11,7 +11,8 @@ Token: ``p1.<payload>.<signature>``, both parts base64url without padding. The p
 first 8 hex digits of SHA-256 of the key, so a token signed under another key (a rotated Secret, another stack)
 says so instead of reading as forged; `nonce` (48 random bits) makes two identical predictions in the same second
 two different ids, so feedback for each is not mistaken for a duplicate. `prediction` is one of ``{"p": [probabilities], "c": [classes]}`` (a classifier's
-class probabilities; a single probability means the positive class of ``[0, 1]``), ``{"y": label}`` (a
+class probabilities; a single probability is that of the positive class, the second of ``c``, by default
+``[0, 1]``), ``{"y": label}`` (a
 classifier that answers labels only) or ``{"v": number}`` (a regressor).
 
 Pure: no BentoML, no I/O beyond reading the environment in `signer_from_env`.
@@ -95,8 +96,9 @@ class Prediction:
             ):
                 raise ValueError("p must be a non-empty list of probabilities in [0, 1]")
             classes = data.get("c")
-            if classes is not None and (not isinstance(classes, list) or len(classes) != len(probabilities)):
-                raise ValueError("c must list one class per probability")
+            expected = 2 if len(probabilities) == 1 else len(probabilities)
+            if classes is not None and (not isinstance(classes, list) or len(classes) != expected):
+                raise ValueError("c must list one class per probability (two for a single positive-class probability)")
             return cls(probabilities=tuple(float(p) for p in probabilities),
                        classes=tuple(classes) if classes is not None else None)
         if "v" in data:

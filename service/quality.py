@@ -67,7 +67,7 @@ def score(prediction: Prediction, truth: Any) -> Score:
     probabilities = prediction.probabilities
     if len(probabilities) == 1:
         probabilities = (1.0 - probabilities[0], probabilities[0])
-        classes: tuple[Any, ...] = BINARY_CLASSES
+        classes: tuple[Any, ...] = prediction.classes or BINARY_CLASSES
     else:
         classes = prediction.classes if prediction.classes is not None else tuple(range(len(probabilities)))
     keys = [_class_key(name) for name in classes]

@@ -28,9 +28,11 @@ from fastapi.responses import JSONResponse
 from service import patches
 from service.admission import AdmissionLimits, AdmissionMiddleware
 from service.errors import InvalidInput, ModelFailure, ModelLoadError
+from service.feedback import handle_feedback, row_predictions
 from service.loading import ModelSource, load_model, missing_requirements, parse_model_uri, resolve_model
-from service.metrics import ERROR_TYPES, ERRORS, PREDICTIONS, PredictionTrafficMiddleware, count_refused
+from service.metrics import ERROR_TYPES, ERRORS, PREDICTIONS, QUALITY, PredictionTrafficMiddleware, count_refused
 from service.openapi import DocumentedErrorsMiddleware
+from service.prediction_ids import KEY_ENV, SigningKeyError, signer_from_env
 from service.predictor import PREDICT, Prediction, ServedModel
 from service.protocols import invocation_rows, oip_infer_response, parse_json
 from service.schema import InputSchema, row_type
@@ -139,9 +141,17 @@ class ModelServer:
             self.model: ServedModel = load_model(SETTINGS, self.source)
         except ModelLoadError as err:
             fatal(str(err))
+        try:
+            # Every replica of every variant shares the key (the stack's Secret), so feedback verifies anywhere.
+            self.signer = signer_from_env()
+        except SigningKeyError as err:
+            fatal(str(err))
         # The model is loaded once and never freed: keep it out of the collector's generations.
         gc.freeze()
         identity = self.model.identity
+        QUALITY.start(identity.labels)
+        if self.signer is None:
+            warn(f"{KEY_ENV} is not set: predictions carry no prediction_ids and /feedback is off")
         # Start every series at 0, so "no errors yet" reads as 0 rather than as missing data.
         PREDICTIONS.labels(**identity.labels)
         for error_type in ERROR_TYPES:
@@ -157,6 +167,14 @@ class ModelServer:
 
     def __is_ready__(self) -> bool:
         return getattr(self, "model", None) is not None
+
+    def _prediction_ids(self, answer: Prediction) -> dict[str, list[str]]:
+        """`{"prediction_ids": [...]}`, one signed id per row, or nothing when no signing key is set."""
+        if self.signer is None:
+            return {}
+        labels = answer.identity.labels
+        rows = row_predictions(answer, classifier=bool(self.model.classes))
+        return {"prediction_ids": [self.signer.issue(labels, row) for row in rows]}
 
     async def _answer(self, call: t.Callable[[], Prediction]) -> Prediction | JSONResponse:
         """Run one prediction (natively on the event loop, through pyfunc in a thread); errors as responses."""
@@ -179,8 +197,8 @@ class ModelServer:
         if isinstance(answer, JSONResponse):
             return answer
         identity = answer.identity
-        return {"predictions": answer.values, "model_name": identity.name, "model_version": identity.version,
-                "variant": identity.variant}
+        return {"predictions": answer.values, **self._prediction_ids(answer), "model_name": identity.name,
+                "model_version": identity.version, "variant": identity.variant}
 
     # max_latency_ms is also BentoML's shedding threshold: a queued request expected to wait longer is answered
     # 503. 50 ms shed requests at concurrency 64 on a busy 2-core machine; the dispatcher learns the real wait
@@ -212,7 +230,14 @@ class ModelServer:
         answer = await self._answer(lambda: self.model.predict_rows(rows, output=PREDICT))
         if isinstance(answer, JSONResponse):
             return answer
-        return JSONResponse({"predictions": answer.values})
+        return JSONResponse({"predictions": answer.values, **self._prediction_ids(answer)})
+
+    @scoring.post("/feedback")
+    async def feedback(self, request: Request) -> JSONResponse:
+        """Ground truth for earlier predictions: ``[{"prediction_id", "truth"}, ...]``, a result per row."""
+        answer = handle_feedback(await request.body(), self.signer, QUALITY, self.model.identity.labels,
+                                 SETTINGS.max_rows)
+        return JSONResponse(answer.body, status_code=answer.status)
 
     @scoring.get("/ping")
     def ping(self) -> JSONResponse:
@@ -257,7 +282,9 @@ class ModelServer:
         answer = await self._answer(lambda: self.model.predict_tensors(payload.get("inputs")))
         if isinstance(answer, JSONResponse):
             return answer
-        return JSONResponse(oip_infer_response(answer, payload.get("id")))
+        body = oip_infer_response(answer, payload.get("id"))
+        body["parameters"].update(self._prediction_ids(answer))
+        return JSONResponse(body)
 
 
 # Added first, so it is the outer one: it refuses, sheds and times out bodies before the traffic middleware reads them.
