@@ -248,7 +248,10 @@ def cmd_plan(args) -> int:
 def cmd_demo(args) -> int:
     from rollout.demo import run_demo
 
-    return run_demo(faulty_challenger=args.faulty_challenger, report=Path(args.report) if args.report else None)
+    if args.faulty_challenger and args.worse_challenger:
+        raise UsageError("--faulty-challenger and --worse-challenger are two different demos; pick one")
+    return run_demo(faulty_challenger=args.faulty_challenger, worse_challenger=args.worse_challenger,
+                    report=Path(args.report) if args.report else None)
 
 
 def _stack_name(value: str) -> str:
@@ -306,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the whole loop locally: MLflow, bentoml serve, HAProxy, Prometheus")
     demo.add_argument("--faulty-challenger", action="store_true",
                       help="serve a challenger version that fails part of its traffic (shows a rollback)")
+    demo.add_argument("--worse-challenger", action="store_true",
+                      help="serve a challenger that never fails but is less accurate; true labels come back as "
+                           "feedback and the rollout rolls it back on quality")
     demo.add_argument("--report", type=_report_path, help="write the run as JSON (and a PNG chart beside it)")
     return parser
 

@@ -4,8 +4,11 @@ It makes sure the local MLflow registry has the demo model (training and registe
 faulty challenger version with `--faulty-challenger`), serves champion and challenger with
 `bentoml serve` on loopback, splits traffic with HAProxy, scrapes both with Prometheus, drives bounded
 load, and runs the same `Scheduler` as `start` with an `HAProxyRouter` on short intervals. A healthy
-challenger is promoted (the registry's `champion` alias moves to it); a faulty one is rolled back. It
-exits 0 once the scheduler has decided, and stops every process it started, on Ctrl-C too.
+challenger is promoted (the registry's `champion` alias moves to it); a faulty one is rolled back. With
+`--worse-challenger` the challenger never errors and is as fast but clearly less accurate: the load generator
+sends each customer's true outcome to `/feedback` a few seconds after its prediction, the quality gate (required
+for promotion) compares the variants' accuracy, and the rollout rolls it back on quality. It exits 0 once the
+scheduler has decided, and stops every process it started, on Ctrl-C too.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-from rollout.analysis import Thresholds
+from dataclasses import replace
+
+from rollout.analysis import QualityThresholds, Thresholds
 from rollout.cli import EXIT_OK, EXIT_STOPPED, Progress
 from rollout.local import LoadGenerator, LocalEnvironment
 from rollout.lock import state_dir
@@ -32,6 +37,12 @@ DEMO_PLAN = RolloutPlan(
     failure_threshold=2,
     thresholds=Thresholds(min_requests=50, max_error_rate=0.01, max_p95_seconds=0.5),
 )
+# The quality demo: ground truth comes back DEMO_FEEDBACK_DELAY_SECONDS after each prediction, and the last step
+# holds until the gate has judged at least `min_feedback` rows per variant.
+QUALITY_DEMO_PLAN = replace(DEMO_PLAN, quality=QualityThresholds(
+    metric="accuracy", max_degradation=0.02, min_feedback=100, required_for_promotion=True,
+))
+DEMO_FEEDBACK_DELAY_SECONDS = 3
 DEMO_RATE_PER_SECOND = 40
 DEMO_MAX_SECONDS = 300
 MODEL_NAME = "customer-churn-classifier"
@@ -41,7 +52,7 @@ def say(message: str) -> None:
     print(f"demo: {message}", flush=True)
 
 
-def demo_versions(tracking_uri: str, faulty_challenger: bool) -> dict[str, str]:
+def demo_versions(tracking_uri: str, faulty_challenger: bool, worse_challenger: bool = False) -> dict[str, str]:
     """Champion and challenger versions for the demo, registering (training) what is missing.
 
     A previous healthy demo promoted its challenger, leaving both aliases on one version; a fresh
@@ -49,9 +60,10 @@ def demo_versions(tracking_uri: str, faulty_challenger: bool) -> dict[str, str]:
     """
     from service.train import ensure_demo_models, register_demo_models
 
-    versions = ensure_demo_models(tracking_uri, faulty_challenger=faulty_challenger)
+    kind = {"faulty_challenger": faulty_challenger, "worse_challenger": worse_challenger}
+    versions = ensure_demo_models(tracking_uri, **kind)
     if versions["champion"] == versions["challenger"]:
-        versions = register_demo_models(tracking_uri, faulty_challenger=faulty_challenger)
+        versions = register_demo_models(tracking_uri, **kind)
     return versions
 
 
@@ -73,10 +85,10 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def run_demo(faulty_challenger: bool = False, report: Path | None = None) -> int:
+def run_demo(faulty_challenger: bool = False, report: Path | None = None, worse_challenger: bool = False) -> int:
     """Run the demo to a verdict; returns the exit code (0 once the scheduler decided)."""
     from service.settings import tracking_uri_from_env
-    from service.train import sample_instances
+    from service.train import sample_labelled_instances
 
     tracking_uri = tracking_uri_from_env()
     stop = threading.Event()
@@ -89,8 +101,9 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None) -> int
     try:
         with LocalEnvironment(workdir, tracking_uri, log=say) as env:
             say(f"registry {tracking_uri}: making sure the demo model is registered")
-            versions = demo_versions(tracking_uri, faulty_challenger)
-            kind = "faulty challenger" if faulty_challenger else "challenger"
+            versions = demo_versions(tracking_uri, faulty_challenger, worse_challenger)
+            kind = ("faulty challenger" if faulty_challenger else
+                    "less accurate challenger" if worse_challenger else "challenger")
             say(f"champion is version {versions['champion']}, {kind} is version {versions['challenger']}")
             champion, challenger = env.start_model_servers([
                 ("champion", "champion", f"models:/{MODEL_NAME}/{versions['champion']}"),
@@ -102,16 +115,22 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None) -> int
                 split.socket_path, on_promote=promote_in_registry(tracking_uri, versions["challenger"])
             )
             router.set_weight(0)
+            instances, truths = sample_labelled_instances(2000, seed=5)
             load = LoadGenerator(
-                split.url, sample_instances(2000, seed=5), rate_per_second=DEMO_RATE_PER_SECOND,
+                split.url, instances, rate_per_second=DEMO_RATE_PER_SECOND,
                 max_requests=DEMO_RATE_PER_SECOND * DEMO_MAX_SECONDS, max_seconds=DEMO_MAX_SECONDS,
+                truths=truths if worse_challenger else None, feedback_delay_seconds=DEMO_FEEDBACK_DELAY_SECONDS,
             ).start()
             say(f"load: {DEMO_RATE_PER_SECOND} requests/s through {split.url} (at most {DEMO_MAX_SECONDS}s)")
+            if worse_challenger:
+                say(f"feedback: each customer's true outcome goes to {split.url}/feedback "
+                    f"{DEMO_FEEDBACK_DELAY_SECONDS}s after its prediction")
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, lambda *_: stop.set())
             progress = Progress(stop)
+            plan = QUALITY_DEMO_PLAN if worse_challenger else DEMO_PLAN
             scheduler = Scheduler(
-                router, PrometheusProvider(prometheus_url, timeout_seconds=3), DEMO_PLAN,
+                router, PrometheusProvider(prometheus_url, timeout_seconds=3), plan,
                 wait=progress.wait, on_record=progress.on_record,
             )
             result = scheduler.run()
@@ -126,17 +145,20 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None) -> int
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     shutil.rmtree(workdir, ignore_errors=True)
     traffic = {
-        variant: {"served": stats.served(variant), "failed_5xx": stats.failed(variant)}
+        variant: {"served": stats.served(variant), "failed_5xx": stats.failed(variant),
+                  "feedback_recorded": stats.feedback_recorded[variant]}
         for variant in ("champion", "challenger")
     }
     say(f"traffic seen by the load generator: {traffic}")
     if report:
         context = {
-            "demo": True, "faulty_challenger": faulty_challenger, "versions": versions,
+            "demo": True, "faulty_challenger": faulty_challenger, "worse_challenger": worse_challenger,
+            "versions": versions, "feedback_refused": stats.feedback_refused,
             "rate_per_second": DEMO_RATE_PER_SECOND, "traffic": traffic,
-            "plan": {"steps": list(DEMO_PLAN.steps), "interval_seconds": DEMO_PLAN.interval_seconds,
-                     "failure_threshold": DEMO_PLAN.failure_threshold,
-                     "min_requests": DEMO_PLAN.thresholds.min_requests},
+            "plan": {"steps": list(plan.steps), "interval_seconds": plan.interval_seconds,
+                     "failure_threshold": plan.failure_threshold,
+                     "min_requests": plan.thresholds.min_requests,
+                     "quality": vars(plan.quality) if plan.quality else None},
         }
         report_path, chart = write_report(result, report, context)
         say(f"report {report_path}, chart {chart}")

@@ -10,7 +10,10 @@ Public API (everything else is private):
   A faulty challenger contains ``service.faults.RowHashFault``, which raises for about 8% of rows
   (chosen by a hash of the row's values), so the server answers those requests 5xx.
 - ``demo_models_registered(tracking_uri=None) -> bool``: both aliases exist.
-- ``sample_instances(count, seed=0) -> list[dict]``: realistic request rows, for load and rollout demos.
+- ``sample_instances(count, seed=0) -> list[dict]``: realistic request rows, for load and rollout demos;
+  ``sample_labelled_instances`` adds whether each customer churned (the demo's ground truth).
+- ``worse_challenger=True`` (both functions above) registers a challenger trained on an extract that lost the
+  contract and tenure columns: it never errors and is as fast, but is clearly less accurate.
 - CLI: ``python -m service.train [--faulty-challenger] [--if-missing] [--tracking-uri URI]`` prints the
   alias -> version mapping as JSON.
 
@@ -57,6 +60,22 @@ KIND_TAG = "mlserve.kind"
 def sample_instances(count: int, seed: int = 0) -> list[dict[str, t.Any]]:
     """``count`` realistic customers as request rows (feature name -> value)."""
     return _synthesize(count, seed)[0].to_dict(orient="records")
+
+
+def sample_labelled_instances(count: int, seed: int = 0) -> tuple[list[dict[str, t.Any]], list[int]]:
+    """``count`` customers as request rows, and whether each churned (1) or not (0): the ground truth."""
+    features, churned = _synthesize(count, seed)
+    return features.to_dict(orient="records"), [int(value) for value in churned]
+
+
+def _without_contract_and_tenure(features: pd.DataFrame) -> pd.DataFrame:
+    """The worse challenger's training data: an extract that lost the contract and tenure columns, filled with
+    defaults (a data-pipeline bug). It still validates and serves, never errors, and predicts clearly worse."""
+    broken = features.copy()
+    broken["contract_type"] = "Month-to-month"
+    broken["tenure"] = 12.0
+    broken["total_charges"] = (broken["monthly_charges"] * 12).round(2)
+    return broken
 
 
 def _synthesize(count: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -131,12 +150,15 @@ def _train_and_register(tracking_uri: str, kind: str, seed: int) -> str:
         "champion": {"regularization": 1.0, "faulty": False},
         "challenger": {"regularization": 0.3, "faulty": False},
         "faulty-challenger": {"regularization": 0.3, "faulty": True},
+        "worse-challenger": {"regularization": 1.0, "faulty": False},
     }[kind]
     features, churned = _synthesize(5000, seed)
     split = 4000
     matrix = features.to_numpy(dtype=object)
     pipeline = _build_pipeline(settings["regularization"], faulty=False)
-    pipeline.fit(features.iloc[:split], churned[:split])
+    training = _without_contract_and_tenure(features) if kind == "worse-challenger" else features
+    # Evaluated on the real held-out customers, so the registered accuracy shows the damage.
+    pipeline.fit(training.iloc[:split], churned[:split])
     probabilities = pipeline.predict_proba(features.iloc[split:])[:, 1]
     metrics = {
         "auc": float(roc_auc_score(churned[split:], probabilities)),
@@ -198,7 +220,14 @@ def demo_models_registered(tracking_uri: str | None = None) -> bool:
     return {"champion", "challenger"} <= set(_aliases(tracking_uri))
 
 
-def register_demo_models(tracking_uri: str | None = None, faulty_challenger: bool = False) -> dict[str, str]:
+def _challenger_kind(faulty_challenger: bool, worse_challenger: bool) -> str:
+    if faulty_challenger and worse_challenger:
+        raise ValueError("a demo challenger is faulty or worse, not both")
+    return "faulty-challenger" if faulty_challenger else "worse-challenger" if worse_challenger else "challenger"
+
+
+def register_demo_models(tracking_uri: str | None = None, faulty_challenger: bool = False,
+                         worse_challenger: bool = False) -> dict[str, str]:
     """Register a new challenger version (and a champion if none); point both aliases; return alias -> version."""
     import mlflow
 
@@ -211,21 +240,23 @@ def register_demo_models(tracking_uri: str | None = None, faulty_challenger: boo
     else:
         champion = _train_and_register(tracking_uri, "champion", seed=7)
         client.set_registered_model_alias(MODEL_NAME, "champion", champion)
-    kind = "faulty-challenger" if faulty_challenger else "challenger"
-    challenger = _train_and_register(tracking_uri, kind, seed=11)
+    challenger = _train_and_register(tracking_uri, _challenger_kind(faulty_challenger, worse_challenger), seed=11)
     client.set_registered_model_alias(MODEL_NAME, "challenger", challenger)
     return {"champion": champion, "challenger": challenger}
 
 
-def ensure_demo_models(tracking_uri: str | None = None, faulty_challenger: bool = False) -> dict[str, str]:
+def ensure_demo_models(tracking_uri: str | None = None, faulty_challenger: bool = False,
+                       worse_challenger: bool = False) -> dict[str, str]:
     """Register the demo models only if the aliases are missing or the challenger is not the kind asked for."""
     tracking_uri = tracking_uri or tracking_uri_from_env()
     _prepare_local_registry(tracking_uri)
     existing = _aliases(tracking_uri)
-    challenger_is_faulty = existing.get("challenger", ("", None))[1] == "faulty-challenger"
-    if "champion" in existing and "challenger" in existing and challenger_is_faulty == faulty_challenger:
+    wanted = _challenger_kind(faulty_challenger, worse_challenger)
+    # Versions registered before kinds were tagged are healthy challengers.
+    challenger_kind = existing.get("challenger", ("", None))[1] or "challenger"
+    if "champion" in existing and "challenger" in existing and challenger_kind == wanted:
         return {alias: version for alias, (version, _) in existing.items()}
-    return register_demo_models(tracking_uri, faulty_challenger=faulty_challenger)
+    return register_demo_models(tracking_uri, faulty_challenger=faulty_challenger, worse_challenger=worse_challenger)
 
 
 def _prepare_local_registry(tracking_uri: str) -> None:

@@ -65,6 +65,29 @@ def test_demo_rolls_back_a_faulty_challenger(home):
     assert processes_started_under(home) == []
 
 
+@pytest.mark.timeout(480)
+def test_demo_rolls_back_a_less_accurate_challenger_on_quality(home):
+    """The challenger never errors and is as fast; only the ground truth sent to /feedback shows it is worse."""
+    report = home / "worse.json"
+    # Training a third model version and starting the servers takes minutes on a loaded machine.
+    finished = subprocess.run([sys.executable, "-m", "rollout", "demo", "--worse-challenger", "--report", str(report)],
+                              cwd=REPO_ROOT, env=demo_env(home), capture_output=True, text=True, timeout=450)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    data = json.loads(report.read_text())
+    assert data["verdict"] == "rolled_back"
+    assert data["reason"].startswith("conclusive failure") and "quality: challenger accuracy" in data["reason"]
+    traffic = data["context"]["traffic"]
+    assert traffic["challenger"]["failed_5xx"] == 0
+    assert traffic["challenger"]["feedback_recorded"] > 0 and traffic["champion"]["feedback_recorded"] > 0
+    assert data["context"]["feedback_refused"] == 0
+    decided = data["steps"][-1]["measurement"]
+    scores = {sample["variant"]: sample["score"] for sample in decided["quality"]}
+    assert scores["challenger"] < scores["champion"] - 0.05
+    assert [check["name"] for check in decided["checks"]] == ["quality"]
+    assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert processes_started_under(home) == []
+
+
 def test_ctrl_c_stops_the_demo_and_everything_it_started(home):
     demo = subprocess.Popen([sys.executable, "-m", "rollout", "demo"], cwd=REPO_ROOT, env=demo_env(home),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
