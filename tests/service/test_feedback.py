@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from service.feedback import handle_feedback
 from service.prediction_ids import Prediction, PredictionIdSigner
-from service.quality import QualityMetrics
+from service.quality import QualityMetrics, score
 
 NOW = 1_800_000_000
 SIGNER = PredictionIdSigner(b"k" * 32, max_age_seconds=86400)
@@ -103,3 +103,23 @@ def test_without_a_key_feedback_is_off_and_says_how_to_turn_it_on(metrics):
     response = post(metrics, [{"prediction_id": token(), "truth": 1}], signer=None)
     assert response.status == 503
     assert "MLSERVE_PREDICTION_ID_KEY" in response.body["error"]
+
+
+def test_row_predictions_keep_what_each_output_kind_can_be_judged_on():
+    import numpy as np
+
+    from service.feedback import row_predictions
+    from service.predictor import CLASS_PROBABILITIES, POSITIVE_PROBABILITY, PREDICT, ModelIdentity
+    from service.predictor import Prediction as Answer
+
+    who = ModelIdentity("m", "1", "champion", "models:/m/1")
+    probabilities = row_predictions(Answer(np.array([[0.2, 0.8]]), CLASS_PROBABILITIES, (np.int64(0), np.int64(1)), who),
+                                    classifier=True)
+    assert probabilities == [Prediction(probabilities=(0.2, 0.8), classes=(0, 1))]
+    positive = row_predictions(Answer(np.array([0.9, 0.1]), POSITIVE_PROBABILITY, ("stay", "churn"), who), True)
+    assert positive[0] == Prediction(probabilities=(0.9,), classes=("stay", "churn"))
+    assert score(positive[0], "churn").correct and not score(positive[1], "churn").correct
+    assert row_predictions(Answer(np.array([0.9]), POSITIVE_PROBABILITY, (0, 1), who), True)[0].classes is None
+    assert row_predictions(Answer(np.array(["setosa"]), PREDICT, (), who), True) == [Prediction(label="setosa")]
+    assert row_predictions(Answer(np.array([1]), PREDICT, (), who), True) == [Prediction(label=1)]
+    assert row_predictions(Answer(np.array([151.5]), PREDICT, (), who), False) == [Prediction(value=151.5)]
