@@ -232,7 +232,9 @@ class ModelServer:
             return answer
         return JSONResponse({"predictions": answer.values, **self._prediction_ids(answer)})
 
-    @scoring.post("/feedback")
+    # Not in /docs.json: its per-row 4xx answers and its 503 without a key are described in service/README.md,
+    # and the OpenAPI contract test (tests/service/test_openapi_contract.py) covers the prediction routes.
+    @scoring.post("/feedback", include_in_schema=False)
     async def feedback(self, request: Request) -> JSONResponse:
         """Ground truth for earlier predictions: ``[{"prediction_id", "truth"}, ...]``, a result per row."""
         answer = handle_feedback(await request.body(), self.signer, QUALITY, self.model.identity.labels,
