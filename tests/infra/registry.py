@@ -1,9 +1,9 @@
 """A small MLflow registry for the infra tests: the model the stacks name, with known recorded requirements.
 
 `infra_registry()` makes it once per process (SQLite under a temporary directory, removed at exit):
-`customer-churn-classifier` version 1 (alias `champion`) and version 2 (alias `challenger`), each a
-trivial pyfunc model logged with the pip requirements below, so the image build reads real MLflow
-metadata without training anything.
+`customer-churn-classifier` version 1 (alias `champion`), version 2 (alias `challenger`) and versions 3 to
+7 (the versions the plan tests name, with the champion's requirements), each a trivial pyfunc model logged
+with the pip requirements below, so the image build reads real MLflow metadata without training anything.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ class InfraRegistry:
     home: Path
 
 
-def log_version(name: str, requirements: tuple[str, ...], alias: str) -> str:
-    """Log a trivial pyfunc model with `requirements`, register it under `name`, point `alias` at it."""
+def log_version(name: str, requirements: tuple[str, ...], alias: str | None) -> str:
+    """Log a trivial pyfunc model with `requirements`, register it under `name`, point `alias` (if any) at it."""
     import mlflow
     import mlflow.pyfunc
 
@@ -39,7 +39,8 @@ def log_version(name: str, requirements: tuple[str, ...], alias: str) -> str:
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=list(requirements))
     version = mlflow.register_model(info.model_uri, name)
-    mlflow.MlflowClient().set_registered_model_alias(name, alias, version.version)
+    if alias is not None:
+        mlflow.MlflowClient().set_registered_model_alias(name, alias, version.version)
     return version.version
 
 
@@ -58,6 +59,8 @@ def infra_registry() -> InfraRegistry:
     try:
         log_version(MODEL_NAME, CHAMPION_REQUIREMENTS, "champion")
         log_version(MODEL_NAME, CHALLENGER_REQUIREMENTS, "challenger")
+        for _ in range(3, 8):
+            log_version(MODEL_NAME, CHAMPION_REQUIREMENTS, None)
     finally:
         mlflow.set_tracking_uri(previous or "")
         mlflow.set_registry_uri(previous or "")
