@@ -38,11 +38,12 @@ class ModelAccess(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.service_account = k8s.core.v1.ServiceAccount(
             f"{name}-serviceaccount",
+            # No empty `annotations` map: the API server would not store it, and a read-back would differ.
             metadata={
                 "name": service_account_name(config),
                 "namespace": config.namespace,
                 "labels": standard_labels(config),
-                "annotations": service_account_annotations(config),
+                **({"annotations": annotations} if (annotations := service_account_annotations(config)) else {}),
             },
             # The model server never calls the Kubernetes API; workload identity brings its own projected token.
             automount_service_account_token=False,
