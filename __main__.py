@@ -3,8 +3,8 @@
 import pulumi
 
 from infra.config import load_from_pulumi
-from infra.errors import ConfigError
-from infra.image import export_docker_context
+from infra.errors import ConfigError, ImageBuildError
+from infra.image import prepare_image
 from infra.stack import build_stack
 
 try:
@@ -13,4 +13,10 @@ except ConfigError as err:
     # RunError prints the message alone: every config problem, no traceback.
     raise pulumi.RunError(str(err)) from err
 
-build_stack(config, export_docker_context())
+try:
+    context = prepare_image(config)
+except ImageBuildError as err:
+    # A requirement conflict or a registry the build cannot read stops the preview with the reason alone.
+    raise pulumi.RunError(str(err)) from err
+
+build_stack(config, context)

@@ -34,6 +34,8 @@ ROUTERS = ("service", "seldon")
 SELDON_EXECUTOR_PORTS = (8000, 5001)
 # Keys whose values are secrets (`pulumi config set --secret`): never echoed in a problem.
 SECRET_KEYS = frozenset({"feedback.signingKey"})
+# Artifact stores whose client packages the image can carry (image.artifactStoreClients); pins in infra/image.py.
+ARTIFACT_STORES = ("s3", "gcs", "azure")
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
@@ -65,6 +67,21 @@ class Toleration:
 
 
 @dataclass(frozen=True)
+class SecretValue:
+    """A credential from secret config. Its text never shows in a repr, a message or a rendered file; only
+    `infra.access` reads `.text`, to put it into a Kubernetes Secret as a Pulumi secret."""
+
+    text: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return "[secret]"
+
+
+# What a stack file holds for `pulumi config set --secret`: ciphertext only the Pulumi engine can decrypt.
+ENCRYPTED = SecretValue("[encrypted in the stack file; known to pulumi up only]")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = key("model.name", lambda v: _non_empty(v))
     champion_uri: str = key("model.championUri", lambda v: _model_uri(v, required=True))
@@ -83,6 +100,9 @@ class ImageConfig:
     repository: str = key("image.repository", lambda v: _image_repository(v))
     push: bool = key("image.push")
     platform: str = key("image.platform", lambda v: _one_of(v, ("linux/amd64", "linux/arm64")))
+    artifact_store_clients: tuple[str, ...] = key(
+        "image.artifactStoreClients", lambda v: _each(v, lambda item: _one_of(item, ARTIFACT_STORES))
+    )
 
     @property
     def registry(self) -> str | None:
@@ -156,6 +176,31 @@ class TrafficConfig:
 
 
 @dataclass(frozen=True)
+class AccessConfig:
+    """How model pods reach the registry and the artifact store: credentials (secret config), plain
+    environment, and the annotations of their ServiceAccount (workload identity)."""
+
+    mlflow_tracking_token: SecretValue | None = key("access.mlflowTrackingToken")
+    mlflow_tracking_username: SecretValue | None = key("access.mlflowTrackingUsername")
+    mlflow_tracking_password: SecretValue | None = key("access.mlflowTrackingPassword")
+    aws_access_key_id: SecretValue | None = key("access.awsAccessKeyId")
+    aws_secret_access_key: SecretValue | None = key("access.awsSecretAccessKey")
+    azure_storage_connection_string: SecretValue | None = key("access.azureStorageConnectionString")
+    env: tuple[str, ...] = key("access.env", lambda v: _each(v, _env_entry))
+    service_account_annotations: tuple[str, ...] = key(
+        "access.serviceAccountAnnotations", lambda v: _each(v, _annotation_entry)
+    )
+
+
+@dataclass(frozen=True)
+class SeldonConfig:
+    executor_cpu_request: str = key("seldon.executorCpuRequest", lambda v: _quantity(v))
+    executor_cpu_limit: str = key("seldon.executorCpuLimit", lambda v: _quantity(v))
+    executor_memory_request: str = key("seldon.executorMemoryRequest", lambda v: _quantity(v))
+    executor_memory_limit: str = key("seldon.executorMemoryLimit", lambda v: _quantity(v))
+
+
+@dataclass(frozen=True)
 class PlatformConfig:
     install_seldon: bool = key("platform.installSeldon")
     install_istio: bool = key("platform.installIstio")
@@ -224,6 +269,8 @@ class StackConfig:
     autoscaling: AutoscalingConfig = field(default=None)  # type: ignore[assignment]
     load_balancer: LoadBalancerConfig = field(default=None)  # type: ignore[assignment]
     traffic: TrafficConfig = field(default=None)  # type: ignore[assignment]
+    seldon: SeldonConfig = field(default=None)  # type: ignore[assignment]
+    access: AccessConfig = field(default=None)  # type: ignore[assignment]
     rollout: RolloutConfig = field(default=None)  # type: ignore[assignment]
     platform: PlatformConfig = field(default=None)  # type: ignore[assignment]
     monitoring: MonitoringConfig = field(default=None)  # type: ignore[assignment]
@@ -241,7 +288,8 @@ class StackConfig:
 
 SECTIONS: tuple[type, ...] = (
     ModelConfig, ImageConfig, ServingConfig, GpuConfig, AutoscalingConfig,
-    LoadBalancerConfig, TrafficConfig, PlatformConfig, RolloutConfig, MonitoringConfig, AlertsConfig, FeedbackConfig,
+    LoadBalancerConfig, TrafficConfig, SeldonConfig, AccessConfig, PlatformConfig, RolloutConfig, MonitoringConfig,
+    AlertsConfig, FeedbackConfig,
 )
 
 
@@ -284,11 +332,18 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for name, value in values.items():
         dotted = f"{prefix}{name}"
-        if isinstance(value, Mapping):
+        if is_encrypted(value):
+            flat[dotted] = ENCRYPTED
+        elif isinstance(value, Mapping):
             flat.update(flatten(value, f"{dotted}."))
         else:
             flat[dotted] = value
     return flat
+
+
+def is_encrypted(value: Any) -> bool:
+    """A `secure:` entry, as `pulumi config set --secret` writes it into a stack file."""
+    return isinstance(value, Mapping) and set(value) == {"secure"}
 
 
 def read_stack_file(stack: str, project_dir: Path = PROJECT_DIR) -> dict[str, Any]:
@@ -311,7 +366,9 @@ def stack_values(config: Mapping[str, Any]) -> dict[str, Any]:
         namespace, _, name = full_key.partition(":")
         if namespace != NAMESPACE:
             continue
-        if isinstance(value, Mapping):
+        if is_encrypted(value):
+            values[name] = ENCRYPTED
+        elif isinstance(value, Mapping):
             values.update(flatten(value, f"{name}."))
         else:
             values[name] = value
@@ -410,6 +467,13 @@ def parse_config(stack: str, values: Mapping[str, Any], declarations: Mapping[st
                 kwargs[spec.name] = None
                 continue
             raw = values.get(name, declaration.default)
+            if "SecretValue" in str(spec.type):
+                kwargs[spec.name], problem = secret_value(raw)
+                if problem is not None:
+                    # Never echo a credential: the message names the key and what is accepted only.
+                    problems.append(f"{name}: {problem} (set it with `pulumi config set --secret --path {name} VALUE`)")
+                    bad_keys.add(name)
+                continue
             value, problem = coerce(raw, declaration, as_decimal=spec.type in ("float", float))
             if problem is None and spec.metadata["check"] is not None:
                 problem = spec.metadata["check"](value)
@@ -432,6 +496,8 @@ def parse_config(stack: str, values: Mapping[str, Any], declarations: Mapping[st
         autoscaling=sections[AutoscalingConfig],
         load_balancer=sections[LoadBalancerConfig],
         traffic=sections[TrafficConfig],
+        seldon=sections[SeldonConfig],
+        access=sections[AccessConfig],
         rollout=sections[RolloutConfig],
         platform=sections[PlatformConfig],
         monitoring=sections[MonitoringConfig],
@@ -488,14 +554,25 @@ def cross_key_problems(config: StackConfig, bad_keys: set[str] = frozenset()) ->
                 f"{port_key}: {port} is a port of Seldon's executor, which runs in the same pod "
                 f"({', '.join(map(str, SELDON_EXECUTOR_PORTS))}); pick another"
             )
+    if valid("model.name", "traffic.router") and traffic.router == "seldon" and dns_label(config.model.name) != config.model.name:
+        # Seldon's executor answers /v2/models/{name}[/ready] only for a graph node of that name, and node names
+        # are container names (DNS-1123); a model name in another form cannot be reached by every OIP call.
+        problems.append(
+            f"model.name: {config.model.name!r} is not a DNS-1123 label, which traffic.router seldon needs "
+            f"(Seldon routes OIP calls by graph node name, a container name); register the model as "
+            f"{dns_label(config.model.name)!r} or use traffic.router: service"
+        )
     if valid("image.push", "image.repository") and config.image.push and config.image.registry is None:
         problems.append(
             f"image.repository: {config.image.repository!r} names no registry host but image.push is true; "
             "use REGISTRY/PATH (e.g. ghcr.io/acme/churn-model, localhost:5001/churn-model) or image.push: false"
         )
+    seldon = config.seldon
     for request_key, limit_key, request, limit in (
         ("serving.cpuRequest", "serving.cpuLimit", serving.cpu_request, serving.cpu_limit),
         ("serving.memoryRequest", "serving.memoryLimit", serving.memory_request, serving.memory_limit),
+        ("seldon.executorCpuRequest", "seldon.executorCpuLimit", seldon.executor_cpu_request, seldon.executor_cpu_limit),
+        ("seldon.executorMemoryRequest", "seldon.executorMemoryLimit", seldon.executor_memory_request, seldon.executor_memory_limit),
     ):
         if valid(request_key, limit_key) and quantity_value(request) > quantity_value(limit):
             problems.append(f"{request_key}: {request!r} is above {limit_key} {limit!r}; a request must not exceed its limit")
@@ -505,6 +582,17 @@ def cross_key_problems(config: StackConfig, bad_keys: set[str] = frozenset()) ->
             "(e.g. [\"nvidia.com/gpu.present=true\"]) so GPU pods land on GPU nodes"
         )
     return problems
+
+
+def secret_value(raw: Any) -> tuple[SecretValue | None, str | None]:
+    """A secret key's value: None when unset or empty, else a SecretValue; a problem when it is not text."""
+    if isinstance(raw, SecretValue):
+        return raw, None
+    if raw is None or raw == "":
+        return None, None
+    if isinstance(raw, (str, int)) and not isinstance(raw, bool):
+        return SecretValue(str(raw)), None
+    return None, "expected a string"
 
 
 def coerce(raw: Any, declaration: Declaration, as_decimal: bool = False) -> tuple[Any, str | None]:
@@ -574,6 +662,12 @@ def quantity_value(quantity: str) -> float:
         "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
     }
     return float(match.group(1)) * multipliers[match.group(3)]
+
+
+def dns_label(name: str, max_length: int = 63) -> str:
+    """`name` as a DNS-1123 label: lower case, runs of other characters as '-', trimmed to `max_length`."""
+    label = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:max_length].strip("-")
+    return label or "model"
 
 
 def parse_toleration(entry: str) -> Toleration:
@@ -675,6 +769,20 @@ def _signing_key(value: str) -> str | None:
     if not value or len(value) >= 32:
         return None
     return f"must be empty or at least 32 characters (a {len(value)}-character key was given)"
+
+
+def _env_entry(value: str) -> str | None:
+    name, sep, _ = value.partition("=")
+    if sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return None
+    return "must be NAME=VALUE with NAME a valid environment variable name, e.g. MLFLOW_S3_ENDPOINT_URL=https://minio:9000"
+
+
+def _annotation_entry(value: str) -> str | None:
+    annotation_key, sep, _ = value.partition("=")
+    if sep and _LABEL_KEY.match(annotation_key):
+        return None
+    return "must be KEY=VALUE with a valid annotation key, e.g. eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/mlserve"
 
 
 def _rollout_steps(steps: tuple[int, ...]) -> str | None:

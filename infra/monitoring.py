@@ -36,8 +36,12 @@ from infra.dashboard import (
     model_selector,
 )
 from infra.platform import helm_release
+from infra.seldon import (
+    SELDON_EXECUTOR_CONTAINER, SELDON_EXECUTOR_METRICS_PATH, SELDON_EXECUTOR_METRICS_PORT, executor_error_selector,
+    executor_selector,
+)
 from infra.serving import REQUESTS_PER_SECOND_METRIC
-from infra.workload import CONTAINER_NAME, PORT_NAME, Manifest, standard_labels
+from infra.workload import PORT_NAME, Manifest, container_name, standard_labels
 
 MONITORING_API_VERSION = "monitoring.coreos.com/v1"
 PROMETHEUS_CHART_REPO = "https://prometheus-community.github.io/helm-charts"
@@ -58,6 +62,9 @@ HIGH_LATENCY = "ModelHighLatency"
 NO_READY_PODS = "ModelNoReadyPods"
 PREDICTIONS_STOPPED = "ModelPredictionsStopped"
 NOT_SCRAPED = "ModelMetricsMissing"
+EXECUTOR_ERRORS = "ModelGatewayErrorRate"
+# Seldon's executor: a histogram of every request it served (executor/api/metric/constants.go ServerRequestsMetricName).
+EXECUTOR_REQUESTS_METRIC = "seldon_api_executor_server_requests_seconds_count"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -70,9 +77,24 @@ def monitor_labels(config: StackConfig) -> dict[str, str]:
     return {**standard_labels(config), "release": config.monitoring.release_label}
 
 
-def pod_monitor_spec(config: StackConfig) -> Manifest:
-    """Scrape `/metrics` of every model pod of this stack, plain or Seldon, every `monitoring.scrapeInterval`."""
+def executor_endpoint(config: StackConfig) -> Manifest:
+    """Seldon's executor serves its own metrics (every request through the gateway, with the status code it
+    answered, including its own failures) on the `metrics` port at /prometheus."""
     return {
+        "port": SELDON_EXECUTOR_METRICS_PORT,
+        "path": SELDON_EXECUTOR_METRICS_PATH,
+        "scheme": "http",
+        "interval": config.monitoring.scrape_interval,
+        "relabelings": [
+            {"sourceLabels": ["__meta_kubernetes_pod_container_name"], "regex": SELDON_EXECUTOR_CONTAINER, "action": "keep"}
+        ],
+    }
+
+
+def pod_monitor_spec(config: StackConfig) -> Manifest:
+    """Scrape `/metrics` of every model pod of this stack, plain or Seldon, every `monitoring.scrapeInterval`;
+    on Seldon also the executor's own metrics."""
+    spec = {
         "selector": {
             "matchLabels": {
                 "app.kubernetes.io/name": config.app_name,
@@ -92,13 +114,16 @@ def pod_monitor_spec(config: StackConfig) -> Manifest:
                     # Seldon adds its executor container to the pod; only our container serves model_* metrics.
                     {
                         "sourceLabels": ["__meta_kubernetes_pod_container_name"],
-                        "regex": CONTAINER_NAME,
+                        "regex": container_name(config),
                         "action": "keep",
                     }
                 ],
             }
         ],
     }
+    if config.traffic.router == "seldon":
+        spec["podMetricsEndpoints"].append(executor_endpoint(config))
+    return spec
 
 
 def deployment_matcher(config: StackConfig) -> str:
@@ -185,6 +210,7 @@ def alert_rules(config: StackConfig) -> list[Manifest]:
                 ),
             },
         },
+        *executor_alert_rules(config),
         {
             "alert": NOT_SCRAPED,
             "expr": f"absent(up{{{selector}}} == 1)",
@@ -199,6 +225,35 @@ def alert_rules(config: StackConfig) -> list[Manifest]:
                 ),
             },
         },
+    ]
+
+
+def executor_alert_rules(config: StackConfig) -> list[Manifest]:
+    """Seldon only: the share of prediction calls the executor answered with a 5xx, per predictor. It sees what
+    the model_* series cannot: the model unreachable, timeouts, the executor's own errors."""
+    if config.traffic.router != "seldon":
+        return []
+    by = "namespace, predictor_name"
+    window = ALERT_WINDOW
+    calls = f"sum by ({by}) (rate({EXECUTOR_REQUESTS_METRIC}{{{executor_selector(config)}}}[{window}]))"
+    failed = f"sum by ({by}) (rate({EXECUTOR_REQUESTS_METRIC}{{{executor_error_selector(config)}}}[{window}]))"
+    threshold_percent = f"{config.alerts.error_rate_percent:g}"
+    where = "predictor {{ $labels.predictor_name }} of " + f"{config.app_name} in {{{{ $labels.namespace }}}}"
+    return [
+        {
+            "alert": EXECUTOR_ERRORS,
+            "expr": f"100 * ({failed} or {calls} * 0) / {calls} > {threshold_percent}",
+            "for": config.alerts.for_duration,
+            "labels": {"severity": "critical"},
+            "annotations": {
+                "summary": f"Seldon answers {{{{ $value | printf \"%.2f\" }}}}% of predictions to {where} with a server error",
+                "description": (
+                    f"Over the last {window}, Seldon's executor answered {{{{ $value | printf \"%.2f\" }}}}% of prediction "
+                    f"calls to {where} with 5xx (model errors, and failures the model never saw: unreachable, "
+                    f"timed out); the limit is {threshold_percent}%."
+                ),
+            },
+        }
     ]
 
 

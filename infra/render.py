@@ -4,8 +4,11 @@ Runs the same `build_stack` as `pulumi up`, under Pulumi's mocks, with the defau
 then Pulumi.STACK.yaml, then the `--set` overrides, and writes every Kubernetes object exactly as it
 would be applied (apiVersion, kind, metadata, spec; integers as integers) to DIR/KIND-NAME.yaml. Pulumi
 resources that are not Kubernetes objects (the Docker image, Helm releases) go to DIR/_pulumi/ as JSON.
+The image gets the content-addressed tag `pulumi up` would push (`infra.image.prepare_image`: it reads
+the served models' requirements from the registry and builds the context once per set of inputs).
 Values known only after deployment are written as a marked placeholder, never a made-up real value.
-Invalid config exits 2 with every problem listed. Diff two output folders to review a config change.
+Invalid config exits 2 with every problem listed; an image that cannot be prepared (registry unreachable,
+requirement conflict) exits 3 with the reason. Diff two output folders to review a config change.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import pulumi
 import yaml
 
 from infra.config import StackConfig, load_stack_config, parse_override
-from infra.errors import ConfigError
-from infra.image import DockerContext
+from infra.errors import ConfigError, ImageBuildError
+from infra.image import DockerContext, prepare_image
 from infra.stack import build_stack
 
 UNKNOWN_DIGEST = "<digest known after pulumi up>"
@@ -133,12 +136,15 @@ def install_mocks() -> RecordingMocks:
     return _mocks
 
 
-def render_resources(config: StackConfig) -> list[RenderedResource]:
-    """Run the program for `config` under the mocks; every resource it registers, in a stable order."""
+def render_resources(config: StackConfig, context: DockerContext | None = None) -> list[RenderedResource]:
+    """Run the program for `config` under the mocks; every resource it registers, in a stable order.
+
+    The image context is the one `pulumi up` would build (`prepare_image`: same inputs, same tag) unless given.
+    """
+    if context is None:
+        context = prepare_image(config)
     mocks = install_mocks()
     mocks.resources.clear()
-    # The image is not built when rendering: the context is named, never read.
-    context = DockerContext(directory=Path("build/image"), bento_tag="churn-model:unbuilt")
     pulumi.runtime.test(lambda: build_stack(config, context))()
     # The stack and our components are groupings, not things that get applied.
     resources = [r for r in mocks.resources if not r.type.startswith(("pulumi:", "mlserve:"))]
@@ -177,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    resources = render_resources(config)
+    try:
+        resources = render_resources(config)
+    except ImageBuildError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     paths = write_resources(resources, args.out)
     for resource, path in zip(resources, paths):
         namespace = (resource.inputs.get("metadata") or {}).get("namespace")

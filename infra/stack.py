@@ -6,6 +6,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import outputs
+from infra.access import ModelAccess, ModelAccessArgs
 from infra.config import StackConfig
 from infra.feedback import Feedback, FeedbackArgs
 from infra.image import BentoImage, BentoImageArgs, DockerContext
@@ -34,7 +35,8 @@ def build_stack(config: StackConfig, docker_context: DockerContext) -> None:
     namespace = k8s.core.v1.Namespace("namespace", metadata={"name": config.namespace, "labels": namespace_labels(config)})
     image = BentoImage(config.app_name, BentoImageArgs(config=config.image, context=docker_context))
     platform = Platform("platform", PlatformArgs(config=config))
-    after_platform = pulumi.ResourceOptions(depends_on=[namespace, *platform.ready])
+    access = ModelAccess(config.app_name, ModelAccessArgs(config=config), opts=pulumi.ResourceOptions(depends_on=[namespace]))
+    after_platform = pulumi.ResourceOptions(depends_on=[namespace, access, *platform.ready])
     if config.traffic.router == "seldon":
         SeldonTraffic(config.app_name, SeldonTrafficArgs(config=config, image=image.digest_reference), opts=after_platform)
         endpoint = platform.endpoint or ""

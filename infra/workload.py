@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from infra.config import StackConfig
+from infra.config import SecretValue, StackConfig, dns_label
 from service.admission import AdmissionLimits
 from service.prediction_ids import KEY_ENV, MAX_AGE_ENV
 
-CONTAINER_NAME = "model-server"
 PORT_NAME = "http"
 GRPC_PORT_NAME = "grpc"  # the name Seldon's operator looks for (operator/constants: GrpcPortName)
+# bentoml_cli/serve.py (1.4.39): `bentoml serve --port` reads BENTOML_PORT (default 3000); the image's
+# entrypoint runs `bentoml serve` without --port, so this variable alone decides where the server listens.
+BENTOML_PORT_ENV = "BENTOML_PORT"
 VARIANT_LABEL = "mlserve.io/variant"
 # The BentoML image runs as the `bentoml` user it creates (uid/gid 1034); a numeric id lets the
 # kubelet enforce runAsNonRoot.
@@ -27,6 +29,12 @@ SIGNING_SECRET_DATA_KEY = "key"
 TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
 Manifest = dict[str, Any]
+
+
+def container_name(config: StackConfig) -> str:
+    """The model-server container's name: `model.name` in DNS-1123 form. On Seldon it is also the graph node's
+    name, which the executor resolves OIP model names against (see infra/seldon.py)."""
+    return dns_label(config.model.name)
 
 
 def resource_name(config: StackConfig, variant: str) -> str:
@@ -63,6 +71,39 @@ def container_ports(config: StackConfig) -> list[Manifest]:
         {"name": PORT_NAME, "containerPort": config.serving.port, "protocol": "TCP"},
         {"name": GRPC_PORT_NAME, "containerPort": config.serving.grpc_port, "protocol": "TCP"},
     ]
+# AccessConfig field -> the variable MLflow (mlflow/environment_variables.py) or the store's client reads.
+CREDENTIAL_ENV = {
+    "mlflow_tracking_token": "MLFLOW_TRACKING_TOKEN",
+    "mlflow_tracking_username": "MLFLOW_TRACKING_USERNAME",
+    "mlflow_tracking_password": "MLFLOW_TRACKING_PASSWORD",
+    "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+    "azure_storage_connection_string": "AZURE_STORAGE_CONNECTION_STRING",
+}
+
+
+def credentials(config: StackConfig) -> dict[str, SecretValue]:
+    """The credentials this stack sets, by environment variable name."""
+    return {
+        env: value for field_name, env in CREDENTIAL_ENV.items() if (value := getattr(config.access, field_name)) is not None
+    }
+
+
+def secret_name(config: StackConfig) -> str:
+    return f"{config.app_name}-model-access"
+
+
+def service_account_name(config: StackConfig) -> str:
+    return f"{config.app_name}-model"
+
+
+def access_env(config: StackConfig) -> list[Manifest]:
+    """Pod environment for registry and store access: plain `access.env`, then each credential by reference."""
+    plain = [dict(zip(("name", "value"), entry.split("=", 1))) for entry in config.access.env]
+    by_reference = [
+        {"name": env, "valueFrom": {"secretKeyRef": {"name": secret_name(config), "key": env}}} for env in credentials(config)
+    ]
+    return plain + by_reference
 
 
 def signing_secret_name(config: StackConfig) -> str:
@@ -90,13 +131,14 @@ def container_env(config: StackConfig, variant: str) -> list[Manifest]:
         "MLSERVE_GRPC_PORT": str(config.serving.grpc_port),
         "MLSERVE_CLASSIFIER_OUTPUT": config.model.classifier_output,
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true" if config.model.allow_pickle_deserialization else "false",
+        BENTOML_PORT_ENV: str(config.serving.port),
         # Read-only root filesystem: everything BentoML and MLflow write goes to the tmp volume.
         "BENTOML_HOME": "/tmp/bentoml",
         "HOME": "/tmp",
         **TELEMETRY_OFF,
         **admission_env(config),
     }
-    return [{"name": name, "value": value} for name, value in env.items()] + feedback_env(config)
+    return [{"name": name, "value": value} for name, value in env.items()] + feedback_env(config) + access_env(config)
 
 
 def admission_env(config: StackConfig) -> dict[str, str]:
@@ -206,7 +248,7 @@ def topology_spread(config: StackConfig, variant: str) -> list[Manifest]:
 def model_container(config: StackConfig, variant: str, image: Any) -> Manifest:
     """The BentoML model-server container of one variant; `image` is the digest reference (may be an Output)."""
     return {
-        "name": CONTAINER_NAME,
+        "name": container_name(config),
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "ports": container_ports(config),
@@ -224,6 +266,7 @@ def pod_spec(config: StackConfig, variant: str, image: Any) -> Manifest:
         "containers": [model_container(config, variant, image)],
         "volumes": [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}}],
         "securityContext": pod_security_context(),
+        "serviceAccountName": service_account_name(config),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,

@@ -47,6 +47,9 @@ ERRORS_METRIC = "model_prediction_errors_total"
 LATENCY_METRIC = "model_prediction_latency_seconds"
 # error_type values that are the client's fault (4xx); everything else counts against the model.
 CLIENT_ERROR_TYPES = "invalid_input|payload_too_large"
+# On Seldon, every prediction call passes the executor first, which counts it with the status it answered
+# (SeldonIO/seldon-core v1.18.2 executor/api/metric/constants.go, executor/api/rest/server.go wrapMetrics).
+EXECUTOR_REQUESTS_METRIC = "seldon_api_executor_server_requests_seconds_count"
 
 
 class Phase(str, Enum):
@@ -207,15 +210,26 @@ class VariantQueries:
     p95_seconds: str
 
 
-def variant_queries(selector: str, window_seconds: int) -> VariantQueries:
+def variant_queries(selector: str, window_seconds: int, executor_selector: str | None = None) -> VariantQueries:
     """PromQL for a variant's request count, server-error count and p95 latency over the last window.
 
     `selector` is a PromQL label matcher list without braces, e.g. `variant="challenger"`. The model
     server counts every prediction request, successful or not, in `model_predictions_total`, and the
     failed ones again in `model_prediction_errors_total{error_type}`. Client mistakes
     (`invalid_input`, `payload_too_large`) are the caller's fault, not the model's, and are left out.
+
+    With `executor_selector` (the Seldon path: matchers of the variant's prediction calls in the executor's
+    metrics), requests and errors are counted where the caller's request enters the pod: every call, and
+    every 5xx, including failures the model never saw (unreachable, timed out). Latency stays the model's.
     """
     window = f"{max(int(math.ceil(window_seconds)), 1)}s"
+    p95 = f"histogram_quantile(0.95, sum by (le) (rate({LATENCY_METRIC}_bucket{{{selector}}}[{window}])))"
+    if executor_selector is not None:
+        return VariantQueries(
+            requests=f"sum(increase({EXECUTOR_REQUESTS_METRIC}{{{executor_selector}}}[{window}]))",
+            errors=f'sum(increase({EXECUTOR_REQUESTS_METRIC}{{{executor_selector},code=~"5.."}}[{window}]))',
+            p95_seconds=p95,
+        )
     return VariantQueries(
         requests=f"sum(increase({REQUESTS_METRIC}{{{selector}}}[{window}]))",
         errors=f'sum(increase({ERRORS_METRIC}{{{selector},error_type!~"{CLIENT_ERROR_TYPES}"}}[{window}]))',
@@ -268,6 +282,11 @@ def _judge_latency(champion: VariantSample | None, challenger: VariantSample, li
     return Check("p95_latency", Phase.PASSED, described)
 
 
+def ready_pods_query(namespace: str, deployment_pattern: str) -> str:
+    """PromQL for how many pods of the matching Deployments are available (kube-state-metrics)."""
+    return f'sum(kube_deployment_status_replicas_available{{namespace="{namespace}",deployment=~"{deployment_pattern}"}})'
+
+
 def judge(
     champion: VariantSample | None,
     challenger: VariantSample | None,
@@ -276,13 +295,26 @@ def judge(
     quality_limits: QualityThresholds | None = None,
     promoting: bool = False,
     interval_fn: Callable[..., ConfidenceInterval] | None = None,
+    challenger_ready_pods: float | None = None,
 ) -> Measurement:
     """Judge one analysis window. Missing data is inconclusive, never passed.
 
     `quality` is (champion, challenger) feedback since the rollout began; `promoting` says that passing
     this look would promote (the quality gate may then be required). `interval_fn` replaces the quality
     test's interval (the benchmark measures a fixed-sample test that way).
+
+    `challenger_ready_pods` (when known) of 0 fails the check outright: its share of the traffic then fails
+    before any pod, where neither the model's nor the executor's metrics can count it, so its silence
+    would otherwise only ever hold the rollout.
     """
+    if challenger_ready_pods is not None and challenger_ready_pods <= 0:
+        return Measurement(
+            Phase.FAILED,
+            "the challenger has no ready pods: requests routed to it fail before reaching a pod",
+            champion,
+            challenger,
+            (Check("ready_pods", Phase.FAILED, "0 available challenger pods (kube_deployment_status_replicas_available)"),),
+        )
     quality_check, difference = (None, None)
     if quality_limits is not None:
         quality_check, difference = judge_quality(*(quality or (None, None)), quality_limits, promoting,

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from rollout.analysis import ready_pods_query
 from rollout.errors import PlanError, RolloutError, RolloutLockedError
 from rollout.lock import RolloutLock, lock_holder, lock_path, state_dir
 from rollout.metrics import PrometheusProvider
@@ -34,6 +35,22 @@ EXIT_OK, EXIT_ROLLED_BACK, EXIT_USAGE, EXIT_REFUSED, EXIT_STOPPED = 0, 1, 2, 3, 
 
 class UsageError(Exception):
     """A command-line or stack-config problem; the message names it."""
+
+
+def stack_metric_sources(config) -> dict[str, str]:
+    """On Seldon: the executor's matchers per variant (it counts requests and errors, see
+    `rollout.analysis.variant_queries`) and the challenger's ready-pods query (the operator names its
+    Deployments SDEP-PREDICTOR-INDEX-CONTAINERS, operator/apis/.../seldondeployment_types.go GetDeploymentName).
+    Nothing on the plain path."""
+    if config.traffic.router != "seldon":
+        return {}
+    from infra.seldon import executor_selector
+
+    return {
+        "champion_executor_selector": executor_selector(config, "champion"),
+        "challenger_executor_selector": executor_selector(config, "challenger"),
+        "challenger_ready_query": ready_pods_query(config.namespace, f"{config.app_name}-challenger-[0-9]+-.+"),
+    }
 
 
 def print_record(record: StepRecord, started: float, stream=sys.stdout) -> None:
@@ -127,7 +144,7 @@ def cmd_start(args) -> int:
     config = _load_config(args)
     if not config.model.challenger_uri:
         raise UsageError(f"stack {args.stack!r} has no model.challengerUri: there is no challenger to roll out")
-    plan = plan_from_config(config.rollout)
+    plan = plan_from_config(config.rollout, stack_metric_sources(config))
     provider = PrometheusProvider(config.rollout.prometheus_url)
     router = _router(args, config)
     stop = threading.Event()
@@ -201,7 +218,7 @@ def cmd_status(args) -> int:
     if not provider.is_online():
         print(f"prometheus:         unreachable at {config.rollout.prometheus_url}")
         return EXIT_OK
-    measurement = measure(provider, plan_from_config(config.rollout), config.rollout.interval_seconds)
+    measurement = measure(provider, plan_from_config(config.rollout, stack_metric_sources(config)), config.rollout.interval_seconds)
     print(f"last {config.rollout.interval_seconds}s:          {measurement.phase.value}: {measurement.reason}")
     return EXIT_OK
 

@@ -89,9 +89,12 @@ def _scalar_from_result(promql: str, data: dict) -> float | None:
     return None if math.isnan(value) else value
 
 
-def collect_sample(provider: MetricsProvider, variant: str, selector: str, window_seconds: float) -> VariantSample | None:
-    """Ask `provider` what `variant` did over the last window; None when it served no data at all."""
-    queries = variant_queries(selector, int(math.ceil(window_seconds)))
+def collect_sample(
+    provider: MetricsProvider, variant: str, selector: str, window_seconds: float, executor_selector: str | None = None
+) -> VariantSample | None:
+    """Ask `provider` what `variant` did over the last window; None when it served no data at all.
+    With `executor_selector`, requests and errors are Seldon's executor's view (see `variant_queries`)."""
+    queries = variant_queries(selector, int(math.ceil(window_seconds)), executor_selector)
     requests_served = provider.query(queries.requests)
     if requests_served is None:
         return None

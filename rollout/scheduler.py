@@ -66,6 +66,11 @@ class RolloutPlan:
     quality: QualityThresholds | None = None
     champion_selector: str = 'variant="champion"'
     challenger_selector: str = 'variant="challenger"'
+    # On Seldon: matchers of each variant's calls in the executor's metrics, which then count requests and errors.
+    champion_executor_selector: str | None = None
+    challenger_executor_selector: str | None = None
+    # PromQL for the challenger's available pods (kube-state-metrics); 0 fails the check.
+    challenger_ready_query: str | None = None
 
     def __post_init__(self):
         problems = []
@@ -85,9 +90,11 @@ class RolloutPlan:
         return next((step for step in self.steps if step > weight), 100)
 
 
-def plan_from_config(rollout_config) -> RolloutPlan:
-    """The scheduler's plan from the stack's `rollout.*` config section."""
+def plan_from_config(rollout_config, metric_sources: dict[str, str] | None = None) -> RolloutPlan:
+    """The scheduler's plan from the stack's `rollout.*` config section, plus the stack's `metric_sources`
+    (RolloutPlan fields; on Seldon, `rollout.cli.stack_metric_sources`)."""
     return RolloutPlan(
+        **(metric_sources or {}),
         steps=tuple(rollout_config.steps),
         interval_seconds=rollout_config.interval_seconds,
         failure_threshold=rollout_config.failure_threshold,
@@ -156,8 +163,11 @@ def measure(provider: MetricsProvider, plan: RolloutPlan, window_seconds: float,
     look = look or Look(since_start_seconds=window_seconds)
     quality = None
     try:
-        champion = collect_sample(provider, "champion", plan.champion_selector, window_seconds)
-        challenger = collect_sample(provider, "challenger", plan.challenger_selector, window_seconds)
+        champion = collect_sample(provider, "champion", plan.champion_selector, window_seconds, plan.champion_executor_selector)
+        challenger = collect_sample(
+            provider, "challenger", plan.challenger_selector, window_seconds, plan.challenger_executor_selector
+        )
+        ready = provider.query(plan.challenger_ready_query) if plan.challenger_ready_query else None
         if plan.quality is not None:
             since = max(look.since_start_seconds, window_seconds)
             quality = (
@@ -168,7 +178,8 @@ def measure(provider: MetricsProvider, plan: RolloutPlan, window_seconds: float,
         return error_measurement(str(err))
     except MetricsQueryError as err:
         return error_measurement(f"query failed: {err}")
-    return judge(champion, challenger, plan.thresholds, quality, plan.quality, look.promoting, interval_fn)
+    return judge(champion, challenger, plan.thresholds, quality, plan.quality, look.promoting, interval_fn,
+                 challenger_ready_pods=ready)
 
 
 class Scheduler:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from infra.config import StackConfig, load_stack_config
+from infra.config import PROJECT_DIR, StackConfig, load_stack_config
+from infra.image import DockerContext, prepare_image
 from infra.render import RenderedResource, render_resources
 
 SCHEMA_DIR = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "crds"
@@ -22,14 +25,26 @@ def stack_config(stack: str, **overrides: Any) -> StackConfig:
 @pytest.fixture(scope="session")
 def render() -> Callable[..., list[RenderedResource]]:
     cache: dict[tuple, list[RenderedResource]] = {}
+    # The real image context (what `pulumi up` builds), prepared once per set of image inputs: renders that
+    # differ elsewhere share it instead of reading the registry again.
+    contexts: dict[tuple, DockerContext] = {}
 
     def _render(stack: str, **overrides: Any) -> list[RenderedResource]:
-        cache_key = (stack, tuple(sorted(overrides.items(), key=str)))
+        cache_key = (stack, repr(sorted(overrides.items(), key=str)))
         if cache_key not in cache:
-            cache[cache_key] = render_resources(stack_config(stack, **overrides))
+            config = stack_config(stack, **overrides)
+            image_key = (config.image, tuple(config.model_uri(v) for v in config.variants))
+            if image_key not in contexts:
+                contexts[image_key] = prepare_image(config)
+            cache[cache_key] = render_resources(config, contexts[image_key])
         return cache[cache_key]
 
     return _render
+
+
+def run_render(*args: str) -> subprocess.CompletedProcess:
+    """`python -m infra.render ARGS` in a fresh process (it inherits the test registry from tests/conftest.py)."""
+    return subprocess.run([sys.executable, "-m", "infra.render", *args], cwd=PROJECT_DIR, capture_output=True, text=True)
 
 
 def manifests(resources: list[RenderedResource], kind: str | None = None) -> list[dict]:

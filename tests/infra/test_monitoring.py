@@ -13,6 +13,7 @@ import yaml
 
 from infra.dashboard import dashboard_queries
 from infra.monitoring import (
+    EXECUTOR_ERRORS,
     ADAPTER_WINDOW,
     DASHBOARD_LABEL,
     HIGH_ERROR_RATE,
@@ -25,7 +26,7 @@ from infra.monitoring import (
     PROMETHEUS_CHART_REPO,
 )
 from infra.serving import REQUESTS_PER_SECOND_METRIC
-from infra.workload import CONTAINER_NAME, PORT_NAME
+from infra.workload import PORT_NAME, container_name
 from tests.infra.conftest import KUBERNETES_VERSION, manifests, stack_config
 from tests.infra.crd import validate_against_crd
 
@@ -110,20 +111,32 @@ def test_pod_monitor_scrapes_the_model_pods_of_either_path(render, name):
     assert selector["app.kubernetes.io/part-of"] == "mlserve"
     for template in templates:
         assert selector.items() <= template["metadata"]["labels"].items()
-        model = next(c for c in template["spec"]["containers"] if c["name"] == CONTAINER_NAME)
+        model = next(c for c in template["spec"]["containers"] if c["name"] == container_name(stack_config("prod")))
         assert PORT_NAME in [port["name"] for port in model["ports"]]
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["mlserve"]}
     endpoint = monitor["spec"]["podMetricsEndpoints"][0]
     assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == (PORT_NAME, "/metrics", "15s")
     # Only the model-server container, not the executor Seldon adds to the pod.
     assert endpoint["relabelings"] == [
-        {"action": "keep", "regex": CONTAINER_NAME, "sourceLabels": ["__meta_kubernetes_pod_container_name"]}
+        {"action": "keep", "regex": container_name(stack_config("prod")), "sourceLabels": ["__meta_kubernetes_pod_container_name"]}
     ]
+    # On Seldon also the executor's own metrics (operator/controllers/seldondeployment_engine.go: the executor
+    # container `seldon-container-engine` has a port named `metrics`; getPrometheusPath defaults to /prometheus).
+    executor = monitor["spec"]["podMetricsEndpoints"][1:]
+    if name == "prod-seldon":
+        assert executor == [{
+            "interval": "15s", "path": "/prometheus", "port": "metrics", "scheme": "http",
+            "relabelings": [{"action": "keep", "regex": "seldon-container-engine", "sourceLabels": ["__meta_kubernetes_pod_container_name"]}],
+        }]
+    else:
+        assert executor == []
 
 
 def test_rule_has_every_alert_with_severity_summary_and_description(render):
     rules = one(render("prod"), "PrometheusRule")["spec"]["groups"][0]["rules"]
-    assert [rule["alert"] for rule in rules] == [HIGH_ERROR_RATE, HIGH_LATENCY, NO_READY_PODS, PREDICTIONS_STOPPED, NOT_SCRAPED]
+    assert [rule["alert"] for rule in rules] == [
+        HIGH_ERROR_RATE, HIGH_LATENCY, NO_READY_PODS, PREDICTIONS_STOPPED, EXECUTOR_ERRORS, NOT_SCRAPED
+    ]
     for rule in rules:
         assert rule["labels"]["severity"] in {"critical", "warning"}
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
@@ -164,7 +177,7 @@ def test_promtool_accepts_the_rules_as_rendered(render, name, tmp_path):
     rules.write_text(yaml.safe_dump(one(render(stack, **overrides), "PrometheusRule")["spec"]))
     result = promtool("check", "rules", str(rules), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert f"SUCCESS: {6 if name == 'prod-seldon' else 5} rules found" in result.stdout
 
 
 @needs_promtool

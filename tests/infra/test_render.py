@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import kubernetes_validate
 import pytest
 import yaml
 
-from infra.config import PROJECT_DIR
 from infra.render import UNKNOWN_DIGEST
-from tests.infra.conftest import KUBERNETES_VERSION, manifests
+from tests.infra.conftest import KUBERNETES_VERSION, manifests, run_render
 from tests.infra.crd import validate_against_crd
 
 STACKS = ["dev", "prod"]
@@ -87,10 +83,6 @@ def test_autoscaling_off_fixes_replicas(render):
     rendered = render("dev", **{"autoscaling.enabled": False, "serving.replicas": 2})
     assert not manifests(rendered, "HorizontalPodAutoscaler")
     assert manifests(rendered, "Deployment")[0]["spec"]["replicas"] == 2
-
-
-def run_render(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "infra.render", *args], cwd=PROJECT_DIR, capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("sets", [[], ["traffic.router=service", "traffic.challengerWeight=0"]], ids=["seldon", "plain"])

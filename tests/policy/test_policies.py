@@ -115,11 +115,11 @@ SELDON = "SeldonDeployment"
 VIOLATIONS = [
     # (id, stack, config overrides, edit of the rendered objects, policy, message)
     ("tag-not-digest", "prod", {}, edit(SELDON, lambda p: model_container(p).update(image="ghcr.io/acme/churn-model:latest")),
-     "model-image-by-digest", "container 'model-server' runs image 'ghcr.io/acme/churn-model:latest', not pinned by digest"),
+     "model-image-by-digest", "container 'customer-churn-classifier' runs image 'ghcr.io/acme/churn-model:latest', not pinned by digest"),
     ("no-memory-limit", "dev", {}, edit("Deployment", lambda p: model_container(p)["resources"]["limits"].pop("memory")),
-     "model-requests-and-limits", "Deployment churn-model-champion: container 'model-server' has no limits.memory"),
+     "model-requests-and-limits", "Deployment churn-model-champion: container 'customer-churn-classifier' has no limits.memory"),
     ("no-startup-probe", "prod", {}, edit(SELDON, lambda p: model_container(p, "challenger").pop("startupProbe")),
-     "model-probes", "predictor challenger: container 'model-server' has no startupProbe"),
+     "model-probes", "predictor challenger: container 'customer-churn-classifier' has no startupProbe"),
     ("privilege-escalation", "dev", {}, edit("Deployment", lambda p: model_container(p)["securityContext"].update(
         allowPrivilegeEscalation=True)), "model-restricted-security", "allowPrivilegeEscalation is not false"),
     ("root", "prod", PLAIN_PROD, edit("Deployment", lambda p: (model_container(p)["securityContext"].pop("runAsNonRoot"),

@@ -183,3 +183,13 @@ def test_sequential_test_error_rates_under_repeated_looks():
     assert fixed / runs > 0.01 and fixed > 3 * max(sequential, 1)
     caught = [_repeated_looks(rng, 0.8, 0.75, quality_confidence_sequence) for _ in range(200)]
     assert sum(rows is not None for rows in caught) / 200 > 0.95
+
+
+def test_on_seldon_the_executor_counts_requests_and_errors():
+    """Seldon's executor sees every call and answers 5xx for failures the model never saw (unreachable, timed
+    out), so a challenger failing there is judged on them, not on its silent model_* series."""
+    executor = 'namespace="mlserve",deployment_name="churn-model",service="predictions",predictor_name="challenger"'
+    queries = variant_queries('variant="challenger"', 30, executor_selector=executor)
+    assert queries.requests == f"sum(increase(seldon_api_executor_server_requests_seconds_count{{{executor}}}[30s]))"
+    assert queries.errors == f'sum(increase(seldon_api_executor_server_requests_seconds_count{{{executor},code=~"5.."}}[30s]))'
+    assert "model_prediction_latency_seconds_bucket{variant=\"challenger\"}" in queries.p95_seconds

@@ -59,6 +59,23 @@ def test_plan_follows_stack_config():
     assert plan.thresholds.max_p95_seconds == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize(("router", "expected"), [("seldon", True), ("service", False)])
+def test_on_seldon_the_plan_reads_the_executors_metrics(router, expected):
+    from infra.config import load_stack_config
+    from rollout.cli import stack_metric_sources
+
+    config = load_stack_config("prod", overrides={"traffic.router": router, "traffic.challengerWeight": 0})
+    plan = plan_from_config(config.rollout, stack_metric_sources(config))
+    if expected:
+        assert plan.challenger_executor_selector.endswith('predictor_name="challenger"')
+        assert 'deployment_name="churn-model"' in plan.champion_executor_selector
+        assert plan.challenger_ready_query == (
+            'sum(kube_deployment_status_replicas_available{namespace="mlserve",deployment=~"churn-model-challenger-[0-9]+-.+"})'
+        )
+    else:
+        assert plan.champion_executor_selector is plan.challenger_executor_selector is plan.challenger_ready_query is None
+
+
 def test_report_has_verdict_every_step_and_a_chart(tmp_path):
     sample = VariantSample("challenger", 200, 10, 0.02)
     champion = VariantSample("champion", 2000, 0, 0.015)

@@ -108,7 +108,7 @@ def test_model_version_bump():
                              {"model.championUri": "models:/customer-churn-classifier/4"})
     assert "- champion model version 3 -> 4 (customer-churn-classifier)" in markdown
     row = ("| SeldonDeployment mlserve/churn-model | `spec.predictors[champion].componentSpecs[0].spec."
-           "containers[model-server].env[MODEL_URI].value` | `models:/customer-churn-classifier/3` | "
+           "containers[customer-churn-classifier].env[MODEL_URI].value` | `models:/customer-churn-classifier/3` | "
            "`models:/customer-churn-classifier/4` |")
     assert row in markdown
     assert "traffic" not in markdown.split("#### What changes in the cluster")[1]

@@ -101,6 +101,48 @@ def test_real_measure_holds_on_missing_metrics(plan, provider):
     assert {record.decision for record in result.records} == {Decision.START, Decision.HOLD, Decision.ABORT}
 
 
+class NeverReadyChallengerProvider:
+    """Seldon, challenger pods never ready: the champion serves, the challenger's share fails at the gateway, so
+    neither the model's nor the executor's series see a single challenger request; kube-state-metrics says 0."""
+
+    def __init__(self, ready_query: str):
+        self.ready_query = ready_query
+
+    def query(self, promql):
+        if promql == self.ready_query:
+            return 0.0
+        if 'predictor_name="champion"' in promql and "increase(" in promql:
+            return 0.0 if 'code=~"5.."' in promql else 5000.0
+        if 'variant="champion"' in promql and "histogram_quantile" in promql:
+            return 0.05
+        return None
+
+    def is_online(self):
+        return True
+
+
+def test_a_challenger_whose_pods_never_become_ready_is_rolled_back_not_held_on_silence(plan):
+    from dataclasses import replace
+
+    ready = 'sum(kube_deployment_status_replicas_available{namespace="mlserve",deployment=~"churn-model-challenger-[0-9]+-.+"})'
+    seldon_plan = replace(
+        plan,
+        champion_executor_selector='deployment_name="churn-model",predictor_name="champion"',
+        challenger_executor_selector='deployment_name="churn-model",predictor_name="challenger"',
+        challenger_ready_query=ready,
+    )
+    router, clock = FakeRouter(), SimClock(stop_after=20)
+    result = Scheduler(router, NeverReadyChallengerProvider(ready), seldon_plan, wait=clock.wait, clock=clock).run()
+    assert result.verdict is Verdict.ROLLED_BACK
+    assert router.history == [5, 0]
+    assert "no ready pods" in result.reason
+    # Without the ready-pods query the same silence only holds the rollout: it never promotes, never rolls back.
+    router, clock = FakeRouter(), SimClock(stop_after=5)
+    held = Scheduler(router, NeverReadyChallengerProvider(ready), replace(seldon_plan, challenger_ready_query=None),
+                     wait=clock.wait, clock=clock).run()
+    assert held.verdict is Verdict.ABORTED and router.history == [5]
+
+
 @pytest.mark.parametrize(
     ("steps", "interval", "threshold", "problem"),
     [((), 60, 2, "steps"), ((10, 5), 60, 2, "increasing"), ((5, 120), 60, 2, "1..100"),
