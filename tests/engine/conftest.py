@@ -26,6 +26,7 @@ HELM_OFF = {
     "prod": {"platform.installSeldon": False, "platform.installIstio": False},
 }
 WAIT_S = 120.0
+ACCESS_KINDS = ("ServiceAccount", "Secret")
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +81,12 @@ def deploy(api: KubeAPI, manifests: list[dict[str, Any]], previous: list[dict[st
         # cluster that race is the same, but a ReplicaSet that loses it logs a FailedCreate we would then misread.
         name = namespace["metadata"]["name"]
         wait_for(f"ServiceAccount default in {name}", lambda: api.exists("v1", "ServiceAccount", "default", name))
-    stored.update({identity(m): api.apply(m) for m in manifests if m["kind"] != "Namespace"})
+    # The stack makes every workload depend on its access objects (ServiceAccount, Secret; infra/stack.py), so
+    # `pulumi up` creates those first: a ReplicaSet whose pods name a ServiceAccount that is not there yet logs
+    # FailedCreate ("serviceaccount ... not found").
+    access = [m for m in manifests if m["kind"] in ACCESS_KINDS]
+    stored.update({identity(m): api.apply(m) for m in access})
+    stored.update({identity(m): api.apply(m) for m in manifests if m["kind"] not in ("Namespace", *ACCESS_KINDS)})
     current = {identity(m) for m in manifests}
     for manifest in previous:
         if identity(manifest) not in current:
