@@ -194,8 +194,8 @@ BAD_CALLS = [
      grpc.StatusCode.NOT_FOUND, 404),
     ("unseen-category", infer_request([{**EXAMPLE, "contract_type": "Weekly"}]),
      oip_request([{**EXAMPLE, "contract_type": "Weekly"}]), MODEL_NAME, grpc.StatusCode.INVALID_ARGUMENT, None),
-    ("negative-tenure", infer_request([{**EXAMPLE, "tenure": -1}]), oip_request([{**EXAMPLE, "tenure": -1}]),
-     MODEL_NAME, grpc.StatusCode.INVALID_ARGUMENT, None),
+    ("text-for-a-number", infer_request([{**EXAMPLE, "tenure": "twelve"}]),
+     oip_request([{**EXAMPLE, "tenure": "twelve"}]), MODEL_NAME, grpc.StatusCode.INVALID_ARGUMENT, None),
     ("missing-input", None, _without("tenure"), MODEL_NAME, grpc.StatusCode.INVALID_ARGUMENT, 400),
     ("too-many-rows", infer_request([EXAMPLE] * 1001), oip_request([EXAMPLE] * 1001), MODEL_NAME,
      grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
@@ -276,7 +276,7 @@ def test_grpc_failures_are_counted_by_error_type(grpc_server):
     labels = {"model_name": MODEL_NAME, "variant": "champion", "protocol": "grpc"}
     before = metric_value(grpc_server.url, "model_prediction_errors_total", **labels, error_type="invalid_input")
     with grpc.insecure_channel(grpc_server.address) as channel, pytest.raises(grpc.RpcError):
-        grpc_server.stub(channel).ModelInfer(infer_request([{**EXAMPLE, "tenure": -1}]))
+        grpc_server.stub(channel).ModelInfer(infer_request([{**EXAMPLE, "tenure": "twelve"}]))
 
     assert metric_value(grpc_server.url, "model_prediction_errors_total", **labels,
                         error_type="invalid_input") == before + 1
