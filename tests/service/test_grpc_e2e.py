@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -22,10 +25,9 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from service.__main__ import free_port
 from service.train import FEATURES, MODEL_NAME, sample_instances
 
-from .conftest import start_server, stop_server
+from .conftest import REPO_ROOT, start_server, stop_server
 from .test_server import EXAMPLE, metric_value, oip_request
 
 pytestmark = pytest.mark.integration
@@ -48,8 +50,29 @@ class GrpcServer:
         return pb_grpc.GRPCInferenceServiceStub(channel)
 
 
+class Watcher(threading.Thread):
+    """Reads the gRPC port `service serve --grpc-port 0` prints, then calls ServerLive from before the workers
+    start until it answers, noting every status code on the way."""
+
+    def __init__(self, log_path) -> None:
+        super().__init__(daemon=True)
+        self.log_path = log_path
+        self.port: int | None = None
+        self.codes: set[grpc.StatusCode] = set()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 120
+        while self.port is None and time.monotonic() < deadline and not self.stop.is_set():
+            text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+            if match := re.search(r"gRPC \(OIP v2\) on 127\.0\.0\.1:(\d+)", text):
+                self.port = int(match.group(1))
+            time.sleep(0.05)
+        if self.port is not None:
+            _watch_until_live(f"127.0.0.1:{self.port}", self.codes, self.stop)
+
+
 def _watch_until_live(address: str, codes: set[grpc.StatusCode], stop: threading.Event) -> None:
-    """Call ServerLive from before the server starts until it answers, noting every status code on the way."""
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         while not stop.is_set():
@@ -63,18 +86,17 @@ def _watch_until_live(address: str, codes: set[grpc.StatusCode], stop: threading
 
 @pytest.fixture(scope="module")
 def grpc_server(registry, tmp_path_factory):
-    grpc_port = free_port()
-    codes: set[grpc.StatusCode] = set()
-    stop = threading.Event()
-    watcher = threading.Thread(target=_watch_until_live, args=(f"127.0.0.1:{grpc_port}", codes, stop), daemon=True)
+    """Two workers, the gRPC port picked by the server (--grpc-port 0) and read from the line it prints."""
+    log_path = tmp_path_factory.mktemp("logs") / "grpc.log"
+    watcher = Watcher(log_path)
     watcher.start()
-    server = start_server(registry, tmp_path_factory.mktemp("logs") / "grpc.log",
-                          "--grpc-port", str(grpc_port), "--workers", str(WORKERS))
+    server = start_server(registry, log_path, "--grpc-port", "0", "--workers", str(WORKERS))
     try:
         watcher.join(timeout=60)
-        yield GrpcServer(server, grpc_port, codes)
+        assert watcher.port, f"no gRPC port printed:\n{server.log_tail()}"
+        yield GrpcServer(server, watcher.port, watcher.codes)
     finally:
-        stop.set()
+        watcher.stop.set()
         stop_server(server)
 
 
@@ -287,3 +309,15 @@ def test_the_grpc_port_closes_when_the_server_stops(grpc_server):
 
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", grpc_server.grpc_port)) != 0
+
+
+def test_a_grpc_port_in_use_is_refused_before_anything_starts(registry):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "service", "serve", "--port", "0", "--grpc-port", str(port)],
+                                cwd=REPO_ROOT, env=registry.env(), capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 2
+    assert f"gRPC port 127.0.0.1:{port} is in use" in result.stderr
