@@ -243,7 +243,9 @@ def run_ghz(address: str, body: dict, concurrency: int, duration_s: float, workd
     body_file.write_text(json.dumps(body))
     command = [str(GHZ), "--insecure", "--protoset", str(protoset(workdir / "oip.protoset")), "--call", MODEL_INFER,
                "--data-file", str(body_file), "-c", str(concurrency), "--connections", str(concurrency),
-               "-z", f"{max(1, round(duration_s))}s", "--timeout", "10s", "--format", "json", address]
+               "-z", f"{max(1, round(duration_s))}s",
+               # Calls still in flight when the time is up are left out, as wrk leaves them out.
+               "--duration-stop", "ignore", "--timeout", "10s", "--format", "json", address]
     result = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60)
     try:
         return ghz_counters(json.loads(result.stdout))

@@ -304,13 +304,6 @@ def test_grpc_failures_are_counted_by_error_type(grpc_server):
                         error_type="invalid_input") == before + 1
 
 
-def test_the_grpc_port_closes_when_the_server_stops(grpc_server):
-    stop_server(grpc_server.server)
-
-    with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", grpc_server.grpc_port)) != 0
-
-
 def test_a_grpc_port_in_use_is_refused_before_anything_starts(registry):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -321,3 +314,25 @@ def test_a_grpc_port_in_use_is_refused_before_anything_starts(registry):
 
     assert result.returncode == 2
     assert f"gRPC port 127.0.0.1:{port} is in use" in result.stderr
+
+
+def test_the_readme_client_example_runs(grpc_server, capsys):
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("### gRPC"):]
+    example = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+    exec(compile(example.replace("localhost:8081", grpc_server.address), "README.md", "exec"), {})
+
+    # It prints the output's name, its values, the model version and the variant.
+    printed = capsys.readouterr().out
+    rest = rest_infer(grpc_server.url, oip_request([EXAMPLE])).json()
+    output = rest["outputs"][0]
+    assert printed.split() == [output["name"], *str(output["data"]).split(), rest["model_version"], "champion"]
+
+
+# Last: it stops the module's server.
+def test_the_grpc_port_closes_when_the_server_stops(grpc_server):
+    stop_server(grpc_server.server)
+
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", grpc_server.grpc_port)) != 0
