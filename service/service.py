@@ -356,12 +356,6 @@ class ModelServer:
             return JSONResponse(await self.infer(name, "", parse_json(await request.body())))
         except InvalidInput as err:
             return error_response(err)
-        answer = await self._answer(lambda: self.model.predict_tensors(payload.get("inputs")))
-        if isinstance(answer, JSONResponse):
-            return answer
-        body = oip_infer_response(answer, payload.get("id"))
-        body["parameters"].update(self._prediction_ids(answer))
-        return JSONResponse(body)
         except ModelFailure as err:
             logger.exception("%s", err)
             return error_response(err)
