@@ -60,7 +60,7 @@ INPUT_SIZE = bentoml.metrics.Histogram(
 )
 
 # Ground truth from /feedback (service.feedback), per variant that made the prediction.
-QUALITY = QualityMetrics(bentoml.metrics, MODEL_LABELS)
+QUALITY = QualityMetrics(bentoml.metrics, MODEL_LABELS[:-1])  # ground truth belongs to no protocol
 
 ERROR_TYPES = ("invalid_input", "payload_too_large", "model_error", "unavailable")
 
