@@ -6,7 +6,10 @@
 the 1-row JSON POST body) at concurrency 1, then 8, then 64, one round per concurrency so that the servers
 compared at one concurrency are measured close together in time on a shared machine. Servers:
 
-- ``mlserve /predict`` and ``mlserve /predict_batch``: ``python -m service serve`` with one worker per core;
+- ``mlserve /predict``, ``mlserve /predict_batch`` and ``mlserve gRPC ModelInfer``: ``python -m service serve
+  --grpc-port G`` with one worker per core; the gRPC point is loaded by ``ghz`` (Go, built by ``make bench`` with
+  ``go install``; skipped with the reason when Go is missing) with the same 1-row request, one connection per
+  concurrent caller as ``wrk`` opens, and reported in the same columns;
 - ``mlflow models serve``: the same registered model through the pyfunc flavour, one worker per core;
 - ``MLServer``: Seldon's MLServer 1.7 with its scikit-learn runtime (its own virtualenv, ``build/venv-mlserver``,
   pins in ``bench/requirements-mlserver.txt``), the model exported with joblib, one parallel worker per core;
@@ -26,6 +29,7 @@ Every load run is bounded by its duration; every server is stopped (its process 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import datetime
@@ -42,8 +46,13 @@ import time
 import typing as t
 from pathlib import Path
 
+import grpc
 import psutil
 import requests
+from google.protobuf import descriptor_pb2, json_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from rollout.local import stop_process_tree
 
@@ -56,6 +65,8 @@ MODEL_NAME = "customer-churn-classifier"
 MODEL_URI = f"models:/{MODEL_NAME}@champion"
 CONCURRENCIES = (1, 8, 64)
 READY_TIMEOUT_SECONDS = 180
+GHZ = REPO_ROOT / "build" / "bin" / "ghz"  # `make bench` builds it (GHZ_VERSION in the Makefile)
+MODEL_INFER = "inference.GRPCInferenceService.ModelInfer"
 TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 ROW = {
     "tenure": 12.0,
@@ -102,6 +113,8 @@ class Endpoint:
     label: str
     path: str
     body: dict[str, t.Any]
+    # Set for a gRPC endpoint: its address (HOST:PORT); ``body`` is then a ModelInferRequest in protobuf JSON.
+    grpc_address: str | None = None
 
 
 @dataclasses.dataclass
@@ -211,16 +224,76 @@ def run_wrk(url: str, body: dict, concurrency: int, duration_s: float, workdir: 
     raise RuntimeError(f"wrk printed no summary (exit {result.returncode}): {result.stdout}{result.stderr}")
 
 
-def check_endpoint(url: str, body: dict) -> None:
+def protoset(path: Path) -> Path:
+    """The compiled OIP v2 descriptors (tritonclient's) as a FileDescriptorSet file, which is what ghz reads."""
+    files = descriptor_pb2.FileDescriptorSet()
+    for module in (model_config_pb2, pb):
+        module.DESCRIPTOR.CopyToProto(files.file.add())
+    path.write_bytes(files.SerializeToString())
+    return path
+
+
+def run_ghz(address: str, body: dict, concurrency: int, duration_s: float, workdir: Path) -> dict[str, int]:
+    """One bounded ``ghz`` run of ModelInfer; returns the counters ``run_wrk`` returns.
+
+    One connection per concurrent caller, as wrk opens: the server's workers share the port with SO_REUSEPORT,
+    so the kernel spreads connections, not calls, over them.
+    """
+    body_file = workdir / "grpc-body.json"
+    body_file.write_text(json.dumps(body))
+    command = [str(GHZ), "--insecure", "--protoset", str(protoset(workdir / "oip.protoset")), "--call", MODEL_INFER,
+               "--data-file", str(body_file), "-c", str(concurrency), "--connections", str(concurrency),
+               "-z", f"{max(1, round(duration_s))}s",
+               # Calls still in flight when the time is up are left out, as wrk leaves them out.
+               "--duration-stop", "ignore", "--timeout", "10s", "--format", "json", address]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 60)
+    try:
+        return ghz_counters(json.loads(result.stdout))
+    except (ValueError, KeyError) as err:
+        raise RuntimeError(f"ghz printed no report (exit {result.returncode}): {result.stdout[-500:]}"
+                           f"{result.stderr[-500:]}") from err
+
+
+def ghz_counters(report: dict[str, t.Any]) -> dict[str, int]:
+    """ghz's JSON report (nanoseconds) as wrk's counters (microseconds); every non-OK status is an error."""
+    latencies = {round(entry["percentage"]): entry["latency"] for entry in report.get("latencyDistribution") or []}
+    statuses = report.get("statusCodeDistribution") or {}
+    return {
+        "requests": report["count"], "duration_us": report["total"] // 1000,
+        "p50_us": latencies.get(50, 0) // 1000, "p99_us": latencies.get(99, 0) // 1000,
+        "max_us": report.get("slowest", 0) // 1000,
+        "connect": 0, "read": 0, "write": 0, "timeout": statuses.get("DeadlineExceeded", 0),
+        "status": sum(count for code, count in statuses.items() if code not in ("OK", "DeadlineExceeded")),
+    }
+
+
+def run_load(endpoint: Endpoint, url: str, concurrency: int, duration_s: float, workdir: Path) -> dict[str, int]:
+    """One bounded load run of ``endpoint`` (wrk for HTTP, ghz for gRPC)."""
+    if endpoint.grpc_address:
+        return run_ghz(endpoint.grpc_address, endpoint.body, concurrency, duration_s, workdir)
+    return run_wrk(url + endpoint.path, endpoint.body, concurrency, duration_s, workdir)
+
+
+def check_endpoint(endpoint: Endpoint, url: str) -> None:
     """Fail early, with the server's answer, when an endpoint does not accept the benchmark's body."""
-    response = requests.post(url, json=body, timeout=30)
+    if endpoint.grpc_address:
+        if not GHZ.exists():
+            raise RuntimeError(f"ghz is not built ({GHZ.relative_to(REPO_ROOT)}; `make bench` builds it with Go)")
+        with grpc.insecure_channel(endpoint.grpc_address) as channel:
+            request = json_format.ParseDict(endpoint.body, pb.ModelInferRequest())
+            try:
+                pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+            except grpc.RpcError as err:
+                raise RuntimeError(f"{endpoint.grpc_address} answered {err.code().name}: {err.details()}") from err
+        return
+    response = requests.post(url + endpoint.path, json=endpoint.body, timeout=30)
     if response.status_code != 200:
-        raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:300]}")
+        raise RuntimeError(f"{url + endpoint.path} answered {response.status_code}: {response.text[:300]}")
 
 
 def measure_point(endpoint: Endpoint, url: str, process: subprocess.Popen, cold_start: float, concurrency: int,
                   duration_s: float, workdir: Path) -> Point:
-    raw = run_wrk(url + endpoint.path, endpoint.body, concurrency, duration_s, workdir)
+    raw = run_load(endpoint, url, concurrency, duration_s, workdir)
     socket_errors = raw["connect"] + raw["read"] + raw["write"] + raw["timeout"]
     point = Point(
         endpoint=endpoint.key, label=endpoint.label, concurrency=concurrency,
@@ -255,7 +328,12 @@ def measure_all(specs: list[ServerSpec], duration_s: float, warmup_s: float, rep
                 url, process, cold_start = stack.enter_context(running(spec, workdir))
                 print(f"  {spec.label}: ready in {cold_start:.2f}s", flush=True)
                 for endpoint in spec.endpoints:
-                    check_endpoint(url + endpoint.path, endpoint.body)
+                    try:
+                        check_endpoint(endpoint, url)
+                    except RuntimeError as err:  # one endpoint of a server that is up: skip that one
+                        print(f"  {endpoint.label}: skipped, {err}", flush=True)
+                        skipped[endpoint.label] = str(err)
+                        continue
                     targets.append((endpoint, url, process, cold_start))
             except (RuntimeError, subprocess.SubprocessError, requests.RequestException) as err:
                 print(f"  {spec.label}: failed, {err}", flush=True)
@@ -263,7 +341,7 @@ def measure_all(specs: list[ServerSpec], duration_s: float, warmup_s: float, rep
                 with contextlib.suppress(OSError):
                     print((workdir / f"{spec.key}.log").read_text(errors="replace")[-2000:], file=sys.stderr)
         for endpoint, url, _, _ in targets:
-            run_wrk(url + endpoint.path, endpoint.body, 8, warmup_s, workdir)
+            run_load(endpoint, url, 8, warmup_s, workdir)
         points = []
         for concurrency in CONCURRENCIES:
             runs: dict[str, list[Point]] = {}
@@ -391,17 +469,34 @@ def mlserver_body() -> dict[str, t.Any]:
     }
 
 
+def model_infer_body() -> dict[str, t.Any]:
+    """The benchmark's row as a ModelInferRequest (protobuf JSON): one typed tensor per column."""
+    return {
+        "model_name": MODEL_NAME,
+        "inputs": [
+            {"name": name, "datatype": "BYTES" if isinstance(value, str) else "FP64", "shape": ["1"],
+             "contents": {"bytes_contents": [base64.b64encode(value.encode()).decode()]} if isinstance(value, str)
+             else {"fp64_contents": [value]}}
+            for name, value in ROW.items()
+        ],
+    }
+
+
 def server_specs(tracking_uri: str, workers: int) -> list[ServerSpec]:
     registry_env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
     mlserver_root = BUILD / "mlserver"
     rows = {"instances": [ROW]}
+    grpc_port = free_port()
     return [
         ServerSpec(
             "mlserve", "mlserve (BentoML)",
-            lambda port: [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", str(workers)],
+            lambda port: [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", str(workers),
+                          "--grpc-port", str(grpc_port)],
             "/readyz",
             [Endpoint("mlserve_predict", "mlserve /predict", "/predict", rows),
-             Endpoint("mlserve_predict_batch", "mlserve /predict_batch", "/predict_batch", rows)],
+             Endpoint("mlserve_predict_batch", "mlserve /predict_batch", "/predict_batch", rows),
+             Endpoint("mlserve_grpc", "mlserve gRPC ModelInfer", MODEL_INFER, model_infer_body(),
+                      grpc_address=f"127.0.0.1:{grpc_port}")],
             env=registry_env,
         ),
         ServerSpec(
@@ -459,7 +554,7 @@ def evaluate_targets(points: list[Point], rss: dict[str, t.Any] | None) -> list[
     if best64:
         add(f"p99 at c=64, {best64.label} (ms)", best64.p99_ms, f"<= {TARGET_P99_C64_MS:g}",
             best64.p99_ms <= TARGET_P99_C64_MS)
-    our_errors = sum(p.errors for p in points if p.endpoint in ours)
+    our_errors = sum(p.errors for p in points if p.endpoint.startswith("mlserve_"))
     add("errors, mlserve (all points)", our_errors, "0", our_errors == 0)
     if rss:
         add(f"RSS growth after warm-up over {rss['duration_s']:g}s (%)", round(rss["growth_percent"], 2),
@@ -475,7 +570,8 @@ def markdown_report(meta: dict[str, t.Any], points: list[Point], targets: list[d
     lines = [
         "# Serving benchmark",
         "",
-        f"{meta['date']} on {meta['machine']}; wrk, 1 thread, 1-row JSON POST, {meta['duration_s']:g} s per run "
+        f"{meta['date']} on {meta['machine']}; wrk, 1 thread, 1-row JSON POST (gRPC: ghz, the same row as a "
+        f"ModelInferRequest, one connection per caller), {meta['duration_s']:g} s per run "
         f"after a {meta['warmup_s']:g} s warm-up; per concurrency, {meta.get('repeats', 1)} rounds over all servers, "
         "each row the median-throughput run of its point (errors summed over all runs); mlserve, mlflow and "
         f"MLServer with {meta['workers']} workers, the reference server with one process. Reproduce: `make bench`.",

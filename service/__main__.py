@@ -6,7 +6,9 @@ registry lacks it; a user's registry never receives models it did not ask for.
 The registry is consulted once, by ``bentoml serve`` as it imports the service (``service.service``).
 Flags: ``--port P`` (default 3000; 0 picks a free port, printed on stderr before the server starts),
 ``--host`` (default 127.0.0.1), ``--variant champion|challenger`` (default ``MODEL_VARIANT``, else champion), ``--model-uri URI``
-(default ``MODEL_URI``, else ``models:/customer-churn-classifier@<variant>``), ``--workers N`` (default 1). The registry is
+(default ``MODEL_URI``, else ``models:/customer-churn-classifier@<variant>``), ``--workers N`` (default 1),
+``--grpc-port G`` (default ``MLSERVE_GRPC_PORT``, else no gRPC; 0 picks a free port, printed like the HTTP one): every
+worker serves the Open Inference Protocol v2 over gRPC on that port. The registry is
 ``MLFLOW_TRACKING_URI``, else SQLite in ``MLSERVE_HOME`` (default ``.mlserve/``). Each server gets its own
 ``BENTOML_HOME`` (``MLSERVE_HOME/servers/<port>``) so that servers on one machine keep separate metrics. The process is replaced by
 ``bentoml serve``, so its pid is the server's. Exit status 2 (before serving) when MODEL_URI names no
@@ -33,6 +35,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
+
+
+def port_is_taken(host: str, port: int) -> bool:
+    """Whether something listens on ``host:port``, even with SO_REUSEPORT (which our gRPC workers would join)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed connection's TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def serve_command(host: str, port: int) -> list[str]:
@@ -63,6 +76,11 @@ def serve_environment(
     }
 
 
+def _grpc_port_default() -> int | None:
+    raw = os.environ.get("MLSERVE_GRPC_PORT", "")
+    return int(raw) if raw.isdigit() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service", description="mlserve model server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -75,10 +93,25 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--model-uri", default=os.environ.get("MODEL_URI") or None,
                        help=f"default MODEL_URI, else models:/{DEMO_MODEL_NAME}@VARIANT (the demo)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--grpc-port", type=int, default=_grpc_port_default(),
+                       help="serve OIP v2 over gRPC on this port too (default MLSERVE_GRPC_PORT, else none); "
+                            "0 picks a free one")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.grpc_port is not None and not 0 <= args.grpc_port <= 65535:
+        parser.error(f"--grpc-port {args.grpc_port} is not a port; give 0 to 65535 (0 picks a free one)")
     os.environ.update(TELEMETRY_OFF)
+    grpc_port = None
+    if args.grpc_port is not None:
+        grpc_port = args.grpc_port or free_port(args.host)
+        # Every worker binds the gRPC port with SO_REUSEPORT; another server holding it that way would silently
+        # get a share of our calls, so a port in use is refused here, before anything starts.
+        if port_is_taken(args.host, grpc_port):
+            print(f"mlserve: gRPC port {args.host}:{grpc_port} is in use; choose another (--grpc-port 0 picks a free "
+                  "one)", file=sys.stderr)
+            return 2
+        os.environ.update({"MLSERVE_GRPC_PORT": str(grpc_port), "MLSERVE_GRPC_HOST": args.host})
 
     from service.errors import ModelLoadError
     from service.loading import parse_model_uri
@@ -98,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     # too cost a second and a half of every cold start.
     os.environ[REGISTER_DEMO_ENV] = "true"
     port = args.port or free_port(args.host)
-    print(f"mlserve: serving {model_uri} as {args.variant} on http://{args.host}:{port}", file=sys.stderr, flush=True)
+    grpc = f", gRPC (OIP v2) on {args.host}:{grpc_port}" if grpc_port is not None else ""
+    print(f"mlserve: serving {model_uri} as {args.variant} on http://{args.host}:{port}{grpc}", file=sys.stderr,
+          flush=True)
     command = serve_command(args.host, port)
     os.chdir(REPO_ROOT)
     bentoml_home = default_mlserve_home() / "servers" / str(port)

@@ -7,23 +7,22 @@ and ``destroy_instance`` run them in every worker). All workers bind the same po
 (``grpc.so_reuseport``), so the kernel spreads new connections over them; one connection stays on one worker.
 
 The servicer holds no model and no rules of its own: it turns each call into the JSON body of the REST call
-(``service.grpc_tensors``), asks the same ``InferenceBackend`` the REST routes use, and turns the answer or the
-REST error back into gRPC: 400/422 ``INVALID_ARGUMENT`` with the REST message, 404 ``NOT_FOUND``, 413
-``RESOURCE_EXHAUSTED``, 503 ``UNAVAILABLE``, anything else ``INTERNAL``.
+(``service.grpc_tensors``), asks the same ``InferenceBackend`` the REST routes use (``ModelServer``), and turns the
+answer or the error back into gRPC: ``InvalidInput`` 400/422 is ``INVALID_ARGUMENT`` with the REST message, 404
+``NOT_FOUND``, 413 ``RESOURCE_EXHAUSTED``, 503 ``UNAVAILABLE``; ``ModelFailure`` is ``INTERNAL``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
-import time
 import typing as t
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from service.errors import InvalidInput, ModelFailure
+from service.metrics import GRPC, RequestOutcome
 from service.grpc_tensors import (
     TensorError,
     infer_request_body,
@@ -33,7 +32,6 @@ from service.grpc_tensors import (
 
 logger = logging.getLogger("mlserve.grpc")
 
-PROTOCOL = "grpc"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # The RPCs of the OIP v2 (KServe's grpc_predict_v2.proto); the Triton-only ones in the same service stay UNIMPLEMENTED.
 OIP_RPCS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
@@ -42,22 +40,6 @@ STOP_GRACE_SECONDS = 5.0
 # Messages this many times over the body limit are refused by gRPC itself, before any of our code
 # (a bound on memory); smaller ones reach the servicer, which refuses them with the REST message and counts them.
 HARD_LIMIT_FACTOR = 4
-
-
-class BackendError(Exception):
-    """A request the model server refused, with the HTTP status and message the REST API answers."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclasses.dataclass
-class RequestOutcome:
-    """Filled in while a call is handled; the metrics read it when the call ends."""
-
-    status: int = 500
 
 
 class InferenceBackend(t.Protocol):
@@ -70,13 +52,13 @@ class InferenceBackend(t.Protocol):
         """``{"name", "version", "extensions"}``, the OIP server metadata."""
 
     def model_metadata(self, name: str, version: str) -> dict[str, t.Any]:
-        """The ``/v2/models/{name}`` body; raises BackendError(404) for a model this server does not serve."""
+        """The ``/v2/models/{name}`` body; raises InvalidInput(404) for a model this server does not serve."""
 
     def model_ready(self, name: str, version: str) -> bool:
-        """Whether that model is ready; raises BackendError(404) for a model this server does not serve."""
+        """Whether that model is ready; raises InvalidInput(404) for a model this server does not serve."""
 
     async def infer(self, name: str, version: str, body: dict[str, t.Any]) -> dict[str, t.Any]:
-        """The REST infer answer for a REST infer body; raises BackendError with the REST status and message."""
+        """The REST infer answer for a REST infer body; raises InvalidInput (4xx) or ModelFailure as REST does."""
 
     def track(self, protocol: str, size_bytes: int) -> t.ContextManager[RequestOutcome]:
         """Measure one prediction request in the model_* metrics, labelled with ``protocol``."""
@@ -121,7 +103,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
         try:
             return pb.ModelReadyResponse(ready=self.backend.model_ready(request.name, request.version))
-        except BackendError as err:
+        except InvalidInput as err:
             await context.abort(status_code(err.status), err.message)
 
     async def ModelMetadata(
@@ -130,40 +112,45 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._require_ready(context)
         try:
             return model_metadata_message(self.backend.model_metadata(request.name, request.version))
-        except BackendError as err:
+        except InvalidInput as err:
             await context.abort(status_code(err.status), err.message)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         size = request.ByteSize()
-        refusal: BackendError | None = None
+        refusal: tuple[int, str] | None = None
         # Measured before answering, so the metrics already count a call when its client sees the answer.
-        with self.backend.track(PROTOCOL, size) as outcome:
+        with self.backend.track(GRPC, size) as outcome:
             try:
                 response = await self._infer(request, size)
                 outcome.status = 200
-            except BackendError as err:
-                outcome.status = err.status
-                refusal = err
+            except InvalidInput as err:
+                refusal = (err.status, err.message)
+            except ModelFailure as err:
+                logger.exception("%s", err)
+                refusal = (500, str(err))
+            if refusal is not None:
+                outcome.status = refusal[0]
         if refusal is not None:
-            await context.abort(status_code(refusal.status), refusal.message)
+            await context.abort(status_code(refusal[0]), refusal[1])
         return response
 
     async def _infer(self, request: pb.ModelInferRequest, size: int) -> pb.ModelInferResponse:
         if size > self.max_message_bytes:
-            raise BackendError(
-                413, f"request body exceeds the maximum of {self.max_message_bytes} bytes (MLSERVE_MAX_BODY_BYTES)"
+            raise InvalidInput(
+                f"request body exceeds the maximum of {self.max_message_bytes} bytes (MLSERVE_MAX_BODY_BYTES)",
+                status=413,
             )
         if not self.backend.is_ready():
-            raise BackendError(503, "the model is not loaded yet; retry when ServerReady answers ready")
+            raise InvalidInput("the model is not loaded yet; retry when ServerReady answers ready", status=503)
         try:
             body = infer_request_body(request)
         except TensorError as err:
-            raise BackendError(400, str(err)) from err
+            raise InvalidInput(str(err)) from None
         answer = await self.backend.infer(request.model_name, request.model_version, body)
         try:
             return infer_response_message(answer, raw=bool(request.raw_input_contents))
         except TensorError as err:
-            raise BackendError(500, str(err)) from err
+            raise ModelFailure(str(err)) from err
 
     async def _require_ready(self, context: grpc.aio.ServicerContext) -> None:
         if not self.backend.is_ready():
@@ -206,14 +193,3 @@ class GrpcServer:
         if self.server is not None:
             await self.server.stop(STOP_GRACE_SECONDS)
             self.server = None
-
-
-@contextlib.contextmanager
-def timed(record: t.Callable[[int, float], None]) -> t.Iterator[RequestOutcome]:
-    """A RequestOutcome whose status and duration go to ``record(status, seconds)`` when the block ends."""
-    outcome = RequestOutcome()
-    started = time.perf_counter()
-    try:
-        yield outcome
-    finally:
-        record(outcome.status, time.perf_counter() - started)

@@ -175,6 +175,8 @@ def infer_response_message(body: dict[str, t.Any], raw: bool) -> pb.ModelInferRe
     for output in body["outputs"]:
         datatype, data = output["datatype"], output["data"]
         tensor = response.outputs.add(name=output["name"], datatype=datatype, shape=output["shape"])
+        for key, value in (output.get("parameters") or {}).items():
+            tensor.parameters[key].CopyFrom(parameter_message(value))
         if raw:
             response.raw_output_contents.append(_raw_bytes(datatype, data))
             continue

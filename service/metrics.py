@@ -2,13 +2,16 @@
 
 Names and labels are what dashboards, alerts and the rollout analysis query: ``model_predictions_total``,
 ``model_prediction_latency_seconds``, ``model_prediction_errors_total`` (``error_type``), ``model_active_requests``,
-``model_input_size_bytes``, each labelled ``model_name``, ``model_version``, ``variant``. They are registered with
+``model_input_size_bytes``, each labelled ``model_name``, ``model_version``, ``variant`` and ``protocol`` (``rest`` for
+every HTTP route, ``grpc`` for OIP v2 over gRPC; queries that sum over labels read both). They are registered with
 ``bentoml.metrics``, BentoML's multiprocess-aware registry, so every worker's samples are merged at ``/metrics``.
 The middleware also enforces the body size limit and adds the ``X-Model-*`` headers to every prediction response.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import re
 import time
 import typing as t
@@ -24,7 +27,8 @@ PREDICTION_PATHS = re.compile(r"^/(predict|predict_batch|invocations|v2/models/[
 
 # bentoml.metrics registers in BentoML's multiprocess-aware registry, so every worker's samples are
 # merged at /metrics. Labels are fixed so dashboards and the rollout analysis can compare variants.
-MODEL_LABELS = ["model_name", "model_version", "variant"]
+MODEL_LABELS = ["model_name", "model_version", "variant", "protocol"]
+REST, GRPC = "rest", "grpc"
 PREDICTIONS = bentoml.metrics.Counter(
     name="model_predictions_total",
     documentation="Prediction requests handled, successful or not",
@@ -56,9 +60,48 @@ INPUT_SIZE = bentoml.metrics.Histogram(
 )
 
 # Ground truth from /feedback (service.feedback), per variant that made the prediction.
-QUALITY = QualityMetrics(bentoml.metrics, MODEL_LABELS)
+QUALITY = QualityMetrics(bentoml.metrics, MODEL_LABELS[:-1])  # ground truth belongs to no protocol
 
 ERROR_TYPES = ("invalid_input", "payload_too_large", "model_error", "unavailable")
+
+
+def start_series(identity: ModelIdentity, protocols: t.Iterable[str]) -> None:
+    """Create every counter series at 0, so "no errors yet" reads as 0 rather than as missing data."""
+    for protocol in protocols:
+        labels = {**identity.labels, "protocol": protocol}
+        PREDICTIONS.labels(**labels)
+        for error_type in ERROR_TYPES:
+            ERRORS.labels(**labels, error_type=error_type)
+
+
+def record(labels: dict[str, str], status: int, seconds: float, size_bytes: int) -> None:
+    """Count one answered prediction request: its latency, its size, and its error type if it failed."""
+    PREDICTIONS.labels(**labels).inc()
+    LATENCY.labels(**labels).observe(seconds)
+    INPUT_SIZE.labels(**labels).observe(size_bytes)
+    if (error_type := error_type_for(status)) is not None:
+        ERRORS.labels(**labels, error_type=error_type).inc()
+
+
+@dataclasses.dataclass
+class RequestOutcome:
+    """Filled in while a request is handled; ``track`` reads its status when the request ends."""
+
+    status: int = 500
+
+
+@contextlib.contextmanager
+def track(identity: ModelIdentity, protocol: str, size_bytes: int) -> t.Iterator[RequestOutcome]:
+    """Measure one prediction request of ``protocol`` (gRPC calls; HTTP goes through the middleware below)."""
+    labels = {**identity.labels, "protocol": protocol}
+    outcome = RequestOutcome()
+    started = time.perf_counter()
+    ACTIVE.labels(**labels).inc()
+    try:
+        yield outcome
+    finally:
+        ACTIVE.labels(**labels).dec()
+        record(labels, outcome.status, time.perf_counter() - started, size_bytes)
 
 
 def error_type_for(status: int) -> str | None:
@@ -88,7 +131,7 @@ class PredictionTrafficMiddleware:
         if scope["type"] != "http" or model is None or not PREDICTION_PATHS.match(scope["path"]):
             await self.app(scope, receive, send)
             return
-        labels = model.labels
+        labels = {**model.labels, "protocol": REST}
         started = time.perf_counter()
         status = 500
 
@@ -122,11 +165,7 @@ class PredictionTrafficMiddleware:
             ACTIVE.labels(**labels).dec()
             # A client that left before finishing its request asked nothing of the model: not counted.
             if not disconnected:
-                PREDICTIONS.labels(**labels).inc()
-                LATENCY.labels(**labels).observe(time.perf_counter() - started)
-                INPUT_SIZE.labels(**labels).observe(body_size)
-                if (error_type := error_type_for(status)) is not None:
-                    ERRORS.labels(**labels, error_type=error_type).inc()
+                record(labels, status, time.perf_counter() - started, body_size)
 
     async def _read_body(self, scope: dict, receive: t.Callable) -> tuple[bytes | None, int, bool]:
         """(body, size, disconnected); body is None when it is over the limit or the client went away."""
@@ -153,9 +192,10 @@ def count_refused(scope: dict, status: int) -> None:
     identity = _current_identity()
     if identity is None:
         return
-    PREDICTIONS.labels(**identity.labels).inc()
+    labels = {**identity.labels, "protocol": REST}  # admission control stands in front of the HTTP routes only
+    PREDICTIONS.labels(**labels).inc()
     if (error_type := error_type_for(status)) is not None:
-        ERRORS.labels(**identity.labels, error_type=error_type).inc()
+        ERRORS.labels(**labels, error_type=error_type).inc()
 
 
 def _replay(body: bytes, receive: t.Callable) -> t.Callable:

@@ -6,7 +6,9 @@ API's input types and the OpenAPI document describe that model's columns; each w
 "model_version", "variant"}`` plus ``X-Model-*`` headers), ``POST /predict_batch`` (adaptive batching; a list of
 predictions), ``POST /invocations`` (the MLflow scoring protocol, JSON or CSV; what ``mlflow models serve``
 answers), the Open Inference Protocol v2 REST routes under ``/v2``, and BentoML's ``/livez``, ``/readyz``,
-``/metrics``. Settings: ``service.settings``; the protocol-independent core: ``service.predictor``.
+``/metrics``; with ``MLSERVE_GRPC_PORT`` set, each worker also serves the OIP v2 over gRPC on that port
+(``service.grpc_server``), answering from the same methods as the ``/v2`` routes. Settings: ``service.settings``;
+the protocol-independent core: ``service.predictor``.
 """
 
 from __future__ import annotations
@@ -29,8 +31,18 @@ from service import patches
 from service.admission import AdmissionLimits, AdmissionMiddleware
 from service.errors import InvalidInput, ModelFailure, ModelLoadError
 from service.feedback import handle_feedback, row_predictions
+from service.grpc_server import GrpcServer
 from service.loading import ModelSource, load_model, missing_requirements, parse_model_uri, resolve_model
-from service.metrics import ERROR_TYPES, ERRORS, PREDICTIONS, QUALITY, PredictionTrafficMiddleware, count_refused
+from service.metrics import (
+    GRPC,
+    QUALITY,
+    REST,
+    PredictionTrafficMiddleware,
+    RequestOutcome,
+    count_refused,
+    start_series,
+    track,
+)
 from service.openapi import DocumentedErrorsMiddleware
 from service.prediction_ids import KEY_ENV, SigningKeyError, signer_from_env
 from service.predictor import PREDICT, Prediction, ServedModel
@@ -106,6 +118,10 @@ IMAGE = bentoml.images.Image(python_version="3.11", lock_python_packages=False).
     "skops==0.16.0",
     "fastapi==0.165.0",
     "prometheus-client==0.26.0",
+    # OIP v2 over gRPC: grpcio and the compiled inference.GRPCInferenceService stubs (requirements.txt).
+    "grpcio==1.85.1",
+    "protobuf==6.33.6",
+    "tritonclient[grpc]==2.73.0",
 )
 
 oip = FastAPI(title="Open Inference Protocol v2")
@@ -152,10 +168,8 @@ class ModelServer:
         QUALITY.start(identity.labels)
         if self.signer is None:
             warn(f"{KEY_ENV} is not set: predictions carry no prediction_ids and /feedback is off")
-        # Start every series at 0, so "no errors yet" reads as 0 rather than as missing data.
-        PREDICTIONS.labels(**identity.labels)
-        for error_type in ERROR_TYPES:
-            ERRORS.labels(**identity.labels, error_type=error_type)
+        self.grpc: GrpcServer | None = None
+        start_series(identity, (REST, GRPC) if SETTINGS.grpc_port else (REST,))
         if self.model.schema.kind == "none":
             warn(f"{identity.name} version {identity.version} was logged without a signature: requests are checked "
                  "only for their shape; log the model with a signature to have every column checked")
@@ -176,12 +190,34 @@ class ModelServer:
         rows = row_predictions(answer, classifier=bool(self.model.classes))
         return {"prediction_ids": [self.signer.issue(labels, row) for row in rows]}
 
-    async def _answer(self, call: t.Callable[[], Prediction]) -> Prediction | JSONResponse:
-        """Run one prediction (natively on the event loop, through pyfunc in a thread); errors as responses."""
+    # BentoML runs these hooks in every worker (_bentoml_impl/server/app.py: create_instance, destroy_instance),
+    # after __init__ has loaded the model: a worker's gRPC server never answers before its model is loaded.
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        """Serve OIP v2 over gRPC on MLSERVE_GRPC_PORT, the port shared by every worker (SO_REUSEPORT)."""
+        if SETTINGS.grpc_port is None:
+            return
+        self.grpc = GrpcServer(self, SETTINGS.grpc_host, SETTINGS.grpc_port, SETTINGS.max_body_bytes)
         try:
-            if self.model.serving_path == "pyfunc":
-                return await anyio.to_thread.run_sync(call)
-            return call()
+            await self.grpc.start()
+        except RuntimeError as err:
+            fatal(str(err))
+
+    @bentoml.on_shutdown
+    async def stop_grpc(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
+
+    async def _predict(self, call: t.Callable[[], Prediction]) -> Prediction:
+        """Run one prediction (natively on the event loop, through pyfunc in a thread); raises as the core does."""
+        if self.model.serving_path == "pyfunc":
+            return await anyio.to_thread.run_sync(call)
+        return call()
+
+    async def _answer(self, call: t.Callable[[], Prediction]) -> Prediction | JSONResponse:
+        """``_predict`` with its errors as responses."""
+        try:
+            return await self._predict(call)
         except InvalidInput as err:
             return error_response(err)
         except ModelFailure as err:
@@ -246,6 +282,48 @@ class ModelServer:
         """MLflow's health check: 200 once the model is loaded."""
         return JSONResponse({}, status_code=200 if self.__is_ready__() else 503)
 
+    # ---- the Open Inference Protocol v2: these methods answer both the /v2 REST routes below and the gRPC
+    # server (they are its service.grpc_server.InferenceBackend), so both protocols give the same answers.
+
+    def is_ready(self) -> bool:
+        return self.__is_ready__()
+
+    def server_metadata(self) -> dict[str, t.Any]:
+        return {"name": "mlserve", "version": f"bentoml-{bentoml.__version__}", "extensions": []}
+
+    def _check_model(self, name: str, version: str = "") -> None:
+        identity = self.model.identity
+        if name != identity.name:
+            raise InvalidInput(f"unknown model {name!r}; this server serves {identity.name!r}", status=404)
+        if version and version != identity.version:
+            raise InvalidInput(f"model {name!r} has no version {version!r} here; this server serves version "
+                               f"{identity.version!r}", status=404)
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, t.Any]:
+        self._check_model(name, version)
+        return self.model.oip_metadata()
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        self._check_model(name, version)
+        return self.__is_ready__()
+
+    async def infer(self, name: str, version: str, payload: t.Any) -> dict[str, t.Any]:
+        """The OIP v2 infer answer for a parsed request body; raises InvalidInput or ModelFailure."""
+        self._check_model(name, version)
+        if not isinstance(payload, dict):
+            raise InvalidInput("an infer request is a JSON object with an 'inputs' list of tensors")
+        prediction = await self._predict(lambda: self.model.predict_tensors(payload.get("inputs")))
+        body = oip_infer_response(prediction, payload.get("id"))
+        body["parameters"].update(self._prediction_ids(prediction))
+        return body
+
+    def track(self, protocol: str, size_bytes: int) -> t.ContextManager[RequestOutcome]:
+        return track(self.model.identity, protocol, size_bytes)
+
+    @oip.get("/")
+    def oip_server_metadata(self) -> dict[str, t.Any]:
+        return self.server_metadata()
+
     @oip.get("/health/live")
     def oip_live(self) -> dict[str, bool]:
         return {"live": True}
@@ -255,38 +333,32 @@ class ModelServer:
         ready = self.__is_ready__()
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
-    def _unknown(self, name: str) -> JSONResponse | None:
-        if name == self.model.identity.name:
-            return None
-        return JSONResponse({"error": f"unknown model {name!r}; this server serves {self.model.identity.name!r}"},
-                            status_code=404)
-
     @oip.get("/models/{name}")
     def oip_model_metadata(self, name: ModelName) -> JSONResponse:
         """OIP v2 model metadata, derived from the model's signature."""
-        return self._unknown(name) or JSONResponse(self.model.oip_metadata())
+        try:
+            return JSONResponse(self.model_metadata(name))
+        except InvalidInput as err:
+            return error_response(err)
 
     @oip.get("/models/{name}/ready")
     def oip_model_ready(self, name: ModelName) -> JSONResponse:
-        return self._unknown(name) or JSONResponse({"name": name, "ready": True})
+        try:
+            return JSONResponse({"name": name, "ready": self.model_ready(name)})
+        except InvalidInput as err:
+            return error_response(err)
 
     @oip.post("/models/{name}/infer")
     async def oip_infer(self, name: ModelName, request: Request) -> JSONResponse:
         """OIP v2 inference: one tensor per column (or per input tensor) in, output tensors out."""
-        if unknown := self._unknown(name):
-            return unknown
         try:
-            payload = parse_json(await request.body())
-            if not isinstance(payload, dict):
-                raise InvalidInput("an infer request is a JSON object with an 'inputs' list of tensors")
+            self._check_model(name)
+            return JSONResponse(await self.infer(name, "", parse_json(await request.body())))
         except InvalidInput as err:
             return error_response(err)
-        answer = await self._answer(lambda: self.model.predict_tensors(payload.get("inputs")))
-        if isinstance(answer, JSONResponse):
-            return answer
-        body = oip_infer_response(answer, payload.get("id"))
-        body["parameters"].update(self._prediction_ids(answer))
-        return JSONResponse(body)
+        except ModelFailure as err:
+            logger.exception("%s", err)
+            return error_response(err)
 
 
 # Added first, so it is the outer one: it refuses, sheds and times out bodies before the traffic middleware reads them.

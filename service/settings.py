@@ -6,7 +6,9 @@ Environment: ``MODEL_URI`` (default ``models:/customer-churn-classifier@champion
 ``MLSERVE_MAX_BODY_BYTES`` (default 1 MiB), ``MLSERVE_WORKERS`` (worker processes, default 1),
 ``MLSERVE_ACCESS_LOG`` (``true`` to log every request), ``MLSERVE_CLASSIFIER_OUTPUT`` (``auto``, ``predict`` or
 ``predict_proba``: how a classifier answers, default ``auto``), ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` (MLflow's own
-switch for model files that run code when loaded: pickle, cloudpickle, skops; unset means MLflow's default, ``true``).
+switch for model files that run code when loaded: pickle, cloudpickle, skops; unset means MLflow's default, ``true``),
+``MLSERVE_GRPC_PORT`` (the port every worker serves OIP v2 over gRPC on; unset: no gRPC) and ``MLSERVE_GRPC_HOST``
+(default ``0.0.0.0``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,17 @@ def _int_env(name: str, default: int) -> int:
     return value
 
 
+def _port_env(name: str) -> int | None:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        # 0 cannot mean "any free port" here: each worker would pick a different one.
+        raise ValueError(f"{name}={raw!r} must be a port between 1 and 65535 (`service serve --grpc-port 0` "
+                         "picks a free one)")
+    return int(raw)
+
+
 def _choice_env(name: str, allowed: tuple[str, ...], default: str) -> str:
     value = os.environ.get(name) or default
     if value not in allowed:
@@ -72,6 +85,8 @@ class Settings:
     access_log: bool
     classifier_output: str
     allow_pickle: bool
+    grpc_port: int | None
+    grpc_host: str
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -85,4 +100,6 @@ class Settings:
             access_log=os.environ.get("MLSERVE_ACCESS_LOG", "").lower() in TRUE_WORDS,
             classifier_output=_choice_env("MLSERVE_CLASSIFIER_OUTPUT", CLASSIFIER_OUTPUTS, "auto"),
             allow_pickle=os.environ.get(ALLOW_PICKLE_ENV, "true").lower() in TRUE_WORDS,
+            grpc_port=_port_env("MLSERVE_GRPC_PORT"),
+            grpc_host=os.environ.get("MLSERVE_GRPC_HOST") or "0.0.0.0",
         )

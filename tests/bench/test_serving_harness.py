@@ -63,3 +63,38 @@ def test_report_has_a_row_per_point_and_names_skipped_servers():
 def test_wrk_script_posts_json_and_prints_one_summary_line():
     assert 'wrk.method = "POST"' in WRK_SCRIPT and "application/json" in WRK_SCRIPT
     assert "BENCH_JSON" in WRK_SCRIPT and "e.status" in WRK_SCRIPT
+
+
+def test_ghz_report_becomes_the_wrk_counters():
+    from bench.serving import ghz_counters
+
+    report = {"count": 1200, "total": 10_000_000_000, "slowest": 30_000_000,
+              "latencyDistribution": [{"percentage": 50, "latency": 2_500_000}, {"percentage": 99, "latency": 9_000_000}],
+              "statusCodeDistribution": {"OK": 1195, "Unavailable": 3, "DeadlineExceeded": 2}}
+
+    assert ghz_counters(report) == {"requests": 1200, "duration_us": 10_000_000, "p50_us": 2500, "p99_us": 9000,
+                                    "max_us": 30000, "connect": 0, "read": 0, "write": 0, "timeout": 2, "status": 3}
+
+
+def test_the_grpc_body_is_the_benchmark_row_as_a_model_infer_request():
+    from google.protobuf import json_format
+    from tritonclient.grpc import service_pb2 as pb
+
+    from bench.serving import ROW, model_infer_body
+    from service.grpc_tensors import infer_request_body
+
+    request = json_format.ParseDict(model_infer_body(), pb.ModelInferRequest())
+
+    assert {tensor["name"]: tensor["data"] for tensor in infer_request_body(request)["inputs"]} == {
+        name: [value] for name, value in ROW.items()}
+
+
+def test_protoset_names_the_model_infer_rpc(tmp_path):
+    from google.protobuf import descriptor_pb2
+
+    from bench.serving import MODEL_INFER, protoset
+
+    files = descriptor_pb2.FileDescriptorSet.FromString(protoset(tmp_path / "oip.protoset").read_bytes())
+    service, _, method = MODEL_INFER.rpartition(".")
+    services = {f"{f.package}.{s.name}": [m.name for m in s.method] for f in files.file for s in f.service}
+    assert method in services[service]

@@ -17,7 +17,9 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from service.grpc_server import BackendError, GrpcServer, RequestOutcome, status_code
+from service.errors import InvalidInput, ModelFailure
+from service.grpc_server import GrpcServer, status_code
+from service.metrics import RequestOutcome
 
 MAX_BYTES = 2048
 
@@ -29,7 +31,7 @@ class StandInBackend:
         self.ready = True
         self.bodies: list[dict] = []
         self.tracked: list[tuple[str, int, int]] = []
-        self.refuse: BackendError | None = None
+        self.refuse: Exception | None = None
 
     def is_ready(self) -> bool:
         return self.ready
@@ -39,7 +41,7 @@ class StandInBackend:
 
     def _check(self, name: str) -> None:
         if name != "m":
-            raise BackendError(404, f"unknown model {name!r}; this server serves 'm'")
+            raise InvalidInput(f"unknown model {name!r}; this server serves 'm'", status=404)
 
     def model_metadata(self, name: str, version: str) -> dict:
         self._check(name)
@@ -136,9 +138,9 @@ def test_infer_answers_from_the_backend_and_is_measured(stub, backend):
     ("setup", "request_message", "code", "message", "http_status"),
     [
         (None, infer_request([1.0], model="other"), grpc.StatusCode.NOT_FOUND, "unknown model 'other'", 404),
-        (BackendError(400, "invalid input at row 0, feature 'x': must be a finite number"), infer_request([1.0]),
+        (InvalidInput("invalid input at row 0, feature 'x': must be a finite number"), infer_request([1.0]),
          grpc.StatusCode.INVALID_ARGUMENT, "invalid input at row 0, feature 'x'", 400),
-        (BackendError(413, "2000 rows exceeds the maximum of 1000 rows per request"), infer_request([1.0]),
+        (InvalidInput("2000 rows exceeds the maximum of 1000 rows per request", status=413), infer_request([1.0]),
          grpc.StatusCode.RESOURCE_EXHAUSTED, "2000 rows exceeds the maximum", 413),
         (None, infer_request([1.0] * 300), grpc.StatusCode.RESOURCE_EXHAUSTED,
          f"request body exceeds the maximum of {MAX_BYTES} bytes", 413),
@@ -146,7 +148,7 @@ def test_infer_answers_from_the_backend_and_is_measured(stub, backend):
         (None, pb.ModelInferRequest(model_name="m", inputs=[pb.ModelInferRequest.InferInputTensor(
             name="x", datatype="FP64", shape=[1])], raw_input_contents=[b"\0" * 3]),
          grpc.StatusCode.INVALID_ARGUMENT, "3 raw bytes is not a whole number of FP64 values", 400),
-        (BackendError(500, "model m version 7 failed: boom"), infer_request([1.0]), grpc.StatusCode.INTERNAL,
+        (ModelFailure("model m version 7 failed: boom"), infer_request([1.0]), grpc.StatusCode.INTERNAL,
          "model m version 7 failed", 500),
     ],
     ids=["unknown-model", "invalid-input", "too-many-rows", "too-many-bytes", "not-loaded", "bad-raw", "model-error"],

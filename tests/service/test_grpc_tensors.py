@@ -124,7 +124,8 @@ ANSWER = {
     "model_name": "customer-churn-classifier",
     "model_version": "3",
     "id": "req-1",
-    "outputs": [{"name": "churn_probability", "shape": [2], "datatype": "FP64", "data": [0.25, 0.875]}],
+    "outputs": [{"name": "churn_probability", "shape": [2], "datatype": "FP64", "data": [0.25, 0.875],
+                 "parameters": {"class": "1", "classes": ["0", "1"]}}],
     "parameters": {"variant": "challenger"},
 }
 
@@ -135,6 +136,9 @@ def test_a_response_reads_the_same_in_a_triton_client_either_way(raw):
 
     assert (response.model_name, response.model_version, response.id) == ("customer-churn-classifier", "3", "req-1")
     assert response.parameters["variant"].string_param == "challenger"
+    # Scalars keep their type; anything else travels as its JSON text.
+    assert response.outputs[0].parameters["class"].string_param == "1"
+    assert response.outputs[0].parameters["classes"].string_param == '["0", "1"]'
     if raw:  # tritonclient's InferResult reads raw outputs
         assert InferResult(response).as_numpy("churn_probability").tolist() == [0.25, 0.875]
     else:
