@@ -37,12 +37,13 @@ class UsageError(Exception):
     """A command-line or stack-config problem; the message names it."""
 
 
-def stack_metric_sources(config) -> dict[str, str]:
+def stack_metric_sources(config, router_type: str = "stack") -> dict[str, str]:
     """On Seldon: the executor's matchers per variant (it counts requests and errors, see
     `rollout.analysis.variant_queries`) and the challenger's ready-pods query (the operator names its
     Deployments SDEP-PREDICTOR-INDEX-CONTAINERS, operator/apis/.../seldondeployment_types.go GetDeploymentName).
-    Nothing on the plain path."""
-    if config.traffic.router != "seldon":
+    Nothing on the plain path, nor when traffic is split by a local HAProxy (`--router haproxy`): no
+    executor stands in front of those servers, so its series would never exist and every look would hold."""
+    if config.traffic.router != "seldon" or router_type != "stack":
         return {}
     from infra.seldon import executor_selector
 
@@ -144,7 +145,7 @@ def cmd_start(args) -> int:
     config = _load_config(args)
     if not config.model.challenger_uri:
         raise UsageError(f"stack {args.stack!r} has no model.challengerUri: there is no challenger to roll out")
-    plan = plan_from_config(config.rollout, stack_metric_sources(config))
+    plan = plan_from_config(config.rollout, stack_metric_sources(config, getattr(args, "router", "stack")))
     provider = PrometheusProvider(config.rollout.prometheus_url)
     router = _router(args, config)
     stop = threading.Event()
@@ -218,7 +219,7 @@ def cmd_status(args) -> int:
     if not provider.is_online():
         print(f"prometheus:         unreachable at {config.rollout.prometheus_url}")
         return EXIT_OK
-    measurement = measure(provider, plan_from_config(config.rollout, stack_metric_sources(config)), config.rollout.interval_seconds)
+    measurement = measure(provider, plan_from_config(config.rollout, stack_metric_sources(config, getattr(args, "router", "stack"))), config.rollout.interval_seconds)
     print(f"last {config.rollout.interval_seconds}s:          {measurement.phase.value}: {measurement.reason}")
     return EXIT_OK
 

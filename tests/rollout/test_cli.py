@@ -59,13 +59,17 @@ def test_plan_follows_stack_config():
     assert plan.thresholds.max_p95_seconds == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize(("router", "expected"), [("seldon", True), ("service", False)])
-def test_on_seldon_the_plan_reads_the_executors_metrics(router, expected):
+@pytest.mark.parametrize(
+    ("router", "rollout_router", "expected"),
+    [("seldon", "stack", True), ("service", "stack", False), ("seldon", "haproxy", False)],
+)
+def test_on_seldon_the_plan_reads_the_executors_metrics(router, rollout_router, expected):
+    """Through the stack's Seldon deployment the executor counts every call; a local HAProxy split has no executor."""
     from infra.config import load_stack_config
     from rollout.cli import stack_metric_sources
 
     config = load_stack_config("prod", overrides={"traffic.router": router, "traffic.challengerWeight": 0})
-    plan = plan_from_config(config.rollout, stack_metric_sources(config))
+    plan = plan_from_config(config.rollout, stack_metric_sources(config, rollout_router))
     if expected:
         assert plan.challenger_executor_selector.endswith('predictor_name="challenger"')
         assert 'deployment_name="churn-model"' in plan.champion_executor_selector
