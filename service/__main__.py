@@ -24,7 +24,19 @@ import socket
 import sys
 from pathlib import Path
 
-from service.settings import DEMO_MODEL_NAME, RESOLVED_MODEL_ENV, TELEMETRY_OFF, VARIANTS
+# Only light modules: this process is replaced by `bentoml serve`, so whatever it imports is cold-start time lost.
+from service.errors import ModelLoadError
+from service.settings import (
+    DEMO_MODEL_NAME,
+    REGISTER_DEMO_ENV,
+    RESOLVED_MODEL_ENV,
+    TELEMETRY_OFF,
+    VARIANTS,
+    Settings,
+    default_mlserve_home,
+    parse_model_uri,
+    tracking_uri_from_env,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE_TARGET = "service.service:ModelServer"
@@ -113,9 +125,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         os.environ.update({"MLSERVE_GRPC_PORT": str(grpc_port), "MLSERVE_GRPC_HOST": args.host})
 
-    from service.errors import ModelLoadError
-    from service.loading import parse_model_uri
-    from service.settings import REGISTER_DEMO_ENV, Settings, default_mlserve_home, tracking_uri_from_env
 
     tracking_uri = tracking_uri_from_env()
     model_uri = args.model_uri or f"models:/{DEMO_MODEL_NAME}@{args.variant}"

@@ -15,14 +15,13 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import typing as t
 from pathlib import Path
 
 from service.errors import ModelLoadError
 from service.predictor import CLASS_PROBABILITIES, POSITIVE_PROBABILITY, PREDICT, ModelIdentity, ServedModel
 from service.schema import InputSchema
-from service.settings import ALLOW_PICKLE_ENV, RESOLVED_MODEL_ENV, Settings
+from service.settings import ALLOW_PICKLE_ENV, RESOLVED_MODEL_ENV, Settings, parse_model_uri
 
 logger = logging.getLogger("mlserve.service")
 
@@ -58,16 +57,6 @@ class ModelSource:
     def from_json(cls, text: str) -> ModelSource:
         fields = json.loads(text)
         return cls(**{**fields, "local_path": Path(fields["local_path"])})
-
-
-def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
-    """Split ``models:/name@alias`` or ``models:/name/version`` into (name, alias, version)."""
-    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", model_uri)
-    if not match:
-        raise ModelLoadError(
-            f"MODEL_URI={model_uri!r} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION"
-        )
-    return match.group(1), match.group(2), match.group(3)
 
 
 def resolve_model_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:

@@ -32,7 +32,7 @@ from service.admission import AdmissionLimits, AdmissionMiddleware
 from service.errors import InvalidInput, ModelFailure, ModelLoadError
 from service.feedback import handle_feedback, row_predictions
 from service.grpc_server import GrpcServer
-from service.loading import ModelSource, load_model, missing_requirements, parse_model_uri, resolve_model
+from service.loading import ModelSource, load_model, missing_requirements, resolve_model
 from service.metrics import (
     GRPC,
     QUALITY,
@@ -48,7 +48,7 @@ from service.prediction_ids import KEY_ENV, SigningKeyError, signer_from_env
 from service.predictor import PREDICT, Prediction, ServedModel
 from service.protocols import invocation_rows, oip_infer_response, parse_json
 from service.schema import InputSchema, row_type
-from service.settings import DEMO_MODEL_NAME, REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, Settings
+from service.settings import DEMO_MODEL_NAME, REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, Settings, parse_model_uri
 
 logger = logging.getLogger("mlserve.service")
 

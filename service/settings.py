@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
+
+from service.errors import ModelLoadError
 
 # The demo model: served when nothing else is asked for, and registered only when it is what was asked for.
 DEMO_MODEL_NAME = "customer-churn-classifier"
@@ -36,6 +39,16 @@ REGISTER_DEMO_ENV = "MLSERVE_REGISTER_DEMO"
 def default_mlserve_home() -> Path:
     """``MLSERVE_HOME``, or ``.mlserve/`` in the checkout this file lives in."""
     return Path(os.environ.get("MLSERVE_HOME") or Path(__file__).resolve().parent.parent / ".mlserve")
+
+
+def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
+    """Split ``models:/name@alias`` or ``models:/name/version`` into (name, alias, version)."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", model_uri)
+    if not match:
+        raise ModelLoadError(
+            f"MODEL_URI={model_uri!r} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION"
+        )
+    return match.group(1), match.group(2), match.group(3)
 
 
 def tracking_uri_from_env() -> str:

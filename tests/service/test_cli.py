@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from service.__main__ import REPO_ROOT, SERVICE_TARGET, free_port, serve_command, serve_environment
@@ -31,3 +33,14 @@ def test_serve_environment_selects_the_model_and_isolates_the_server(tmp_path: P
 
 def test_free_port_is_a_usable_port_number():
     assert 1024 <= free_port() <= 65535
+
+
+def test_the_cli_imports_nothing_heavy_before_handing_over_to_bentoml():
+    """Everything `python -m service serve` imports is cold-start time lost: the process is replaced by bentoml."""
+    probe = ("import sys, service.__main__; "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'pandas', 'numpy', 'sklearn', 'mlflow', "
+             "'bentoml', 'pydantic'}))")
+    imported = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert imported == "[]"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from service.errors import InvalidInput, ModelLoadError
-from service.loading import parse_model_uri
+from service.settings import parse_model_uri
 from service.metrics import error_type_for
 from service.protocols import csv_rows, invocation_rows
 from service.schema import InputSchema, RowValidator, rows_from_tensors
