@@ -171,26 +171,45 @@ def tree_rss_bytes(pid: int) -> int:
 # ---------------------------------------------------------------- servers
 
 
+@dataclasses.dataclass(frozen=True)
+class Startup:
+    """A server's cold start: seconds from its command to the ready answer, and to its first child process (the
+    first worker of a server that starts workers; None for one that does not), which splits the time between the
+    parent's own start-up and the worker's."""
+
+    ready_s: float
+    first_child_s: float | None
+
+
 @contextlib.contextmanager
-def running(spec: ServerSpec, log_dir: Path) -> t.Iterator[tuple[str, subprocess.Popen, float]]:
-    """Start ``spec`` on a free port in its own process group; yield (base URL, process, seconds to ready)."""
+def running(spec: ServerSpec, log_dir: Path) -> t.Iterator[tuple[str, subprocess.Popen, Startup]]:
+    """Start ``spec`` on a free port in its own process group; yield (base URL, process, its start-up)."""
     port = free_port()
     log_path = log_dir / f"{spec.key}.log"
     # The interpreter's bin folder first: `mlflow models serve` starts `uvicorn` by name.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, **TELEMETRY_OFF, "OMP_NUM_THREADS": "1", "PATH": path, **spec.env}
     with open(log_path, "wb") as log_file:
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         process = subprocess.Popen(
             spec.command(port), cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        cold_start = wait_ready(url + spec.ready_path, process, started, log_path)
-        yield url, process, cold_start
+        ready_s = wait_ready(url + spec.ready_path, process, started, log_path)
+        yield url, process, Startup(ready_s, first_child_s(process, started_wall))
     finally:
         stop_process_tree(process, grace_seconds=20)
+
+
+def first_child_s(process: subprocess.Popen, started_wall: float) -> float | None:
+    """Seconds from ``started_wall`` to the creation of the earliest child still running under ``process``."""
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+        return round(min(child.create_time() for child in children) - started_wall, 2) if children else None
+    except psutil.NoSuchProcess:
+        return None
 
 
 def wait_ready(ready_url: str, process: subprocess.Popen, started: float, log_path: Path) -> float:
@@ -308,7 +327,7 @@ def measure_point(endpoint: Endpoint, url: str, process: subprocess.Popen, cold_
 
 
 def measure_all(specs: list[ServerSpec], duration_s: float, warmup_s: float, repeats: int, workdir: Path,
-                skipped: dict[str, str]) -> list[Point]:
+                skipped: dict[str, str], startups: dict[str, Startup]) -> list[Point]:
     """Start the servers in turn (each cold start timed alone), then load them round by round.
 
     Each round runs one concurrency against every endpoint back to back, ``repeats`` times, and keeps each
@@ -325,8 +344,11 @@ def measure_all(specs: list[ServerSpec], duration_s: float, warmup_s: float, rep
                 skipped[spec.label] = reason
                 continue
             try:
-                url, process, cold_start = stack.enter_context(running(spec, workdir))
-                print(f"  {spec.label}: ready in {cold_start:.2f}s", flush=True)
+                url, process, startup = stack.enter_context(running(spec, workdir))
+                startups[spec.label] = startup
+                cold_start = startup.ready_s
+                child = "" if startup.first_child_s is None else f" (first worker started at {startup.first_child_s:.2f}s)"
+                print(f"  {spec.label}: ready in {cold_start:.2f}s{child}", flush=True)
                 for endpoint in spec.endpoints:
                     try:
                         check_endpoint(endpoint, url)
@@ -414,6 +436,27 @@ def prepare_registry(home: Path) -> str:
 
     print(f"registry {tracking_uri}: {ensure_demo_models(tracking_uri)}", flush=True)
     return tracking_uri
+
+
+def time_model_alone(tracking_uri: str, calls: int = 2000) -> dict[str, float]:
+    """The model's own cost, the floor under every server's latency: ``predict_proba`` of the 1-row DataFrame of
+    ``ROW``, in this process, ``calls`` times after a warm-up; p50 and p99 in milliseconds."""
+    import mlflow.sklearn
+    import pandas as pd
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    model = mlflow.sklearn.load_model(MODEL_URI)
+    frame = pd.DataFrame([ROW])
+    for _ in range(200):
+        model.predict_proba(frame)
+    durations = []
+    for _ in range(calls):
+        began = time.perf_counter()
+        model.predict_proba(frame)
+        durations.append((time.perf_counter() - began) * 1000)
+    cuts = statistics.quantiles(durations, n=100)
+    return {"calls": calls, "p50_ms": round(cuts[49], 3), "p99_ms": round(cuts[98], 3)}
 
 
 def prepare_mlserver(tracking_uri: str, model_dir: Path) -> str | None:
@@ -566,7 +609,8 @@ def evaluate_targets(points: list[Point], rss: dict[str, t.Any] | None) -> list[
 
 
 def markdown_report(meta: dict[str, t.Any], points: list[Point], targets: list[dict[str, t.Any]],
-                    rss: dict[str, t.Any] | None, skipped: dict[str, str]) -> str:
+                    rss: dict[str, t.Any] | None, skipped: dict[str, str], startups: dict[str, Startup] | None = None,
+                    model_alone: dict[str, float] | None = None) -> str:
     lines = [
         "# Serving benchmark",
         "",
@@ -594,6 +638,24 @@ def markdown_report(meta: dict[str, t.Any], points: list[Point], targets: list[d
             f"({rss['growth_percent']:+.2f}%), peak {rss['peak_mb']:.0f} MiB.",
             "",
         ]
+    if model_alone:
+        lines += [
+            f"The model alone: `predict_proba` of the same row as a 1-row DataFrame, in-process, "
+            f"{model_alone['calls']} calls: p50 {model_alone['p50_ms']:.2f} ms, p99 {model_alone['p99_ms']:.2f} ms. "
+            "No server answers faster than that.",
+            "",
+        ]
+    if startups:
+        lines += ["Cold start, split at the server's first child process (its first worker): the time before it is the "
+                  "parent's own start-up, the rest the worker's.", "",
+                  "| server | ready s | first worker started s | worker to ready s |", "|---|---:|---:|---:|"]
+        for label, startup in startups.items():
+            if startup.first_child_s is None:
+                lines.append(f"| {label} | {startup.ready_s:.2f} | (no workers) | |")
+            else:
+                lines.append(f"| {label} | {startup.ready_s:.2f} | {startup.first_child_s:.2f} | "
+                             f"{startup.ready_s - startup.first_child_s:.2f} |")
+        lines.append("")
     lines += ["## Targets", "", "| target | measured | goal | met |", "|---|---:|---:|---|"]
     for target in targets:
         met = {True: "yes", False: "**no**", None: "n/a"}[target["met"]]
@@ -654,7 +716,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir = BUILD / "run"  # server logs and wrk scripts; kept for a look after the run
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    points = measure_all(specs, duration, warmup, repeats, workdir, skipped)
+    model_alone = time_model_alone(tracking_uri)
+    print(f"  the model alone, in-process: p50 {model_alone['p50_ms']:.2f} ms, p99 {model_alone['p99_ms']:.2f} ms",
+          flush=True)
+    startups: dict[str, Startup] = {}
+    points = measure_all(specs, duration, warmup, repeats, workdir, skipped, startups)
     rss = None
     ours = next((spec for spec in specs if spec.key == "mlserve"), None)
     if ours and rss_duration > 0:
@@ -672,9 +738,10 @@ def main(argv: list[str] | None = None) -> int:
     stem = "serving-quick" if args.quick else "serving"
     (RESULTS / f"{stem}.json").write_text(json.dumps({
         "meta": meta, "points": [dataclasses.asdict(p) for p in points], "rss": rss, "targets": targets,
-        "skipped": skipped,
+        "skipped": skipped, "model_alone": model_alone,
+        "startups": {label: dataclasses.asdict(startup) for label, startup in startups.items()},
     }, indent=2) + "\n")
-    report = markdown_report(meta, points, targets, rss, skipped)
+    report = markdown_report(meta, points, targets, rss, skipped, startups=startups, model_alone=model_alone)
     (RESULTS / f"{stem}.md").write_text(report)
     if points:
         chart(points, RESULTS / f"{stem}.png")

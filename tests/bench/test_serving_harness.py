@@ -60,6 +60,20 @@ def test_report_has_a_row_per_point_and_names_skipped_servers():
     assert "skipped: cannot install" in report
 
 
+def test_report_splits_each_cold_start_at_the_first_worker_and_shows_the_models_own_cost():
+    from bench.serving import Startup
+
+    points = [point("mlserve_predict", 1, 900)]
+    meta = {"date": "today", "machine": "2 cores", "duration_s": 10, "warmup_s": 3, "workers": 2}
+    report = markdown_report(meta, points, evaluate_targets(points, None), None, {},
+                             startups={"mlserve": Startup(6.25, 2.75), "reference": Startup(4.0, None)},
+                             model_alone={"calls": 2000, "p50_ms": 3.9, "p99_ms": 5.2})
+
+    assert "| mlserve | 6.25 | 2.75 | 3.50 |" in report
+    assert "| reference | 4.00 | (no workers) | |" in report
+    assert "p50 3.90 ms, p99 5.20 ms" in report
+
+
 def test_wrk_script_posts_json_and_prints_one_summary_line():
     assert 'wrk.method = "POST"' in WRK_SCRIPT and "application/json" in WRK_SCRIPT
     assert "BENCH_JSON" in WRK_SCRIPT and "e.status" in WRK_SCRIPT
