@@ -135,6 +135,49 @@ def row_type(schema: InputSchema) -> t.Any:
     return row
 
 
+# An element of a float tensor: a JSON number, integers included; never NaN, infinity, true or "1.5".
+FINITE_NUMBER = t.Annotated[float, pydantic.AllowInfNan(False), pydantic.Strict()]
+
+
+def request_row_type(schema: InputSchema) -> t.Any:
+    """The type of one request row, for every kind of schema: what ``/predict_batch`` checks per request, before
+    BentoML merges requests into a batch (so that one client's bad row fails only that client's request).
+
+    Columns: ``row_type``. One unnamed tensor: nested lists of its element type, with the signature's fixed
+    dimensions as lengths; named tensors: an object of them. No signature: an object or a list (what ``/predict``
+    accepts; whether the values suit the model, and the rows each other, is checked on the merged batch).
+    """
+    if schema.columns:
+        return row_type(schema)
+    if len(schema.tensors) == 1 and not schema.tensors[0].name:
+        return _tensor_row_type(schema.tensors[0])
+    if schema.tensors:
+        fields = {tensor.name: _tensor_row_type(tensor) for tensor in schema.tensors}
+        row = typing_extensions.TypedDict("TensorRow", fields)  # type: ignore[misc]
+        row.__pydantic_config__ = pydantic.ConfigDict(extra="forbid", strict=True)
+        return row
+    return t.Union[dict[str, t.Any], list[t.Any]]
+
+
+def _tensor_row_type(tensor: Tensor) -> t.Any:
+    """One row of ``tensor`` (its shape without the batch dimension) as nested lists of its element type."""
+    dtype = np.dtype(tensor.dtype)
+    if dtype.kind == "f":
+        row: t.Any = FINITE_NUMBER
+    elif dtype.kind in "iu":
+        limits = np.iinfo(dtype)
+        row = t.Annotated[pydantic.StrictInt, pydantic.Field(ge=int(limits.min), le=int(limits.max))]
+    elif dtype.kind == "b":
+        row = pydantic.StrictBool
+    elif dtype.kind in "US":
+        row = pydantic.StrictStr
+    else:
+        row = t.Any
+    for size in reversed(tensor.shape[1:]):
+        row = t.Annotated[list[row], pydantic.Field(min_length=size, max_length=size)] if size >= 0 else list[row]
+    return row
+
+
 class RowValidator:
     """Validates request rows against a schema and builds the model's input from them."""
 

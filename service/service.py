@@ -47,7 +47,7 @@ from service.openapi import DocumentedErrorsMiddleware
 from service.prediction_ids import KEY_ENV, SigningKeyError, signer_from_env
 from service.predictor import PREDICT, Prediction, ServedModel
 from service.protocols import invocation_rows, oip_infer_response, parse_json
-from service.schema import InputSchema, row_type
+from service.schema import InputSchema, request_row_type
 from service.settings import DEMO_MODEL_NAME, REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, Settings, parse_model_uri
 
 logger = logging.getLogger("mlserve.service")
@@ -101,12 +101,12 @@ if os.environ.get("MODEL_URI"):
 SCHEMA = SOURCE.schema if SOURCE is not None else InputSchema()
 
 # /predict validates rows itself (for errors naming row, column and value); the schema documents them.
-_ROW = row_type(SCHEMA) if SCHEMA.columns else t.Any
-_ROW_SCHEMA = pydantic.TypeAdapter(_ROW).json_schema() if SCHEMA.columns else {}
+_ROW = request_row_type(SCHEMA)
+_ROW_SCHEMA = pydantic.TypeAdapter(_ROW).json_schema()
 Instances = t.Annotated[list[t.Any], pydantic.WithJsonSchema(
     {"type": "array", "items": _ROW_SCHEMA, "minItems": 1, "maxItems": SETTINGS.max_rows}
 )]
-# /predict_batch rows of a column signature are validated per request, before BentoML merges them into a batch.
+# /predict_batch rows are validated per request, before BentoML merges them into a batch.
 BatchInstances = t.Annotated[list[_ROW], pydantic.Field(min_length=1, max_length=SETTINGS.max_rows)]
 
 IMAGE = bentoml.images.Image(python_version="3.11", lock_python_packages=False).python_packages(
@@ -247,7 +247,7 @@ class ModelServer:
         /predict scores each request on its own.
         """
         try:
-            if _ROW is not t.Any:
+            if SCHEMA.columns:
                 prediction = self.model.predict_input(self.model.validator.frame(instances))
             else:
                 prediction = self.model.predict_rows(instances)

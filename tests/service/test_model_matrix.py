@@ -9,6 +9,7 @@ The seven servers start together and are shared by every test of this module.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -163,6 +164,38 @@ def test_predict_answers_what_pyfunc_predicts_in_process(servers, models, pyfunc
     body = response.json()
     assert (body["model_name"], body["model_version"], body["variant"]) == (model.name, "1", "champion")
     assert_same(body["predictions"], expected_predict(model, pyfuncs[key]))
+
+
+@pytest.mark.parametrize("key", MATRIX)
+def test_predict_batch_answers_what_predict_answers(servers, models, key):
+    model = models[key]
+    predicted = requests.post(f"{servers[key].url}/predict", json={"instances": model.rows}, timeout=30).json()
+
+    response = requests.post(f"{servers[key].url}/predict_batch", json={"instances": model.rows}, timeout=30)
+
+    assert response.status_code == 200, response.text
+    assert_same(response.json(), predicted["predictions"])
+
+
+@pytest.mark.parametrize("key", ["churn", "tensor"])
+def test_a_bad_row_fails_only_its_own_request_when_requests_are_batched_together(servers, models, key):
+    """/predict_batch merges concurrent requests into one batch: each request's rows are checked before that, so a
+    client's wrong row (a wrong column, or a tensor row of the wrong length) is refused, and only that client's."""
+    model = models[key]
+    url = f"{servers[key].url}/predict_batch"
+    expected = requests.post(f"{servers[key].url}/predict", json={"instances": model.rows[:1]}, timeout=30).json()
+    bodies = [{"instances": [model.bad_row if index % 3 == 0 else model.rows[0]]} for index in range(24)]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=24) as pool:
+        responses = list(pool.map(lambda body: requests.post(url, json=body, timeout=60), bodies))
+
+    for body, response in zip(bodies, responses):
+        if body["instances"][0] is model.bad_row:
+            assert response.status_code == 400, response.text
+            assert response.json()["detail"][0]["loc"][:2] == ["instances", 0], response.text  # names the row
+        else:
+            assert response.status_code == 200, response.text
+            assert_same(response.json(), expected["predictions"])
 
 
 @pytest.mark.parametrize("key", MATRIX)
