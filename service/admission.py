@@ -125,44 +125,18 @@ class BodyTimeout(Exception):
     """The client did not finish sending its body in time."""
 
 
-class AdmissionMiddleware:
-    """Refuse what a prediction route cannot read (415), shed overload (503) and cut off slow bodies (408)."""
+class Slots:
+    """A worker's prediction slots, shared by its HTTP routes and its gRPC server (one model, one event loop): at
+    most ``max_concurrency`` predictions in progress, at most ``max_queue`` waiting, each at most ``queue_timeout``."""
 
-    def __init__(self, app: App, limits: AdmissionLimits, on_reject: OnReject | None = None) -> None:
-        self.app = app
+    def __init__(self, limits: AdmissionLimits) -> None:
         self.limits = limits
-        self.on_reject = on_reject
         self.in_flight = 0
         self.waiting = 0
         # Set whenever a slot frees up; queued requests re-check the count (no FIFO promise, none needed).
         self._slot_freed = asyncio.Event()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        accepted = accepted_media_types(scope.get("path", "")) if scope["type"] == "http" else None
-        if accepted is None:
-            await self.app(scope, receive, send)
-            return
-        if scope.get("method") == "POST":
-            headers = dict(scope.get("headers") or [])
-            problem = content_type_problem(headers.get(b"content-type"), accepted)
-            if problem:
-                await self._reject(scope, send, 415, problem)
-                return
-        if not await self._acquire_slot():
-            await self._reject(
-                scope, send, 503,
-                f"server overloaded: {self.limits.max_concurrency} requests in progress and {self.waiting} waiting; "
-                f"retry after {self.limits.retry_after}s",
-                [(b"retry-after", str(self.limits.retry_after).encode())],
-            )
-            return
-        try:
-            await self._call_with_body_deadline(scope, receive, send)
-        finally:
-            self.in_flight -= 1
-            self._slot_freed.set()
-
-    async def _acquire_slot(self) -> bool:
+    async def acquire(self) -> bool:
         """Take a slot now, or wait in the bounded queue for at most the latency budget; False means shed."""
         if self.in_flight < self.limits.max_concurrency and self.waiting == 0:
             self.in_flight += 1
@@ -186,6 +160,58 @@ class AdmissionMiddleware:
             return True
         finally:
             self.waiting -= 1
+
+    def release(self) -> None:
+        """Give back a slot taken by ``acquire``."""
+        self.in_flight -= 1
+        self._slot_freed.set()
+
+    def overloaded(self) -> str:
+        """What a shed request is told."""
+        return (f"server overloaded: {self.limits.max_concurrency} requests in progress and {self.waiting} waiting; "
+                f"retry after {self.limits.retry_after}s")
+
+
+class AdmissionMiddleware:
+    """Refuse what a prediction route cannot read (415), shed overload (503) and cut off slow bodies (408).
+
+    ``slots`` is the worker's ``Slots``, shared with its gRPC server; a middleware given none keeps its own.
+    """
+
+    def __init__(self, app: App, limits: AdmissionLimits, on_reject: OnReject | None = None,
+                 slots: Slots | None = None) -> None:
+        self.app = app
+        self.limits = limits
+        self.on_reject = on_reject
+        self.slots = slots if slots is not None else Slots(limits)
+
+    @property
+    def in_flight(self) -> int:
+        return self.slots.in_flight
+
+    @property
+    def waiting(self) -> int:
+        return self.slots.waiting
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        accepted = accepted_media_types(scope.get("path", "")) if scope["type"] == "http" else None
+        if accepted is None:
+            await self.app(scope, receive, send)
+            return
+        if scope.get("method") == "POST":
+            headers = dict(scope.get("headers") or [])
+            problem = content_type_problem(headers.get(b"content-type"), accepted)
+            if problem:
+                await self._reject(scope, send, 415, problem)
+                return
+        if not await self.slots.acquire():
+            await self._reject(scope, send, 503, self.slots.overloaded(),
+                               [(b"retry-after", str(self.limits.retry_after).encode())])
+            return
+        try:
+            await self._call_with_body_deadline(scope, receive, send)
+        finally:
+            self.slots.release()
 
     async def _call_with_body_deadline(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()

@@ -9,7 +9,10 @@ and ``destroy_instance`` run them in every worker). All workers bind the same po
 The servicer holds no model and no rules of its own: it turns each call into the JSON body of the REST call
 (``service.grpc_tensors``), asks the same ``InferenceBackend`` the REST routes use (``ModelServer``), and turns the
 answer or the error back into gRPC: ``InvalidInput`` 400/422 is ``INVALID_ARGUMENT`` with the REST message, 404
-``NOT_FOUND``, 413 ``RESOURCE_EXHAUSTED``, 503 ``UNAVAILABLE``; ``ModelFailure`` is ``INTERNAL``.
+``NOT_FOUND``, 413 ``RESOURCE_EXHAUSTED``, 503 ``UNAVAILABLE``; ``ModelFailure`` is ``INTERNAL``. ``ModelInfer``
+calls take the worker's admission slots (``service.admission.Slots``, shared with the HTTP routes): beyond
+``serving.maxConcurrency`` in progress and ``serving.maxQueue`` waiting, a call is answered ``UNAVAILABLE`` (HTTP 503's
+gRPC code, which clients and gateways retry) and counted as ``unavailable``, as the HTTP routes shed theirs.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from service.admission import AdmissionLimits, Slots
 from service.errors import InvalidInput, ModelFailure
 from service.metrics import GRPC, RequestOutcome
 from service.grpc_tensors import (
@@ -82,9 +86,10 @@ def status_code(http_status: int) -> grpc.StatusCode:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """``inference.GRPCInferenceService`` over an InferenceBackend."""
 
-    def __init__(self, backend: InferenceBackend, max_message_bytes: int) -> None:
+    def __init__(self, backend: InferenceBackend, max_message_bytes: int, slots: Slots | None = None) -> None:
         self.backend = backend
         self.max_message_bytes = max_message_bytes
+        self.slots = slots if slots is not None else Slots(AdmissionLimits(**AdmissionLimits.DEFAULTS))
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -120,14 +125,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         refusal: tuple[int, str] | None = None
         # Measured before answering, so the metrics already count a call when its client sees the answer.
         with self.backend.track(GRPC, size) as outcome:
-            try:
-                response = await self._infer(request, size)
-                outcome.status = 200
-            except InvalidInput as err:
-                refusal = (err.status, err.message)
-            except ModelFailure as err:
-                logger.exception("%s", err)
-                refusal = (500, str(err))
+            if await self.slots.acquire():
+                try:
+                    response = await self._infer(request, size)
+                    outcome.status = 200
+                except InvalidInput as err:
+                    refusal = (err.status, err.message)
+                except ModelFailure as err:
+                    logger.exception("%s", err)
+                    refusal = (500, str(err))
+                finally:
+                    self.slots.release()
+            else:
+                refusal = (503, self.slots.overloaded())
             if refusal is not None:
                 outcome.status = refusal[0]
         if refusal is not None:
@@ -168,17 +178,20 @@ def server_options(max_message_bytes: int) -> list[tuple[str, t.Any]]:
 class GrpcServer:
     """One worker's gRPC server: ``await start()`` in the service's start-up hook, ``await stop()`` at shutdown."""
 
-    def __init__(self, backend: InferenceBackend, host: str, port: int, max_message_bytes: int) -> None:
+    def __init__(self, backend: InferenceBackend, host: str, port: int, max_message_bytes: int,
+                 slots: Slots | None = None) -> None:
         self.address = f"{host}:{port}"
         self.max_message_bytes = max_message_bytes
         self.backend = backend
+        self.slots = slots
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
 
     async def start(self) -> int:
         """Bind (sharing the port with the other workers) and start serving; returns the bound port."""
         server = grpc.aio.server(options=server_options(self.max_message_bytes))
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.backend, self.max_message_bytes), server)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.backend, self.max_message_bytes, self.slots),
+                                                      server)
         try:
             self.port = server.add_insecure_port(self.address)
         except RuntimeError as err:

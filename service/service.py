@@ -28,7 +28,7 @@ from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse
 
 from service import patches
-from service.admission import AdmissionLimits, AdmissionMiddleware
+from service.admission import AdmissionLimits, AdmissionMiddleware, Slots
 from service.errors import InvalidInput, ModelFailure, ModelLoadError
 from service.feedback import handle_feedback, row_predictions
 from service.grpc_server import GrpcServer
@@ -67,6 +67,12 @@ def warn(message: str) -> None:
 
 
 SETTINGS = Settings.from_env()
+# The worker's prediction slots (serving.maxConcurrency, maxQueue, queueTimeoutSeconds), one set for its HTTP routes
+# and its gRPC server together: both score on this worker's one event loop.
+try:
+    ADMISSION = Slots(AdmissionLimits.from_env())
+except ValueError as err:
+    fatal(f"admission limits: {err}", status=2)
 patches.apply()
 # A server is always told its model (the CLI and the pods set MODEL_URI): pin it now, so the API's types and the
 # OpenAPI document describe its columns. Without MODEL_URI (`bentoml build`, which imports this module) nothing is
@@ -197,7 +203,7 @@ class ModelServer:
         """Serve OIP v2 over gRPC on MLSERVE_GRPC_PORT, the port shared by every worker (SO_REUSEPORT)."""
         if SETTINGS.grpc_port is None:
             return
-        self.grpc = GrpcServer(self, SETTINGS.grpc_host, SETTINGS.grpc_port, SETTINGS.max_body_bytes)
+        self.grpc = GrpcServer(self, SETTINGS.grpc_host, SETTINGS.grpc_port, SETTINGS.max_body_bytes, ADMISSION)
         try:
             await self.grpc.start()
         except RuntimeError as err:
@@ -362,6 +368,6 @@ class ModelServer:
 
 
 # Added first, so it is the outer one: it refuses, sheds and times out bodies before the traffic middleware reads them.
-ModelServer.add_asgi_middleware(AdmissionMiddleware, limits=AdmissionLimits.from_env(), on_reject=count_refused)
+ModelServer.add_asgi_middleware(AdmissionMiddleware, limits=ADMISSION.limits, on_reject=count_refused, slots=ADMISSION)
 ModelServer.add_asgi_middleware(PredictionTrafficMiddleware, max_body_bytes=SETTINGS.max_body_bytes)
 ModelServer.add_asgi_middleware(DocumentedErrorsMiddleware)

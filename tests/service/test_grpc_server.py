@@ -17,6 +17,7 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from service.admission import AdmissionLimits, Slots
 from service.errors import InvalidInput, ModelFailure
 from service.grpc_server import GrpcServer, status_code
 from service.metrics import RequestOutcome
@@ -211,3 +212,37 @@ def test_a_port_held_by_another_program_is_an_error_naming_it(loop_thread):
 
         with pytest.raises(RuntimeError, match=f"cannot serve gRPC on 127.0.0.1:{port}"):
             loop_thread.run(server.start())
+
+
+def test_infer_calls_beyond_the_workers_slots_are_shed_unavailable_and_counted(loop_thread, backend):
+    """gRPC and HTTP share one worker's slots: with its only slot taken (here by a slow call), a call that finds the
+    queue full is answered UNAVAILABLE at once, with the message REST's 503 gives, and counted as 503."""
+    slots = Slots(AdmissionLimits(max_concurrency=1, max_queue=0, queue_timeout=1.0, body_timeout=10.0))
+    release = asyncio.Event()
+    answer = backend.infer
+
+    async def slow_infer(name, version, body):
+        await release.wait()
+        return await answer(name, version, body)
+
+    backend.infer = slow_infer
+    server = GrpcServer(backend, "127.0.0.1", 0, MAX_BYTES, slots)
+    port = loop_thread.run(server.start())
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            first = stub.ModelInfer.future(infer_request([1.0]))
+            while slots.in_flight < 1:
+                threading.Event().wait(0.01)
+
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ModelInfer(infer_request([2.0]), timeout=5)
+            loop_thread.loop.call_soon_threadsafe(release.set)
+
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "server overloaded" in refused.value.details() and "retry after 1s" in refused.value.details()
+            assert list(first.result(timeout=5).outputs[0].contents.fp64_contents) == [2.0]
+            assert [status for _, status, _ in backend.tracked] == [503, 200]
+            assert (slots.in_flight, slots.waiting) == (0, 0)
+    finally:
+        loop_thread.run(server.stop())
