@@ -14,6 +14,7 @@ requirement conflict) exits 3 with the reason. Diff two output folders to review
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import sys
@@ -125,11 +126,18 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
 
 _mocks: RecordingMocks | None = None
+# The event loop the Pulumi runtime runs on in this process: its settings and futures belong to the loop current
+# when the mocks were installed, and code in between (`asyncio.run` unsets the current loop when it ends) must not
+# leave the next render on another loop ("await wasn't used with future").
+_loop: asyncio.AbstractEventLoop | None = None
 
 
 def install_mocks() -> RecordingMocks:
-    """Install the recording mocks once per process (`set_mocks` is process-global)."""
-    global _mocks
+    """Install the recording mocks once per process (`set_mocks` is process-global), on the runtime's own loop."""
+    global _mocks, _loop
+    if _loop is None:
+        _loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(_loop)
     if _mocks is None:
         _mocks = RecordingMocks()
         pulumi.runtime.set_mocks(_mocks, project="mlserve", stack="render", preview=False)
