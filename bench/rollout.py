@@ -190,6 +190,14 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def spread(values: list[float], with_max: bool = True) -> dict:
+    """Median, p95 (and max) of ``values``; None (NaN for p95) when there are none."""
+    summary = {"median": statistics.median(values) if values else None, "p95": percentile(values, 95)}
+    if with_max:
+        summary["max"] = max(values) if values else None
+    return summary
+
+
 def faulty_scenario(name: str, plan: RolloutPlan, runs: int, rng, rate=50.0, error=0.05) -> dict:
     outcomes = [simulate(plan, rng, rate, 0.0, error) for _ in range(runs)]
     rolled = [o for o in outcomes if o.verdict == Verdict.ROLLED_BACK.value]
@@ -204,14 +212,9 @@ def faulty_scenario(name: str, plan: RolloutPlan, runs: int, rng, rate=50.0, err
         "steps": list(plan.steps),
         "runs": runs,
         "rolled_back_share": len(rolled) / runs,
-        "seconds_to_rollback": {
-            "median": statistics.median(times) if times else None,
-            "p95": percentile(times, 95),
-            "max": max(times) if times else None,
-        },
+        "seconds_to_rollback": spread(times),
         "within_60s_share": sum(t <= 60 for t in times) / runs,
-        "challenger_failed_requests": {"median": statistics.median(failed) if failed else None,
-                                       "p95": percentile(failed, 95), "max": max(failed) if failed else None},
+        "challenger_failed_requests": spread(failed),
     }
 
 
@@ -252,10 +255,8 @@ def less_accurate_scenario(name: str, plan: RolloutPlan, runs: int, rng, rate=50
         "runs": runs,
         "rolled_back_share": len(rolled) / runs,
         "promoted_share": sum(o.verdict == Verdict.PROMOTED.value for o in outcomes) / runs,
-        "seconds_to_rollback": {"median": statistics.median(times) if times else None,
-                                "p95": percentile(times, 95), "max": max(times) if times else None},
-        "challenger_requests_served": {"median": statistics.median(served) if served else None,
-                                       "p95": percentile(served, 95)},
+        "seconds_to_rollback": spread(times),
+        "challenger_requests_served": spread(served, with_max=False),
     }
 
 
