@@ -1,4 +1,5 @@
-"""`python -m engine build|up|down|status`: build the control plane, start or stop the local cluster."""
+"""`python -m engine build|up|down|status`: build the engine (control plane, kwok, Pulumi CLI and Kubernetes
+provider), start or stop the local cluster."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from pathlib import Path
 
 from engine.build import EngineError, build
-from engine.cluster import DEFAULT_STATE_DIR, ClusterError, load_state, start, stop
+from engine.cluster import DEFAULT_STATE_DIR, ClusterError, load_state, node_pools, start, stop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
             build()
         elif args.command == "up":
             build()
-            state = start(args.dir.resolve())
+            state = start(args.dir.resolve(), node_pools())
             version = state.api.server_version()["gitVersion"]
             print(f"cluster: Kubernetes {version} at {state.server}, pids {state.pids}")
             print(f"export KUBECONFIG={state.kubeconfig}")

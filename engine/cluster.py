@@ -1,10 +1,17 @@
-"""A local control plane on loopback: etcd, kube-apiserver and kube-controller-manager, and no kubelet.
+"""A local cluster on loopback whose pods become Ready: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok, with no kubelet and no container runtime.
 
-`start(state_dir)` makes a CA and certificates with openssl, starts the three processes on free loopback
-ports (RBAC and the Pod Security admission on), waits until the API server is ready and the controller
-manager has created the `default` ServiceAccount, installs the CRDs the stack uses, writes a kubeconfig and
-records the pids in STATE_DIR/cluster.json. `stop(state_dir)` stops exactly those pids (each checked to still
-be the binary it started, so a reused pid is never signalled). Pods stay Pending: nothing runs them.
+`start(state_dir)` makes a CA and certificates with openssl, starts the processes on free loopback ports (RBAC
+and the Pod Security admission on), waits until the API server is ready and the controller manager has created
+the `default` ServiceAccount, installs the CRDs the stack uses, registers fake nodes (a CPU pool and a GPU pool
+whose nodes carry the GPU resource, labels and taints of `NodePools`), writes a kubeconfig and records the pids
+in STATE_DIR/cluster.json. kube-scheduler places pods on the nodes their selectors and tolerations allow; kwok
+(sigs.k8s.io/kwok) keeps the fake nodes Ready, gives each scheduled pod an IP and drives it to Running and Ready
+(its default pod stages), and gives each LoadBalancer Service an ingress address (`LOAD_BALANCER_STAGE`, the
+part a cloud's controller or MetalLB plays). So the Deployment controller sees available replicas, the
+endpoints controller ready addresses, and the Pulumi provider's await logic runs as on a real cluster. No
+container runs: an image is never pulled and a probe never called. `stop(state_dir)` stops exactly the
+recorded pids (each checked to still be the binary it started, so a reused pid is never signalled).
 """
 
 from __future__ import annotations
@@ -16,13 +23,13 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
 import yaml
 
-from engine.build import bin_dir, missing_binaries
+from engine.build import bin_dir, missing_binaries, tool_path
 from engine.kubeapi import KubeAPI, KubeAPIError
 from rollout.local import free_port
 
@@ -39,6 +46,67 @@ READY_TIMEOUT_S = 180.0
 SELDON_CRD = "seldondeployments.machinelearning.seldon.io"
 GRAPH_LEVELS = 10  # as Seldon's own build of the CRD
 STOP_TIMEOUT_S = 20.0
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+POD_CIDR = "10.244.0.0/16"  # kwok hands pod IPs out of it; nothing routes to them either
+# kwok's answer to a LoadBalancer Service: the ingress address a cloud's load-balancer controller (or MetalLB)
+# would write, here the Service's own cluster IP. Without one the provider waits for an address forever.
+LOAD_BALANCER_STAGE = {
+    "apiVersion": "kwok.x-k8s.io/v1alpha1",
+    "kind": "Stage",
+    "metadata": {"name": "service-load-balancer"},
+    "spec": {
+        "resourceRef": {"apiGroup": "v1", "kind": "Service"},
+        "selector": {"matchExpressions": [
+            {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+            {"key": ".spec.type", "operator": "In", "values": ["LoadBalancer"]},
+            {"key": ".status.loadBalancer.ingress", "operator": "DoesNotExist"},
+        ]},
+        "next": {"statusTemplate": "loadBalancer:\n  ingress:\n  - ip: {{ .spec.clusterIP | Quote }}\n"},
+    },
+}
+
+
+@dataclass(frozen=True)
+class NodePool:
+    """Fake nodes of one kind: how many, their labels and taints, and what each can hold."""
+
+    name: str
+    count: int
+    labels: dict[str, str]
+    taints: tuple[dict[str, str], ...] = ()
+    capacity: dict[str, str] = field(default_factory=lambda: {"cpu": "16", "memory": "64Gi", "pods": "110"})
+
+    def nodes(self) -> list[dict]:
+        return [fake_node(f"{self.name}-{index}", self) for index in range(self.count)]
+
+
+def fake_node(name: str, pool: NodePool) -> dict:
+    """A Node kwok manages (its annotation): the API server keeps the status given at creation, so the
+    scheduler sees the capacity at once; kwok then keeps the node Ready."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_NODE_ANNOTATION: "fake"},
+            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                       "type": "kwok", "mlserve.local/pool": pool.name, **pool.labels},
+        },
+        "spec": {"taints": [dict(taint) for taint in pool.taints]},
+        "status": {"capacity": dict(pool.capacity), "allocatable": dict(pool.capacity),
+                   "nodeInfo": {"kubeletVersion": "fake", "operatingSystem": "linux", "architecture": "amd64"}},
+    }
+
+
+def gpu_pool(resource: str, labels: dict[str, str], taints: tuple[dict[str, str], ...], count: int = 2,
+             gpus_per_node: int = 8) -> NodePool:
+    """GPU nodes as a stack's `gpu.*` config expects them: the resource, the selector's labels, the taints its
+    tolerations tolerate."""
+    capacity = {"cpu": "32", "memory": "256Gi", "pods": "110", resource: str(gpus_per_node)}
+    return NodePool("gpu", count, labels, taints, capacity)
+
+
+CPU_POOL = NodePool("cpu", 3, {})
 
 
 class ClusterError(RuntimeError):
@@ -54,6 +122,8 @@ class ClusterState:
     kubeconfig: str
     bin_dir: str
     pids: dict[str, int]
+    # Binaries that live outside `bin_dir` (kwok), by name: `stop` checks a pid against its own binary.
+    binaries: dict[str, str] = field(default_factory=dict)
 
     @property
     def api(self) -> KubeAPI:
@@ -99,6 +169,7 @@ def make_pki(pki: Path) -> None:
     client = "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
     _certificate(pki, "admin", "/O=system:masters/CN=mlserve-admin", client)
     _certificate(pki, "controller-manager", "/CN=system:kube-controller-manager", client)
+    _certificate(pki, "scheduler", "/CN=system:kube-scheduler", client)
     _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out", "sa.key", cwd=pki)
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
@@ -175,8 +246,14 @@ def _established(api: KubeAPI, name: str) -> bool:
     return any(c["type"] == "Established" and c["status"] == "True" for c in (crd.get("status") or {}).get("conditions") or [])
 
 
-def start(state_dir: Path = DEFAULT_STATE_DIR) -> ClusterState:
-    """Start a fresh cluster whose files live in `state_dir` (replaced); returns what it recorded."""
+def _node_ready(api: KubeAPI, name: str) -> bool:
+    node = api.get("v1", "Node", name)
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in (node.get("status") or {}).get("conditions") or [])
+
+
+def start(state_dir: Path = DEFAULT_STATE_DIR, pools: tuple[NodePool, ...] = (CPU_POOL,)) -> ClusterState:
+    """Start a fresh cluster whose files live in `state_dir` (replaced) with the fake nodes of `pools`;
+    returns what it recorded."""
     binaries = bin_dir()
     if missing := missing_binaries(binaries):
         raise ClusterError(f"engine binaries missing in {binaries}: {', '.join(missing)}; run `make engine`")
@@ -236,6 +313,29 @@ def start(state_dir: Path = DEFAULT_STATE_DIR) -> ClusterState:
         _wait("the controller manager to create the default ServiceAccount",
               lambda: api.exists("v1", "ServiceAccount", "default", namespace="default"), READY_TIMEOUT_S, logs)
         install_crds(api, crd_dir(), logs)
+        (state_dir / "scheduler.kubeconfig").write_text(yaml.safe_dump(kubeconfig(server, pki, "scheduler")))
+        pids["kube-scheduler"] = _spawn("kube-scheduler", [
+            str(binaries / "kube-scheduler"), f"--kubeconfig={state_dir / 'scheduler.kubeconfig'}",
+            f"--authentication-kubeconfig={state_dir / 'scheduler.kubeconfig'}",
+            f"--authorization-kubeconfig={state_dir / 'scheduler.kubeconfig'}",
+            "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false", "--v=1",
+        ], state_dir)
+        record()
+        kwok = tool_path("kwok")
+        state.binaries["kwok"] = str(kwok)
+        (state_dir / "kwok.yaml").write_text(yaml.safe_dump(LOAD_BALANCER_STAGE))
+        pids["kwok"] = _spawn("kwok", [
+            str(kwok), f"--kubeconfig={state_dir / KUBECONFIG}", f"--config={state_dir / 'kwok.yaml'}",
+            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake", f"--cidr={POD_CIDR}",
+            "--node-ip=127.0.0.1", f"--server-address=127.0.0.1:{free_port()}",
+        ], state_dir)
+        record()
+        for pool in pools:
+            for node in pool.nodes():
+                api.create(node)
+        names = [node["metadata"]["name"] for pool in pools for node in pool.nodes()]
+        _wait(f"kwok to report nodes {', '.join(names)} Ready", lambda: all(_node_ready(api, n) for n in names),
+              READY_TIMEOUT_S, logs)
     except BaseException:
         stop(state_dir)
         raise
@@ -279,7 +379,7 @@ def stop(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
         return []
     stopped = []
     for name, pid in reversed(list(state.pids.items())):
-        process = _ours(pid, Path(state.bin_dir) / name)
+        process = _ours(pid, Path(state.binaries.get(name) or Path(state.bin_dir) / name))
         if process is None:
             continue
         process.send_signal(signal.SIGTERM)
@@ -289,3 +389,17 @@ def stop(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
         stopped.append(name)
     (state_dir / STATE_FILE).unlink()
     return stopped
+
+
+def node_pools(stack: str = "prod") -> tuple[NodePool, ...]:
+    """The CPU pool plus a GPU pool made for `stack`'s `gpu.*` config: nodes with its GPU resource, the labels
+    of `gpu.nodeSelector` and a taint for each entry of `gpu.tolerations` (plus the resource's own
+    NoSchedule taint, which the stack always tolerates), as a cloud's GPU node pool would be set up."""
+    from infra.config import load_stack_config
+
+    gpu = load_stack_config(stack).gpu
+    taints = {(gpu.resource, None, "NoSchedule")}
+    taints |= {(t.key, t.value, t.effect) for t in gpu.parsed_tolerations}
+    return (CPU_POOL, gpu_pool(gpu.resource, gpu.node_selector_labels, tuple(
+        {"key": key, "effect": effect, **({"value": value} if value else {})} for key, value, effect in sorted(taints, key=str)
+    )))

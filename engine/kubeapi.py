@@ -113,5 +113,10 @@ class KubeAPI:
         path = self.path(manifest["apiVersion"], manifest["kind"], metadata.get("namespace"))
         return self._request("POST", path, json=manifest)
 
+    def evict(self, pod: str, namespace: str) -> None:
+        """Ask the Eviction API to evict `pod` (as `kubectl drain` does); 429 when a PodDisruptionBudget forbids it now."""
+        body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": namespace}}
+        self._request("POST", self.path("v1", "Pod", namespace, pod) + "/eviction", json=body)
+
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> None:
         self._request("DELETE", self.path(api_version, kind, namespace, name))

@@ -100,6 +100,7 @@ class ImageConfig:
     repository: str = key("image.repository", lambda v: _image_repository(v))
     push: bool = key("image.push")
     platform: str = key("image.platform", lambda v: _one_of(v, ("linux/amd64", "linux/arm64")))
+    reference: str = key("image.reference", lambda v: _image_reference(v))
     artifact_store_clients: tuple[str, ...] = key(
         "image.artifactStoreClients", lambda v: _each(v, lambda item: _one_of(item, ARTIFACT_STORES))
     )
@@ -728,6 +729,20 @@ def _image_repository(value: str) -> str | None:
         if ":" not in last:
             return None
     return "must be an image repository without tag or digest, e.g. ghcr.io/acme/churn-model"
+
+
+def _image_reference(value: str) -> str | None:
+    if not value:
+        return None
+    repository, digest = value.split("@", 1) if "@" in value else (value, None)
+    tag = None
+    if ":" in repository.rsplit("/", 1)[-1]:
+        repository, tag = repository.rsplit(":", 1)
+    if (_image_repository(repository) is None and (digest or tag)
+            and (digest is None or re.fullmatch(r"sha256:[0-9a-f]{64}", digest))
+            and (tag is None or re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag))):
+        return None
+    return "must be empty or an image reference with a tag or digest, e.g. ghcr.io/acme/churn-model@sha256:<64 hex> or ghcr.io/acme/churn-model:1.4"
 
 
 def _url(value: str) -> str | None:

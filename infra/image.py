@@ -220,8 +220,11 @@ with construct_containerfile(bentoml.get(tag)) as (context, _dockerfile):
 """
 
 
-def prepare_image(config: StackConfig) -> DockerContext:
-    """The content-addressed build context of the image `config` deploys (what `pulumi up` builds)."""
+def prepare_image(config: StackConfig) -> DockerContext | None:
+    """The content-addressed build context of the image `config` deploys (what `pulumi up` builds); None when
+    `image.reference` names the image to run and nothing is built."""
+    if config.image.reference:
+        return None
     return export_docker_context(image_inputs(config))
 
 

@@ -30,23 +30,33 @@ def namespace_labels(config: StackConfig) -> dict[str, str]:
     }
 
 
-def build_stack(config: StackConfig, docker_context: DockerContext) -> None:
-    """Create every resource of the stack described by `config` and export its outputs."""
+def image_to_run(config: StackConfig, docker_context: DockerContext | None) -> pulumi.Input[str]:
+    """`image.reference` when the stack is given one; else the digest of the image built from `docker_context`."""
+    if config.image.reference:
+        return config.image.reference
+    if docker_context is None:
+        raise ValueError("build_stack needs the image's build context unless image.reference is set")
+    return BentoImage(config.app_name, BentoImageArgs(config=config.image, context=docker_context)).digest_reference
+
+
+def build_stack(config: StackConfig, docker_context: DockerContext | None) -> None:
+    """Create every resource of the stack described by `config` and export its outputs. The image is built from
+    `docker_context`, unless `image.reference` names one to run (then `docker_context` is None)."""
     namespace = k8s.core.v1.Namespace("namespace", metadata={"name": config.namespace, "labels": namespace_labels(config)})
-    image = BentoImage(config.app_name, BentoImageArgs(config=config.image, context=docker_context))
+    image_reference = image_to_run(config, docker_context)
     platform = Platform("platform", PlatformArgs(config=config))
     access = ModelAccess(config.app_name, ModelAccessArgs(config=config), opts=pulumi.ResourceOptions(depends_on=[namespace]))
     after_platform = pulumi.ResourceOptions(depends_on=[namespace, access, *platform.ready])
     if config.traffic.router == "seldon":
-        SeldonTraffic(config.app_name, SeldonTrafficArgs(config=config, image=image.digest_reference), opts=after_platform)
+        SeldonTraffic(config.app_name, SeldonTrafficArgs(config=config, image=image_reference), opts=after_platform)
         endpoint = platform.endpoint or ""
     else:
-        serving = ModelServing(config.app_name, ModelServingArgs(config=config, image=image.digest_reference), opts=after_platform)
+        serving = ModelServing(config.app_name, ModelServingArgs(config=config, image=image_reference), opts=after_platform)
         endpoint = serving.endpoint
     Monitoring(config.app_name, MonitoringArgs(config=config), opts=pulumi.ResourceOptions(depends_on=[namespace]))
     Feedback(config.app_name, FeedbackArgs(config=config), opts=pulumi.ResourceOptions(depends_on=[namespace]))
     pulumi.export(outputs.NAMESPACE, config.namespace)
-    pulumi.export(outputs.IMAGE, image.digest_reference)
+    pulumi.export(outputs.IMAGE, image_reference)
     pulumi.export(outputs.ENDPOINT, endpoint)
     pulumi.export(outputs.CHALLENGER_WEIGHT, config.traffic.challenger_weight)
     pulumi.export(outputs.VARIANTS, list(config.variants))

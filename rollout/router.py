@@ -70,9 +70,12 @@ class StackConfigRouter:
         # Imported here: the Automation API is only needed when a stack is actually driven.
         from pulumi import automation as auto
 
+        from infra.automation import select_stack
+
         if self._stack is None:
             try:
-                self._stack = auto.select_stack(stack_name=self.stack_name, work_dir=str(self.project_dir))
+                # The program runs inline, in this process (no Python language host needed).
+                self._stack = select_stack(self.stack_name, self.project_dir)
             except auto.CommandError as err:
                 raise RouterError(f"cannot select stack {self.stack_name!r} in {self.project_dir}: {err}") from err
         return self._stack

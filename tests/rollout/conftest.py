@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -52,6 +53,8 @@ def pulumi_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("PULUMI_STANDIN_STATE", str(state))
 
     def calls():
-        return [json.loads(line) for line in log.read_text().splitlines()]
+        # An inline program's language server listens on a fresh port each run: `--client=ADDRESS` stands for it.
+        return [[re.sub(r"^--client=127\.0\.0\.1:\d+$", "--client=ADDRESS", word) for word in json.loads(line)]
+                for line in log.read_text().splitlines()]
 
     return project, state, calls

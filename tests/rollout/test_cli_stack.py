@@ -73,7 +73,7 @@ def test_start_steps_the_stack_and_promotes(pulumi_cli, prometheus_url, tmp_path
         return ["config", "set", "--path", key, "--plaintext", "--stack", "prod", "--", value]
 
     def up(message):
-        return ["up", "--yes", "--skip-preview", "--message", message, "--exec-kind", "auto.local", "--stack", "prod"]
+        return ["up", "--yes", "--skip-preview", "--message", message, "--client=ADDRESS", "--exec-kind", "auto.inline", "--stack", "prod"]
 
     assert stack_calls(calls) == [
         weight,

@@ -23,7 +23,7 @@ def test_set_weight_is_config_set_then_up(pulumi_cli):
         ["config", "set", "--path", "traffic.challengerWeight", "--plaintext",
          "--stack", "prod", "--non-interactive", "--", "25"],
         ["--non-interactive", "up", "--yes", "--skip-preview", "--message", "rollout: traffic.challengerWeight=25",
-         "--exec-kind", "auto.local", "--stack", "prod"],
+         "--client=ADDRESS", "--exec-kind", "auto.inline", "--stack", "prod"],
         ["--non-interactive", "stack", "output", "--json", "--stack", "prod"],
         ["--non-interactive", "stack", "output", "--json", "--show-secrets", "--stack", "prod"],
         ["--non-interactive", "stack", "history", "--json", "--show-secrets", "--page-size", "1", "--page", "1",
