@@ -206,7 +206,7 @@ def build_group(spec: Group, go: str, log=print) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    log(f"engine: building {', '.join(spec.commands)} ({target.name}); a cold build downloads modules and takes minutes")
+    log(f"engine: building {', '.join(spec.commands)} ({spec.key()}); a cold build downloads modules and takes minutes")
     if spec.prepare is not None:
         spec.prepare(spec.module_dir)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as scratch:

@@ -66,6 +66,14 @@ def test_pods_run_the_image_digest_never_a_tag(render):
         assert image == f"ghcr.io/acme/mlserve/churn-model@{UNKNOWN_DIGEST}"
 
 
+def test_a_given_image_reference_is_run_and_nothing_is_built(render):
+    reference = "ghcr.io/acme/mlserve/churn-model@sha256:" + "ab" * 32
+    resources = render("prod", **PLAIN_PROD, **{"image.reference": reference})
+    assert not [r for r in resources if r.type.startswith("docker:")]
+    for deployment in manifests(resources, "Deployment"):
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == reference
+
+
 def test_numbers_render_as_integers(render):
     hpa = manifests(render("prod", **PLAIN_PROD), "HorizontalPodAutoscaler")[0]
     assert type(hpa["spec"]["maxReplicas"]) is int
