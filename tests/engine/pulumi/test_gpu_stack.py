@@ -20,9 +20,15 @@ VARIANT_LABEL = "mlserve.io/variant"
 
 @pytest.fixture(scope="module")
 def gpu(project):
-    settings = {**ENGINE_SETTINGS["prod"], "traffic.router": "service", "namespace": NAMESPACE}
+    settings = {**ENGINE_SETTINGS["prod"], "traffic.router": "service", "traffic.challengerWeight": "0", "namespace": NAMESPACE}
     stack = project.stack("gpu", settings, base="prod")
     assert stack.up().summary.result == "succeeded"
+    # The Deployments leave `replicas` to their HPA (set, they would fight it): each starts at one pod and the
+    # HPA controller raises it to autoscaling.minReplicas, with no metrics needed for that.
+    minimum = project.config("gpu").autoscaling.min_replicas
+    wait_for(f"each variant scaled to {minimum} available pods", lambda: all(
+        d["spec"]["replicas"] == minimum and d["status"].get("availableReplicas") == minimum
+        for d in deployments(project).values()))
     yield stack
     stack.destroy()
 
@@ -44,7 +50,7 @@ def deployments(project) -> dict[str, dict]:
 
 def test_gpu_pods_land_only_on_gpu_nodes_and_both_variants_become_available(project, gpu):
     config = project.config("gpu")
-    assert config.gpu.enabled and config.has_challenger and config.autoscaling.enabled
+    assert config.gpu.enabled and config.model.has_challenger and config.autoscaling.enabled
     found = pods(project)
     assert {variant_of(p) for p in found} == {"champion", "challenger"}
     nodes = {n["metadata"]["name"]: n for n in project.api.list("v1", "Node")}
