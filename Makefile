@@ -20,7 +20,8 @@ $(STAMP): requirements.txt policy/requirements.txt scripts/setup.sh
 	bash scripts/setup.sh $(VENV)
 	touch $(STAMP)
 
-# The local control plane (etcd, kube-apiserver, kube-controller-manager) from Go modules, cached by version.
+# The engine from Go modules, cached by version: the control plane (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler), kwok, the Pulumi CLI and the Kubernetes provider (engine/build.py).
 engine: setup
 	$(PY) -m engine build
 
