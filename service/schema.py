@@ -218,36 +218,39 @@ class RowValidator:
                                      if schema.columns else None)
         self._expected = ", ".join(schema.names)
 
-    def check_count(self, count: int, where: str = "instances") -> None:
-        """Refuse an empty request or one over the row limit; ``where`` is the key the client sent the rows in."""
+    def check_count(self, count: int) -> None:
+        """Refuse an empty request or one over the row limit."""
         if count == 0:
-            raise InvalidInput(f"{where!r} is empty; send at least one row")
+            raise InvalidInput("'instances' is empty; send at least one row")
         if count > self.max_rows:
             raise InvalidInput(f"{count} rows exceeds the maximum of {self.max_rows} rows per request", status=413)
 
-    def validate_rows(self, instances: t.Any, *, where: str = "instances", mlflow: bool = False) -> t.Any:
+    def validate_rows(self, instances: t.Any, *, mlflow: bool = False) -> t.Any:
         """The model input for ``instances`` (a list of rows); raises InvalidInput naming the first problem.
 
-        ``where`` names the key the rows came in. ``mlflow`` reads them as MLflow's pyfunc schema enforcement does
+        ``mlflow`` reads them as MLflow's pyfunc schema enforcement does
         (mlflow/models/utils.py, ``_enforce_schema``): inputs the signature does not name are dropped ("Any extra
         columns are ignored"), and ``null`` is a missing value in the columns that can hold one (``NULLABLE_TYPES``).
         """
         if not isinstance(instances, list):
-            raise InvalidInput(f"{where!r} must be a list of rows, got {type(instances).__name__}")
-        self.check_count(len(instances), where)
+            raise InvalidInput(f"'instances' must be a list of rows, got {type(instances).__name__}")
+        self.check_count(len(instances))
+        ignored: list[str] = []
         if mlflow and self.schema.names:
             known = set(self.schema.names)
+            ignored = sorted({name for row in instances if isinstance(row, dict) for name in row} - known)
             instances = [{name: value for name, value in row.items() if name in known} if isinstance(row, dict)
                          else row for row in instances]
         if self.schema.columns:
-            return self._columns_frame(instances, mlflow)
+            return self._columns_frame(instances, mlflow, ignored)
         if self.schema.tensors:
             return self._tensor_input(instances)
         return self._unchecked_frame(instances)
 
     # ---- columns
 
-    def _columns_frame(self, instances: list[t.Any], mlflow: bool = False) -> t.Any:
+    def _columns_frame(self, instances: list[t.Any], mlflow: bool = False,
+                       ignored: t.Sequence[str] = ()) -> t.Any:
         for index, row in enumerate(instances):
             if not isinstance(row, dict):
                 raise InvalidInput(f"row {index} must be an object of columns ({self._expected}), "
@@ -257,8 +260,13 @@ class RowValidator:
             rows = adapter.validate_python(instances)
         except pydantic.ValidationError as err:
             message, detail = describe_row_errors(err, self._expected)
-            # MLflow's code for a column the signature requires and the input lacks (_enforce_schema).
-            code = "INVALID_PARAMETER_VALUE" if detail[0]["problem"] == MISSING_FEATURE else None
+            code = None
+            if detail[0]["problem"] == MISSING_FEATURE:
+                # MLflow's code for a column the signature requires and the input lacks (_enforce_schema), which
+                # also names the extra inputs it ignored: the missing one is often a misspelt one of them.
+                code = "INVALID_PARAMETER_VALUE"
+                if ignored:
+                    message += f"; ignored {', '.join(map(repr, ignored))}, which the signature does not name"
             raise InvalidInput(message, detail=detail, error_code=code) from None
         return self.frame(rows)
 

@@ -93,10 +93,12 @@ def test_a_missing_float32_value_stays_float32():
     assert frame["x"].dtype == np.float32 and math.isnan(frame["x"][0])
 
 
-def test_a_missing_column_has_mlflows_code_for_it():
-    error = refusal(lambda: RowValidator(ACCOUNTS, 10).validate_rows([{"plan": "basic"}], mlflow=True))
+def test_a_missing_column_has_mlflows_code_for_it_and_names_the_columns_ignored():
+    row = {name: value for name, value in ACCOUNT.items() if name != "plan"}
+    error = refusal(lambda: RowValidator(ACCOUNTS, 10).validate_rows([{**row, "plna": "basic"}], mlflow=True))
 
     assert error.error_code == "INVALID_PARAMETER_VALUE" and error.mlflow_body()["error_code"] == error.error_code
+    assert "feature 'plan': missing required feature" in error.message and "ignored 'plna'" in error.message
 
 
 @pytest.mark.parametrize(
