@@ -229,6 +229,7 @@ def corpus(key: str, model: ParityModel, types: dict[str, str]) -> list[Case]:
             add(f"null for boolean {column!r}", {"dataframe_records": _with(rows, **{column: None})},
                 difference="null-for-boolean")
         if kind == "string":
+            add(f"null for string {column!r}", {"dataframe_records": _with(rows, **{column: None})})
             add(f"a number for string {column!r}", {"dataframe_records": _with(rows, **{column: 5})},
                 difference="non-string-for-string")
             add(f"a list for string {column!r}", {"dataframe_records": _with(rows, **{column: ["a"]})},
