@@ -9,6 +9,9 @@ the served models' requirements from the registry and builds the context once pe
 Values known only after deployment are written as a marked placeholder, never a made-up real value.
 Invalid config exits 2 with every problem listed; an image that cannot be prepared (registry unreachable,
 requirement conflict) exits 3 with the reason. Diff two output folders to review a config change.
+`--local-registry` reads the requirements from the local demo registry (SQLite under MLSERVE_HOME, default
+`.mlserve/`) instead of `model.trackingUri`, registering the demo models there first when the stack serves the demo
+model and they are missing: a fresh clone renders the committed stacks with no remote registry.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -27,7 +31,7 @@ import yaml
 
 from infra.config import StackConfig, load_stack_config, parse_override
 from infra.errors import ConfigError, ImageBuildError
-from infra.image import DockerContext, prepare_image
+from infra.image import REGISTRY_ENV, DockerContext, prepare_image
 from infra.stack import build_stack
 
 UNKNOWN_DIGEST = "<digest known after pulumi up>"
@@ -176,6 +180,22 @@ def write_resources(resources: list[RenderedResource], out_dir: Path) -> list[Pa
     return paths
 
 
+def use_local_registry(config: StackConfig) -> str:
+    """Point the image build at the local demo registry (as ``MLSERVE_MODEL_REGISTRY_URI`` would), registering the
+    demo models in it first when the stack serves the demo model and they are missing; returns the registry URI."""
+    from service.settings import DEMO_MODEL_NAME, default_mlserve_home, parse_model_uri
+
+    registry_uri = f"sqlite:///{default_mlserve_home() / 'mlflow.db'}"
+    os.environ[REGISTRY_ENV] = registry_uri
+    if any(parse_model_uri(config.model_uri(variant))[0] == DEMO_MODEL_NAME for variant in config.variants):
+        from service.train import demo_models_registered, ensure_demo_models
+
+        if not demo_models_registered(registry_uri):
+            print(f"registering the demo models in {registry_uri}", file=sys.stderr, flush=True)
+            ensure_demo_models(registry_uri)
+    return registry_uri
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.render", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True, help="stack name; reads Pulumi.STACK.yaml")
@@ -183,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY.PATH=VALUE",
         help="override a config key, e.g. --set traffic.challengerWeight=25 (repeatable)",
+    )
+    parser.add_argument(
+        "--local-registry", action="store_true",
+        help="read the models' requirements from the local demo registry (MLSERVE_HOME, default .mlserve/), "
+             "not model.trackingUri; the demo models are registered there first when the stack serves them",
     )
     args = parser.parse_args(argv)
     try:
@@ -192,9 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
+        if args.local_registry:
+            use_local_registry(config)
         resources = render_resources(config)
     except ImageBuildError as err:
-        print(f"error: {err}", file=sys.stderr)
+        hint = "" if args.local_registry else (
+            "\nTo render without that registry, add --local-registry: the local demo registry (MLSERVE_HOME, "
+            "default .mlserve/) stands in for it.")
+        print(f"error: {err}{hint}", file=sys.stderr)
         return 3
     paths = write_resources(resources, args.out)
     for resource, path in zip(resources, paths):

@@ -31,6 +31,8 @@ import os
 import re
 import typing as t
 
+from service.errors import route_error_body
+
 # Paths this middleware guards and the media types each accepts; the MLflow scoring protocol also takes CSV.
 JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv", "application/csv")
@@ -253,7 +255,7 @@ class AdmissionMiddleware:
     async def _reject(
         self, scope: Scope, send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] = (),
     ) -> None:
-        body = json.dumps({"error": message}).encode()
+        body = json.dumps(route_error_body(scope.get("path", ""), message, status)).encode()
         await send({
             "type": "http.response.start",
             "status": status,

@@ -19,6 +19,7 @@ import typing as t
 import bentoml
 from starlette.responses import JSONResponse
 
+from service.errors import route_error_body
 from service.predictor import MODEL_HEADERS, ModelIdentity
 from service.quality import QualityMetrics
 
@@ -154,8 +155,8 @@ class PredictionTrafficMiddleware:
             if body is None:
                 if not disconnected:
                     response = JSONResponse(
-                        {"error": f"request body exceeds the maximum of {self.max_body_bytes} bytes "
-                                  "(MLSERVE_MAX_BODY_BYTES)"},
+                        route_error_body(scope.get("path", ""), f"request body exceeds the maximum of "
+                                         f"{self.max_body_bytes} bytes (MLSERVE_MAX_BODY_BYTES)", 413),
                         status_code=413,
                     )
                     await response(scope, receive, send_with_headers)

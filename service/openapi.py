@@ -22,6 +22,8 @@ ERROR_SCHEMA = {
     "properties": {
         "error": {"type": "string", "description": "what was wrong and what would be accepted"},
         "detail": {"description": "per row and column problems, when there are several"},
+        "error_code": {"type": "string", "description": "on /invocations: MLflow's error code (BAD_REQUEST, ...)"},
+        "message": {"type": "string", "description": "on /invocations: the error, where MLflow's clients read it"},
     },
 }
 ERRORS = {

@@ -98,12 +98,13 @@ class ServedModel:
         # One scoring function per output mode this model offers; PREDICT is always there (MLflow's answer).
         self._scorers = scorers
 
-    def predict_rows(self, instances: t.Any, output: str | None = None) -> Prediction:
+    def predict_rows(self, instances: t.Any, output: str | None = None, *, mlflow: bool = False) -> Prediction:
         """Validate ``instances`` (a list of rows) against the signature and predict; raises InvalidInput.
 
         ``output`` overrides the configured output mode; ``PREDICT`` gives exactly what MLflow's pyfunc answers.
+        ``mlflow`` reads the rows as MLflow's scoring server does (``RowValidator.validate_rows``).
         """
-        return self.predict_input(self.validator.validate_rows(instances), output)
+        return self.predict_input(self.validator.validate_rows(instances, mlflow=mlflow), output)
 
     def predict_tensors(self, inputs: t.Any, output: str | None = None) -> Prediction:
         """Validate OIP input tensors against the signature and predict; raises InvalidInput."""

@@ -21,16 +21,29 @@ import typing as t
 
 import numpy as np
 import pydantic
+import pydantic_core
 import typing_extensions
 
 from service.errors import InvalidInput
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _fits_float32(value: float) -> float:
+    """A float32 column's value must survive the cast: 1e300 would become infinity (a RuntimeWarning, then a model
+    refusing the row), so it is the request's fault, named as such."""
+    if math.isfinite(value) and abs(value) > FLOAT32_MAX:
+        raise pydantic_core.PydanticCustomError(
+            "float32_range", f"out of the float32 range (-{FLOAT32_MAX:.7g}..{FLOAT32_MAX:.7g}), got {value:g}")
+    return value
+
+
 # MLflow column type -> (Python type the row field is validated as, NumPy dtype of the DataFrame column, OIP datatype)
 COLUMN_TYPES: dict[str, tuple[t.Any, t.Any, str]] = {
     "double": (float, np.float64, "FP64"),
-    "float": (float, np.float32, "FP32"),
+    "float": (t.Annotated[float, pydantic.AfterValidator(_fits_float32)], np.float32, "FP32"),
     "long": (t.Annotated[int, pydantic.Field(ge=INT64[0], le=INT64[1])], np.int64, "INT64"),
     "integer": (t.Annotated[int, pydantic.Field(ge=INT32[0], le=INT32[1])], np.int32, "INT32"),
     "boolean": (bool, np.bool_, "BOOL"),
@@ -124,12 +137,27 @@ class InputSchema:
 # ---------------------------------------------------------------- rows (column signatures)
 
 
-def row_type(schema: InputSchema) -> t.Any:
-    """The typed row of a column signature: a TypedDict with the real column names, strict and closed."""
+# Column types whose pandas column has a missing value (NaN, None, NaT): MLflow's scoring server lets `null` through
+# for them (mlflow/utils/proto_json_utils.py, cast_df_types_according_to_schema: `astype(float64)` makes it NaN;
+# mlflow/models/utils.py, _enforce_mlflow_datatype: a float64 column is a double, an object column a string).
+# A long, integer or boolean column has none (`astype(int64)` fails; `astype(bool)` would make it False).
+NULLABLE_TYPES = ("double", "float", "string", "binary", "datetime", "any")
+
+
+def row_type(schema: InputSchema, missing_values: bool = False) -> t.Any:
+    """The typed row of a column signature: a TypedDict with the real column names, strict and closed.
+
+    ``missing_values``: a required column of a ``NULLABLE_TYPES`` type takes ``null`` (the MLflow scoring protocol).
+    """
     fields: dict[str, t.Any] = {}
     for column in schema.columns:
         python_type = COLUMN_TYPES[column.type][0]
-        fields[column.name] = python_type if column.required else typing_extensions.NotRequired[python_type | None]
+        if not column.required:
+            fields[column.name] = typing_extensions.NotRequired[python_type | None]
+        elif missing_values and column.type in NULLABLE_TYPES:
+            fields[column.name] = python_type | None
+        else:
+            fields[column.name] = python_type
     row = typing_extensions.TypedDict("Row", fields)  # type: ignore[misc]
     row.__pydantic_config__ = pydantic.ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     return row
@@ -186,6 +214,8 @@ class RowValidator:
         self.max_rows = max_rows
         self.row = row_type(schema) if schema.columns else None
         self._rows_adapter = pydantic.TypeAdapter(list[self.row]) if self.row is not None else None
+        self._mlflow_rows_adapter = (pydantic.TypeAdapter(list[row_type(schema, missing_values=True)])
+                                     if schema.columns else None)
         self._expected = ", ".join(schema.names)
 
     def check_count(self, count: int) -> None:
@@ -195,29 +225,49 @@ class RowValidator:
         if count > self.max_rows:
             raise InvalidInput(f"{count} rows exceeds the maximum of {self.max_rows} rows per request", status=413)
 
-    def validate_rows(self, instances: t.Any) -> t.Any:
-        """The model input for ``instances`` (a list of rows); raises InvalidInput naming the first problem."""
+    def validate_rows(self, instances: t.Any, *, mlflow: bool = False) -> t.Any:
+        """The model input for ``instances`` (a list of rows); raises InvalidInput naming the first problem.
+
+        ``mlflow`` reads them as MLflow's pyfunc schema enforcement does
+        (mlflow/models/utils.py, ``_enforce_schema``): inputs the signature does not name are dropped ("Any extra
+        columns are ignored"), and ``null`` is a missing value in the columns that can hold one (``NULLABLE_TYPES``).
+        """
         if not isinstance(instances, list):
             raise InvalidInput(f"'instances' must be a list of rows, got {type(instances).__name__}")
         self.check_count(len(instances))
+        ignored: list[str] = []
+        if mlflow and self.schema.names:
+            known = set(self.schema.names)
+            ignored = sorted({name for row in instances if isinstance(row, dict) for name in row} - known)
+            instances = [{name: value for name, value in row.items() if name in known} if isinstance(row, dict)
+                         else row for row in instances]
         if self.schema.columns:
-            return self._columns_frame(instances)
+            return self._columns_frame(instances, mlflow, ignored)
         if self.schema.tensors:
             return self._tensor_input(instances)
         return self._unchecked_frame(instances)
 
     # ---- columns
 
-    def _columns_frame(self, instances: list[t.Any]) -> t.Any:
+    def _columns_frame(self, instances: list[t.Any], mlflow: bool = False,
+                       ignored: t.Sequence[str] = ()) -> t.Any:
         for index, row in enumerate(instances):
             if not isinstance(row, dict):
                 raise InvalidInput(f"row {index} must be an object of columns ({self._expected}), "
                                    f"got {type(row).__name__}")
+        adapter = self._mlflow_rows_adapter if mlflow else self._rows_adapter
         try:
-            rows = self._rows_adapter.validate_python(instances)
+            rows = adapter.validate_python(instances)
         except pydantic.ValidationError as err:
             message, detail = describe_row_errors(err, self._expected)
-            raise InvalidInput(message, detail=detail) from None
+            code = None
+            if detail[0]["problem"] == MISSING_FEATURE:
+                # MLflow's code for a column the signature requires and the input lacks (_enforce_schema), which
+                # also names the extra inputs it ignored: the missing one is often a misspelt one of them.
+                code = "INVALID_PARAMETER_VALUE"
+                if ignored:
+                    message += f"; ignored {', '.join(map(repr, ignored))}, which the signature does not name"
+            raise InvalidInput(message, detail=detail, error_code=code) from None
         return self.frame(rows)
 
     def frame(self, rows: list[dict[str, t.Any]]) -> t.Any:
@@ -230,7 +280,10 @@ class RowValidator:
             dtype = COLUMN_TYPES[column.type][1]
             if column.type == "binary":
                 values = [None if value is None else _base64(value, column.name) for value in values]
-            if any(value is None for value in values):
+            if any(value is None for value in values) and np.dtype(dtype).kind == "f":
+                # A missing number is NaN in the column's own dtype (float32 stays float32), as astype makes it.
+                data[column.name] = np.array([np.nan if value is None else value for value in values], dtype=dtype)
+            elif any(value is None for value in values):
                 data[column.name] = pd.Series(values, dtype=object if dtype is object else None)
             else:
                 data[column.name] = np.array(values, dtype=dtype)
@@ -314,11 +367,18 @@ def tensor_array(tensor: Tensor, values: t.Any, where: str) -> np.ndarray:
                            "(the first dimension is the number of rows)")
     if target.kind == "f" and inferred.dtype.kind == "f" and not np.isfinite(inferred).all():
         raise InvalidInput(f"{label}: values must be finite numbers, not NaN or infinity")
+    if target == np.float32 and inferred.dtype.kind in "iuf" and inferred.size and (
+        np.abs(inferred.astype(np.float64)).max() > FLOAT32_MAX
+    ):
+        raise InvalidInput(f"{label}: values must fit float32 (-{FLOAT32_MAX:.7g}..{FLOAT32_MAX:.7g})")
     if target.kind in "iu" and inferred.size:
         limits = np.iinfo(target)
         if inferred.min() < limits.min or inferred.max() > limits.max:
             raise InvalidInput(f"{label}: values must fit {target} ({limits.min}..{limits.max})")
     return inferred.astype(target, copy=False)
+
+
+MISSING_FEATURE = "missing required feature"
 
 
 def describe_row_errors(err: pydantic.ValidationError, expected: str) -> tuple[str, list[dict[str, t.Any]]]:
@@ -332,7 +392,7 @@ def describe_row_errors(err: pydantic.ValidationError, expected: str) -> tuple[s
         if item["type"] == "extra_forbidden":
             problem = f"unknown feature; expected only {expected}"
         elif item["type"] == "missing":
-            problem = "missing required feature"
+            problem = MISSING_FEATURE
         elif item["type"] == "finite_number":
             problem = "must be a finite number, not NaN or infinity"
         elif item["type"].endswith(("_type", "_parsing")) or item["type"] == "literal_error":

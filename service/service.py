@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 
 from service import patches
 from service.admission import AdmissionLimits, AdmissionMiddleware, Slots
-from service.errors import InvalidInput, ModelFailure, ModelLoadError
+from service.errors import InvalidInput, ModelFailure, ModelLoadError, mlflow_error_body
 from service.feedback import handle_feedback, row_predictions
 from service.grpc_server import GrpcServer
 from service.loading import ModelSource, load_model, missing_requirements, resolve_model
@@ -46,7 +46,7 @@ from service.metrics import (
 from service.openapi import DocumentedErrorsMiddleware
 from service.prediction_ids import KEY_ENV, SigningKeyError, signer_from_env
 from service.predictor import PREDICT, Prediction, ServedModel
-from service.protocols import invocation_rows, oip_infer_response, parse_json
+from service.protocols import invocation_answer, invocation_rows, oip_infer_response, parse_json
 from service.schema import InputSchema, request_row_type
 from service.settings import DEMO_MODEL_NAME, REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, Settings, parse_model_uri
 
@@ -267,12 +267,14 @@ class ModelServer:
         body = await request.body()
         try:
             rows = invocation_rows(body, request.headers.get("content-type", ""), self.model.schema)
+            answer = await self._predict(lambda: self.model.predict_rows(rows, output=PREDICT, mlflow=True))
+            return JSONResponse({**invocation_answer(answer), **self._prediction_ids(answer)})
         except InvalidInput as err:
-            return error_response(err)
-        answer = await self._answer(lambda: self.model.predict_rows(rows, output=PREDICT))
-        if isinstance(answer, JSONResponse):
-            return answer
-        return JSONResponse({"predictions": answer.values, **self._prediction_ids(answer)})
+            # MLflow's error_code and message, which its clients read, beside our detail.
+            return JSONResponse(err.mlflow_body(), status_code=err.status)
+        except ModelFailure as err:
+            logger.exception("%s", err)
+            return JSONResponse(mlflow_error_body(str(err), 500), status_code=500)
 
     # Not in /docs.json: its per-row 4xx answers and its 503 without a key are described in service/README.md,
     # and the OpenAPI contract test (tests/service/test_openapi_contract.py) covers the prediction routes.

@@ -236,8 +236,8 @@ BAD_INPUTS = [
      json.dumps(oip_request([with_changes(contract_type="Weekly")])), 422, "row 0: Found unknown categories ['Weekly']"),
     ("oip-string-for-number", f"/v2/models/{MODEL_NAME}/infer",
      json.dumps(oip_request([with_changes(tenure="12")])), 400, "row 0, feature 'tenure'"),
-    ("invocations-unknown-column", "/invocations", json.dumps({"dataframe_records": [with_changes(age=40)]}), 400,
-     "feature 'age'"),
+    ("invocations-missing-column", "/invocations",
+     json.dumps({"dataframe_records": [{k: v for k, v in EXAMPLE.items() if k != "tenure"}]}), 400, "feature 'tenure'"),
     ("invocations-no-format", "/invocations", json.dumps({"rows": [EXAMPLE]}), 400, "dataframe_split"),
     ("oip-oversized-body", f"/v2/models/{MODEL_NAME}/infer", b"{" + b" " * (1 << 20) + b"}", 413, "bytes"),
 ]
