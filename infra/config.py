@@ -38,6 +38,8 @@ SECRET_KEYS = frozenset({"feedback.signingKey"})
 ARTIFACT_STORES = ("s3", "gcs", "azure")
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+# What the rollout's label-free gate does when the variants predict significantly differently (rollout.divergence).
+DIVERGENCE_ACTIONS = ("warn", "hold", "rollback")
 
 # Kubernetes resource quantities: a decimal number with an optional binary or decimal SI suffix.
 _QUANTITY = re.compile(r"^(\d+(\.\d+)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
@@ -221,6 +223,9 @@ class RolloutConfig:
     quality_max_degradation: float = key("rollout.quality.maxDegradation", lambda v: _between(v, 0, 1e9))
     quality_min_feedback: int = key("rollout.quality.minFeedback", lambda v: _between(v, 30, 10**9))
     quality_required_for_promotion: bool = key("rollout.quality.requiredForPromotion")
+    divergence_action: str = key("rollout.divergence.action", lambda v: _one_of(v, DIVERGENCE_ACTIONS))
+    divergence_min_effect: float = key("rollout.divergence.minEffect", lambda v: _between(v, 0, 0.99))
+    divergence_min_rows: int = key("rollout.divergence.minRows", lambda v: _between(v, 30, 10**9))
 
 
 @dataclass(frozen=True)
