@@ -167,8 +167,8 @@ def measure(provider: MetricsProvider, plan: RolloutPlan, window_seconds: float,
     """Query both variants over the window (and their feedback since the start) and judge them.
 
     Backend failures become `error` values. Without `look`, the quality window is the step's window.
-    `interval_fn` replaces the quality test (see `judge`), `divergence_fn` the label-free gate's
-    (`rollout.divergence.judge_divergence`).
+    `interval_fn` replaces the quality test (see `judge`), `divergence_fn` the label-free gate's bounds
+    (`rollout.divergence.divergence_sequence`); the benchmark measures fixed-sample tests that way.
     """
     look = look or Look(since_start_seconds=window_seconds)
     quality = outputs = None

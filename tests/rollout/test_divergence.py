@@ -154,3 +154,32 @@ def test_a_provider_that_cannot_answer_per_label_is_not_judged():
             return 1.0
 
     assert collect_outputs(ScalarOnly(), "champion", 'variant="champion"', 60) is None
+
+
+def test_the_stack_defaults_warn_only():
+    from infra.config import load_stack_config
+    from rollout.scheduler import plan_from_config
+
+    plan = plan_from_config(load_stack_config("prod").rollout)
+    assert plan.divergence == DivergenceThresholds(action="warn", min_effect=0.05, min_rows=200)
+
+
+def test_report_shows_the_divergence_over_time(tmp_path):
+    import json
+
+    from matplotlib import image
+
+    from rollout.report import write_report
+    from rollout.scheduler import Decision, RolloutResult, StepRecord, Verdict
+
+    records = [StepRecord(1000.0, 5, Decision.START, "challenger weight set to 5%")]
+    for minute, (rows, churned) in enumerate([(300, 90), (900, 330), (2000, 800)], start=1):
+        check, divergence = judge_divergence(churn("champion", 10 * rows, 25 * rows // 10),
+                                             churn("challenger", rows, churned), DivergenceThresholds())
+        measurement = with_divergence(Measurement(Phase.PASSED, "traffic"), check, divergence)
+        records.append(StepRecord(1000.0 + 60 * minute, 5 * (minute + 1), Decision.ADVANCE, measurement.reason,
+                                  measurement))
+    report, chart = write_report(RolloutResult(Verdict.PROMOTED, "promoted", records), tmp_path / "run.json")
+    steps = json.loads(report.read_text())["steps"]
+    assert [step["measurement"]["divergence"]["significant"] for step in steps[1:]] == [False, True, True]
+    assert image.imread(chart).shape[0] > 900  # a fourth panel: the divergence
