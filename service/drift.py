@@ -12,7 +12,10 @@ This module imports nothing heavy: the rollout reads its metric names from here.
 
 from __future__ import annotations
 
+import logging
 import typing as t
+
+logger = logging.getLogger("mlserve.service")
 
 OUTPUTS_METRIC = "model_prediction_outputs_total"
 OUTPUT_LABEL = "output"
@@ -53,9 +56,14 @@ def predicted_outputs(output: str, raw: t.Any, classes: tuple[t.Any, ...]) -> di
         labels = values
     else:
         return None
-    names, rows = np.unique(np.asarray([output_name(label) for label in labels], dtype=object).astype(str),
-                            return_counts=True)
-    return {str(name): int(count) for name, count in zip(names, rows)}
+    try:
+        names, rows = np.unique(labels, return_counts=True)
+    except TypeError:  # labels of mixed types do not sort: name them first
+        names, rows = np.unique(np.asarray([output_name(label) for label in labels], dtype=str), return_counts=True)
+    counts: dict[str, int] = {}
+    for name, count in zip(names, rows):
+        counts[output_name(name)] = counts.get(output_name(name), 0) + int(count)
+    return counts
 
 
 class OutputMetrics:
@@ -79,6 +87,17 @@ class OutputMetrics:
         counts = predicted_outputs(output, raw, classes)
         for name, rows in (counts or {}).items():
             self._count(labels, name, rows)
+
+    def observer(self, labels: dict[str, str]) -> t.Callable[[t.Any], None]:
+        """A `ServedModel.on_prediction` hook counting each answer's rows; counting never fails a prediction."""
+
+        def observe(prediction: t.Any) -> None:
+            try:
+                self.record(labels, prediction.output, prediction.raw, prediction.classes)
+            except Exception:  # an output we cannot name is not worth a failed request
+                logger.debug("could not count the outputs of a prediction", exc_info=True)
+
+        return observe
 
     def _count(self, labels: dict[str, str], name: str, rows: int) -> None:
         if name not in self._seen:

@@ -35,6 +35,7 @@ from service.grpc_server import GrpcServer
 from service.loading import ModelSource, load_model, missing_requirements, resolve_model
 from service.metrics import (
     GRPC,
+    OUTPUTS,
     QUALITY,
     REST,
     PredictionTrafficMiddleware,
@@ -172,6 +173,8 @@ class ModelServer:
         gc.freeze()
         identity = self.model.identity
         QUALITY.start(identity.labels)
+        OUTPUTS.start(identity.labels, self.model.classes)
+        self.model.on_prediction = OUTPUTS.observer(identity.labels)
         if self.signer is None:
             warn(f"{KEY_ENV} is not set: predictions carry no prediction_ids and /feedback is off")
         self.grpc: GrpcServer | None = None
