@@ -4,7 +4,11 @@
 got: the predicted class for classifiers (the label, the positive class when its probability is at least 0.5, or the
 most probable class), so Prometheus can sum it over replicas and any window. The rollout's label-free gate
 (`rollout.divergence`) compares these counts between champion and challenger. Regression values are not counted yet
-(their bins need the model's reference profile). No row data is kept: one counter per (variant, output), a bounded
+(their bins need the model's reference profile).
+
+`model_input_bin_rows_total{..., column, bin}` counts every valid input row into the bins of the served version's
+reference profile (`service.profiles`), and `model_input_reference_share{..., column, bin}` exports the profile's
+shares, so Prometheus computes each column's drift score (`infra.drift`). No row data is kept: one counter per (variant, output), a bounded
 number of outputs per worker (`MAX_OUTPUTS`; the rest count as `other`).
 
 This module imports nothing heavy: the rollout reads its metric names from here.
@@ -19,6 +23,8 @@ logger = logging.getLogger("mlserve.service")
 
 OUTPUTS_METRIC = "model_prediction_outputs_total"
 OUTPUT_LABEL = "output"
+INPUT_BINS_METRIC = "model_input_bin_rows_total"
+REFERENCE_SHARE_METRIC = "model_input_reference_share"
 # A classifier with more classes than this (or a model answering free text) would make a series per answer.
 MAX_OUTPUTS = 50
 OTHER_OUTPUT = "other"
@@ -88,10 +94,10 @@ class OutputMetrics:
         for name, rows in (counts or {}).items():
             self._count(labels, name, rows)
 
-    def observer(self, labels: dict[str, str]) -> t.Callable[[t.Any], None]:
+    def observer(self, labels: dict[str, str]) -> t.Callable[[t.Any, t.Any], None]:
         """A `ServedModel.on_prediction` hook counting each answer's rows; counting never fails a prediction."""
 
-        def observe(prediction: t.Any) -> None:
+        def observe(model_input: t.Any, prediction: t.Any) -> None:
             try:
                 self.record(labels, prediction.output, prediction.raw, prediction.classes)
             except Exception:  # an output we cannot name is not worth a failed request
@@ -106,3 +112,48 @@ class OutputMetrics:
             else:
                 self._seen.add(name)
         self.counter.labels(**labels, **{OUTPUT_LABEL: name}).inc(rows)
+
+
+class InputMetrics:
+    """Live input profiles: every valid row counted into its reference bin, per variant and column, and the
+    reference shares themselves as gauges, so Prometheus can compare the two (`infra.drift`)."""
+
+    def __init__(self, metrics: t.Any, labelnames: list[str]):
+        self.rows = metrics.Counter(
+            name=INPUT_BINS_METRIC,
+            documentation="Valid input rows by column and reference-profile bin (numeric quantile bin or category)",
+            labelnames=[*labelnames, "column", "bin"],
+        )
+        self.reference = metrics.Gauge(
+            name=REFERENCE_SHARE_METRIC,
+            documentation="Share of the model's reference rows in each column's bin (the reference profile)",
+            labelnames=[*labelnames, "column", "bin"],
+            multiprocess_mode="max",
+        )
+
+    def start(self, labels: dict[str, str], profile: t.Any) -> None:
+        """Export the profile's shares and create every live bin's series at 0."""
+        for column in profile.columns:
+            for name, share in column.shares.items():
+                self.reference.labels(**labels, column=column.name, bin=name).set(share)
+                self.rows.labels(**labels, column=column.name, bin=name)
+
+    def observer(self, labels: dict[str, str], profile: t.Any) -> t.Callable[[t.Any, t.Any], None]:
+        """A `ServedModel.on_prediction` hook counting each valid input row's columns into the profile's bins."""
+        columns = profile.columns
+
+        def observe(model_input: t.Any, prediction: t.Any) -> None:
+            if not hasattr(model_input, "columns"):
+                return  # tensors: no columns to profile
+            try:
+                # One conversion of the whole frame: pandas' per-column access costs more than the binning.
+                positions = {str(name): index for index, name in enumerate(model_input.columns)}
+                values = model_input.to_numpy(dtype=object)
+                for column in columns:
+                    if (index := positions.get(column.name)) is not None:
+                        for name, rows in column.bin_counts(values[:, index]).items():
+                            self.rows.labels(**labels, column=column.name, bin=name).inc(rows)
+            except Exception:  # a column we cannot bin is not worth a failed request
+                logger.debug("could not count the input bins of a request", exc_info=True)
+
+        return observe

@@ -98,7 +98,7 @@ class ServedModel:
         # One scoring function per output mode this model offers; PREDICT is always there (MLflow's answer).
         self._scorers = scorers
         # Called with every answer, whatever the protocol (the server counts outputs for drift: service.drift).
-        self.on_prediction: t.Callable[[Prediction], None] | None = None
+        self.on_prediction: t.Callable[[t.Any, Prediction], None] | None = None
 
     def predict_rows(self, instances: t.Any, output: str | None = None) -> Prediction:
         """Validate ``instances`` (a list of rows) against the signature and predict; raises InvalidInput.
@@ -129,7 +129,7 @@ class ServedModel:
             ) from err
         prediction = Prediction(raw, output, self.classes if output != PREDICT else (), self.identity)
         if self.on_prediction is not None:
-            self.on_prediction(prediction)
+            self.on_prediction(model_input, prediction)
         return prediction
 
     @staticmethod

@@ -68,3 +68,52 @@ def test_the_server_counts_outputs_per_variant_on_every_protocol(champion_server
                          json=oip_request([EXAMPLE]), timeout=10).ok
     assert requests.post(f"{champion_server.url}/predict", json={"instances": [{"tenure": "x"}]}, timeout=10).status_code == 400
     assert counted() == before + 5
+    # The demo logs its training data's profile: the live rows land in its bins, next to the reference shares.
+    assert metric_value(champion_server.url, "model_input_bin_rows_total", **labels, column="monthly_charges") >= 5
+    assert metric_value(champion_server.url, "model_input_reference_share", **labels,
+                        column="contract_type") == pytest.approx(1.0)
+
+
+def test_reference_profile_bins_numbers_by_quantile_and_categories_by_frequency():
+    import pandas as pd
+
+    from service.profiles import OTHER, ReferenceProfile, build_profile
+
+    frame = pd.DataFrame({"charges": np.arange(1000, dtype=float), "plan": ["a"] * 700 + ["b"] * 300,
+                          "empty": [None] * 1000})
+    profile = build_profile(frame, {"1": 250, "0": 750}, "test")
+    assert ReferenceProfile.from_json(profile.to_json()) == profile
+    charges, plan = profile.columns  # a column with no values has no profile
+    assert len(charges.edges) == 9 and all(share == pytest.approx(0.1) for share in charges.shares.values())
+    assert plan.shares == {"a": 0.7, "b": 0.3} and profile.outputs == {"0": 0.75, "1": 0.25}
+    assert charges.bin_counts(np.array([-5.0, 999.0, 2000.0, np.nan])) == {"0": 1, "9": 2}
+    assert plan.bin_counts(np.array(["a", "c", None], dtype=object)) == {"a": 1, OTHER: 1}
+
+
+def test_input_bins_are_counted_per_column_and_the_reference_exported():
+    import pandas as pd
+
+    from service.drift import INPUT_BINS_METRIC, REFERENCE_SHARE_METRIC, InputMetrics
+    from service.profiles import build_profile
+
+    registry = prometheus_client.CollectorRegistry()
+
+    class Metrics:
+        @staticmethod
+        def Counter(**kwargs):
+            return prometheus_client.Counter(registry=registry, **kwargs)
+
+        @staticmethod
+        def Gauge(multiprocess_mode, **kwargs):
+            return prometheus_client.Gauge(registry=registry, **kwargs)
+
+    profile = build_profile(pd.DataFrame({"charges": np.arange(100, dtype=float), "plan": ["a", "b"] * 50}))
+    inputs = InputMetrics(Metrics, ["variant"])
+    inputs.start({"variant": "champion"}, profile)
+    observe = inputs.observer({"variant": "champion"}, profile)
+    observe(pd.DataFrame({"plan": ["a", "z"], "charges": [95.0, 0.0]}), None)
+    value = registry.get_sample_value
+    assert value(INPUT_BINS_METRIC, {"variant": "champion", "column": "charges", "bin": "9"}) == 1
+    assert value(INPUT_BINS_METRIC, {"variant": "champion", "column": "charges", "bin": "5"}) == 0
+    assert value(INPUT_BINS_METRIC, {"variant": "champion", "column": "plan", "bin": "other"}) == 1
+    assert value(REFERENCE_SHARE_METRIC, {"variant": "champion", "column": "plan", "bin": "a"}) == 0.5
