@@ -258,6 +258,9 @@ class AlertsConfig:
     error_rate_percent: float = key("alerts.errorRatePercent", lambda v: _between(v, 0.001, 100))
     p95_latency_ms: int = key("alerts.p95LatencyMs", lambda v: _between(v, 1, 600000))
     for_duration: str = key("alerts.forDuration", lambda v: _duration(v))
+    drift_psi_threshold: float = key("alerts.drift.psiThreshold", lambda v: _between(v, 0.001, 100))
+    drift_window: str = key("alerts.drift.window", lambda v: _duration(v))
+    drift_for_duration: str = key("alerts.drift.forDuration", lambda v: _duration(v))
 
 
 @dataclass(frozen=True)
