@@ -20,7 +20,7 @@ from __future__ import annotations
 from infra.config import StackConfig
 from infra.dashboard import model_selector
 from infra.workload import Manifest
-from service.drift import INPUT_BINS_METRIC, REFERENCE_SHARE_METRIC
+from service.drift import INPUT_BINS_METRIC, OUTPUTS_METRIC, REFERENCE_SHARE_METRIC
 
 BIN_SHARE_RULE = "mlserve:model_input_bin_share"
 DRIFT_SCORE_RULE = "mlserve:model_input_drift_psi"
@@ -28,7 +28,8 @@ INPUT_DRIFT = "ModelInputDrift"
 SHARE_FLOOR = "0.0001"
 # Fewer rows than this in the window are not judged: PSI over a few rows is noise.
 MIN_ROWS = 200
-BY_COLUMN = "namespace, model_name, model_version, variant, column"
+# The scrape job is kept, so stacks sharing a Prometheus (even in one namespace) never read each other's series.
+BY_COLUMN = "namespace, job, model_name, model_version, variant, column"
 
 
 def drift_rules(config: StackConfig) -> list[Manifest]:
@@ -40,9 +41,7 @@ def drift_rules(config: StackConfig) -> list[Manifest]:
     share = (f"sum by ({BY_COLUMN}, bin) (increase({INPUT_BINS_METRIC}{{{selector}}}[{window}])) "
              f"/ ignoring (bin) group_left {rows}")
     reference = f"clamp_min(max by ({BY_COLUMN}, bin) ({REFERENCE_SHARE_METRIC}{{{selector}}}), {SHARE_FLOOR})"
-    # Recorded series keep the namespace but not the scrape job: select on it, so stacks sharing a Prometheus
-    # (in other namespaces) never read each other's shares.
-    namespace = f'{{namespace="{config.namespace}"}}'
+    namespace = f"{{{selector}}}"
     live = f"clamp_min({BIN_SHARE_RULE}{namespace}, {SHARE_FLOOR})"
     threshold = f"{drift.drift_psi_threshold:g}"
     where = "{{ $labels.column }} of {{ $labels.model_name }} {{ $labels.model_version }} ({{ $labels.variant }})"
@@ -73,5 +72,11 @@ def drift_rule_group(config: StackConfig) -> Manifest:
 
 
 def worst_columns_query(config: StackConfig) -> str:
-    """PromQL for the dashboard: the five columns with the highest drift score, per variant."""
-    return f'topk(5, {DRIFT_SCORE_RULE}{{namespace="{config.namespace}"}})'
+    """PromQL for the dashboard: the five columns with the highest drift score (per variant)."""
+    return f"topk(5, max by (column, variant) ({DRIFT_SCORE_RULE}{{{model_selector(config)}}}))"
+
+
+def output_share_query(config: StackConfig, window: str) -> str:
+    """PromQL for the dashboard: each variant's share of predictions per output class, in percent."""
+    rows = f"rate({OUTPUTS_METRIC}{{{model_selector(config)}}}[{window}])"
+    return f"100 * sum by (variant, output) ({rows}) / ignoring (output) group_left sum by (variant) ({rows})"

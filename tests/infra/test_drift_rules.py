@@ -24,7 +24,7 @@ def test_thresholds_and_windows_come_from_stack_config():
     config = stack_config("prod", **{"alerts.drift.psiThreshold": "0.3", "alerts.drift.window": "2h",
                                      "alerts.drift.forDuration": "30m"})
     alert = next(rule for rule in drift_rules(config) if rule.get("alert") == INPUT_DRIFT)
-    assert f"{DRIFT_SCORE_RULE}{{namespace=\"{config.namespace}\"}} > 0.3 and" in alert["expr"]
+    assert f'{DRIFT_SCORE_RULE}{{namespace="{config.namespace}",job="{config.app_name}"}} > 0.3 and' in alert["expr"]
     assert "[2h]" in alert["expr"] and alert["for"] == "30m"
 
 
