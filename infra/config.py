@@ -264,6 +264,12 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True)
+class DriftConfig:
+    # The dataset a model version's reference profile is built from when its run has none (service.profiles).
+    reference_uri: str = key("drift.referenceUri")
+
+
+@dataclass(frozen=True)
 class StackConfig:
     """Everything one stack deploys; built only by `parse_config`, so every instance is valid."""
 
@@ -284,6 +290,7 @@ class StackConfig:
     monitoring: MonitoringConfig = field(default=None)  # type: ignore[assignment]
     alerts: AlertsConfig = field(default=None)  # type: ignore[assignment]
     feedback: FeedbackConfig = field(default=None)  # type: ignore[assignment]
+    drift: DriftConfig = field(default=None)  # type: ignore[assignment]
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -297,7 +304,7 @@ class StackConfig:
 SECTIONS: tuple[type, ...] = (
     ModelConfig, ImageConfig, ServingConfig, GpuConfig, AutoscalingConfig,
     LoadBalancerConfig, TrafficConfig, SeldonConfig, AccessConfig, PlatformConfig, RolloutConfig, MonitoringConfig,
-    AlertsConfig, FeedbackConfig,
+    AlertsConfig, FeedbackConfig, DriftConfig,
 )
 
 
@@ -511,6 +518,7 @@ def parse_config(stack: str, values: Mapping[str, Any], declarations: Mapping[st
         monitoring=sections[MonitoringConfig],
         alerts=sections[AlertsConfig],
         feedback=sections[FeedbackConfig],
+        drift=sections[DriftConfig],
     )
     problems.extend(cross_key_problems(config, bad_keys))
     if problems:

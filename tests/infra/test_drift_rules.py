@@ -41,3 +41,14 @@ def test_drift_alert_fires_on_the_shifted_column_only(tmp_path):
     assert checked.returncode == 0 and "SUCCESS: 3 rules found" in checked.stdout, checked.stdout + checked.stderr
     tested = subprocess.run([PROMTOOL, "test", "rules", "drift_test.yaml"], cwd=tmp_path, capture_output=True, text=True)
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+@pytest.mark.parametrize("reference_uri", ["", "s3://data/churn/train.parquet"], ids=["unset", "set"])
+def test_the_reference_dataset_reaches_the_pods_only_when_set(reference_uri):
+    from infra import workload
+    from service.profiles import REFERENCE_URI_ENV
+
+    container = workload.model_container(stack_config("prod", **{"drift.referenceUri": reference_uri}), "champion",
+                                         "registry.example/mlserve@sha256:" + "0" * 64)
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env.get(REFERENCE_URI_ENV) == (reference_uri or None)
