@@ -34,16 +34,20 @@ BY_COLUMN = "namespace, job, model_name, model_version, variant, column"
 
 def drift_rules(config: StackConfig) -> list[Manifest]:
     """The recording rules and the alert, in evaluation order (the score reads the shares recorded just before)."""
-    selector = model_selector(config)
-    drift = config.alerts
-    window = drift.drift_window
+    alerts = config.alerts
+    return drift_rules_for(model_selector(config), alerts.drift_window, alerts.drift_psi_threshold,
+                           alerts.drift_for_duration)
+
+
+def drift_rules_for(selector: str, window: str, psi_threshold: float, for_duration: str) -> list[Manifest]:
+    """`drift_rules` for any label matchers (no braces): the local demo's Prometheus has no namespaces."""
     rows = f"sum by ({BY_COLUMN}) (increase({INPUT_BINS_METRIC}{{{selector}}}[{window}]))"
     share = (f"sum by ({BY_COLUMN}, bin) (increase({INPUT_BINS_METRIC}{{{selector}}}[{window}])) "
              f"/ ignoring (bin) group_left {rows}")
     reference = f"clamp_min(max by ({BY_COLUMN}, bin) ({REFERENCE_SHARE_METRIC}{{{selector}}}), {SHARE_FLOOR})"
     namespace = f"{{{selector}}}"
     live = f"clamp_min({BIN_SHARE_RULE}{namespace}, {SHARE_FLOOR})"
-    threshold = f"{drift.drift_psi_threshold:g}"
+    threshold = f"{psi_threshold:g}"
     where = "{{ $labels.column }} of {{ $labels.model_name }} {{ $labels.model_version }} ({{ $labels.variant }})"
     return [
         {"record": BIN_SHARE_RULE, "expr": share},
@@ -51,14 +55,14 @@ def drift_rules(config: StackConfig) -> list[Manifest]:
         {
             "alert": INPUT_DRIFT,
             "expr": f"{DRIFT_SCORE_RULE}{namespace} > {threshold} and on ({BY_COLUMN}) {rows} >= {MIN_ROWS}",
-            "for": drift.drift_for_duration,
+            "for": for_duration,
             "labels": {"severity": "warning"},
             "annotations": {
                 "summary": f"Input column {where} drifted from the training data (PSI {{{{ $value | printf \"%.2f\" }}}})",
                 "description": (
                     f"Over the last {window}, the values of {where} are distributed unlike the model's reference "
                     f"profile: population stability index {{{{ $value | printf \"%.2f\" }}}}, above {threshold} for "
-                    f"{drift.drift_for_duration}. The model now sees data it did not learn from; check the source of "
+                    f"{for_duration}. The model now sees data it did not learn from; check the source of "
                     "the column, and consider retraining."
                 ),
             },

@@ -183,3 +183,21 @@ def test_report_shows_the_divergence_over_time(tmp_path):
     steps = json.loads(report.read_text())["steps"]
     assert [step["measurement"]["divergence"]["significant"] for step in steps[1:]] == [False, True, True]
     assert image.imread(chart).shape[0] > 900  # a fourth panel: the divergence
+
+
+def test_shifted_traffic_moves_monthly_charges_only_after_the_start():
+    from rollout.drift_demo import SHIFT_START_SECONDS, shift_monthly_charges
+
+    row = {"tenure": 12, "monthly_charges": 50.0, "total_charges": 600.0, "contract_type": "One year"}
+    assert shift_monthly_charges(row, SHIFT_START_SECONDS - 1) == row
+    later = shift_monthly_charges(row, SHIFT_START_SECONDS + 50)
+    assert later["monthly_charges"] == 100.0 and {k: v for k, v in later.items() if k != "monthly_charges"} == \
+        {k: v for k, v in row.items() if k != "monthly_charges"}
+
+
+def test_demo_drift_rules_select_the_local_jobs():
+    from rollout.drift_demo import DEMO_DRIFT_FOR, demo_drift_rule_group
+
+    rules = demo_drift_rule_group()["rules"]
+    assert all('job=~"champion|challenger"' in rule["expr"] for rule in rules)
+    assert rules[-1]["for"] == DEMO_DRIFT_FOR and "[1m]" in rules[-1]["expr"]
