@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse
 
 from service import patches
 from service.admission import AdmissionLimits, AdmissionMiddleware, Slots
+from service.drift import drift_observer
 from service.errors import InvalidInput, ModelFailure, ModelLoadError
 from service.feedback import handle_feedback, row_predictions
 from service.grpc_server import GrpcServer
@@ -46,7 +47,6 @@ from service.metrics import (
     track,
 )
 from service.openapi import DocumentedErrorsMiddleware
-from service.profiles import load_reference_profile
 from service.prediction_ids import KEY_ENV, SigningKeyError, signer_from_env
 from service.predictor import PREDICT, Prediction, ServedModel
 from service.protocols import invocation_rows, oip_infer_response, parse_json
@@ -176,7 +176,7 @@ class ModelServer:
         identity = self.model.identity
         QUALITY.start(identity.labels)
         OUTPUTS.start(identity.labels, self.model.classes)
-        self.model.on_prediction = drift_observer(self.model, self.source)
+        self.model.on_prediction = drift_observer(self.model, self.source, OUTPUTS, INPUTS, warn)
         if self.signer is None:
             warn(f"{KEY_ENV} is not set: predictions carry no prediction_ids and /feedback is off")
         self.grpc: GrpcServer | None = None
@@ -370,33 +370,6 @@ class ModelServer:
         except ModelFailure as err:
             logger.exception("%s", err)
             return error_response(err)
-
-
-def drift_observer(model: ServedModel, source: ModelSource) -> t.Callable[[t.Any, Prediction], None]:
-    """Count every answer's outputs, and its input rows in the reference profile's bins when the version has one."""
-    labels = model.identity.labels
-    count_outputs = OUTPUTS.observer(labels)
-    try:
-        import mlflow
-
-        run_id = mlflow.MlflowClient().get_model_version(source.name, source.version).run_id
-    except Exception:  # a registry that does not say: the profile comes from the reference data or input example
-        run_id = None
-    try:
-        profile = load_reference_profile(model, source, run_id)
-    except Exception as err:  # drift is monitoring: never a reason not to serve
-        warn(f"no reference profile for input drift: {err}")
-        profile = None
-    if profile is None:
-        return count_outputs
-    INPUTS.start(labels, profile)
-    count_inputs = INPUTS.observer(labels, profile)
-
-    def observe(model_input: t.Any, prediction: Prediction) -> None:
-        count_outputs(model_input, prediction)
-        count_inputs(model_input, prediction)
-
-    return observe
 
 
 # Added first, so it is the outer one: it refuses, sheds and times out bodies before the traffic middleware reads them.
