@@ -51,6 +51,8 @@ class DivergenceThresholds:
             raise ValueError(f"divergence action must be one of {', '.join(ACTIONS)} (got {self.action!r})")
         if not 0 <= self.min_effect < 1:
             raise ValueError(f"divergence min_effect must be a share in [0, 1) (got {self.min_effect})")
+        if self.min_rows < 1:
+            raise ValueError(f"divergence min_rows must be at least 1 (got {self.min_rows})")
 
 
 @dataclass(frozen=True)
