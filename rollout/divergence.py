@@ -2,8 +2,8 @@
 
 Ground truth arrives late or never, but the split is random: both variants see the same input distribution, so a
 significant difference between their *prediction* distributions is caused by the models alone. Each look compares
-how often each variant predicted each output (a class, or a bin of the value; `model_prediction_outputs_total`,
-counted by the server in `service.drift`) since the rollout began, as the quality gate reads feedback since the
+how often each variant predicted each output class (`model_prediction_outputs_total`, counted by the server in
+`service.drift`; regressors' values are not counted yet, so the gate does not judge them) since the rollout began, as the quality gate reads feedback since the
 start: the sample grows and the test is built for that.
 
 The test: for every output category k, the difference of shares d_k = share_challenger(k) - share_champion(k) gets
