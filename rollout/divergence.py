@@ -3,8 +3,10 @@
 Ground truth arrives late or never, but the split is random: both variants see the same input distribution, so a
 significant difference between their *prediction* distributions is caused by the models alone. Each look compares
 how often each variant predicted each output class (`model_prediction_outputs_total`, counted by the server in
-`service.drift`; regressors' values are not counted yet, so the gate does not judge them) since the rollout began, as the quality gate reads feedback since the
-start: the sample grows and the test is built for that.
+`service.drift`; regressors' values are not counted yet, so the gate does not judge them) since the rollout began,
+as the quality gate reads feedback since the start: the sample grows and the test is built for that. That is fair
+while the inputs are stationary; inputs that shift while the weight rises bias it (the challenger sees more of the
+late rows), which the minimum effect only partly absorbs.
 
 The test: for every output category k, the difference of shares d_k = share_challenger(k) - share_champion(k) gets
 an always-valid confidence sequence (Robbins' normal mixture, the quality gate's `_mixture_radius`), Bonferroni-split
