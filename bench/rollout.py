@@ -48,11 +48,12 @@ from pathlib import Path
 import numpy as np
 
 from rollout.analysis import fixed_sample_interval
+from rollout.divergence import fixed_sample_divergence
 from rollout.scheduler import RolloutPlan, Scheduler, Verdict, measure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUERY = re.compile(r'(model_predictions_total|model_prediction_errors_total|model_prediction_latency_seconds_bucket'
-                   r'|model_feedback_total|model_feedback_correct_total)'
+                   r'|model_feedback_total|model_feedback_correct_total|model_prediction_outputs_total)'
                    r'\{variant="(\w+)"[^}]*\}\[(\d+)s\]')
 FEEDBACK_SHARE = 0.5
 FEEDBACK_DELAY_SECONDS = 30
@@ -78,7 +79,7 @@ class SimTraffic:
                "model_feedback_total": 2, "model_feedback_correct_total": 3}
 
     def __init__(self, rng: np.random.Generator, rate: float, error_rates: dict[str, float], scrape_lag: int,
-                 accuracies: dict[str, float] | None = None):
+                 accuracies: dict[str, float] | None = None, churn_rates: dict[str, float] | None = None):
         self.rng = rng
         self.rate = rate
         self.error_rates = error_rates
@@ -86,11 +87,13 @@ class SimTraffic:
         # With accuracies, FEEDBACK_SHARE of each second's rows come back as feedback FEEDBACK_DELAY_SECONDS later.
         self.accuracies = accuracies
         self.pending_feedback: dict[int, dict[str, tuple[int, int]]] = {}
+        # With churn_rates, each request is one row predicted "1" (churn) with its variant's rate, else "0".
+        self.churn_rates = churn_rates
         self.now = 0
         self.weight = 0
         self.first_challenger_second: int | None = None
-        # cumulative[variant][s]: totals of the four COLUMNS over seconds 0..s-1.
-        self.cumulative = {variant: [(0, 0, 0, 0)] for variant in ("champion", "challenger")}
+        # cumulative[variant][s]: totals of the four COLUMNS, and of churn predictions, over seconds 0..s-1.
+        self.cumulative = {variant: [(0, 0, 0, 0, 0)] for variant in ("champion", "challenger")}
 
     # router protocol
     def get_weight(self) -> int:
@@ -121,11 +124,12 @@ class SimTraffic:
                 self.pending_feedback[self.now + FEEDBACK_DELAY_SECONDS] = arrivals
             arrived = self.pending_feedback.pop(self.now, {})
             for variant, count in served.items():
-                requests, errors, rows, correct = self.cumulative[variant][-1]
+                requests, errors, rows, correct, churned = self.cumulative[variant][-1]
                 new_rows, new_correct = arrived.get(variant, (0, 0))
+                new_churned = self.rng.binomial(count, self.churn_rates[variant]) if self.churn_rates else 0
                 self.cumulative[variant].append((
                     requests + count, errors + self.rng.binomial(count, self.error_rates[variant]),
-                    rows + new_rows, correct + new_correct,
+                    rows + new_rows, correct + new_correct, churned + new_churned,
                 ))
             self.now += 1
         return False
@@ -137,6 +141,19 @@ class SimTraffic:
     # metrics provider protocol
     def is_online(self) -> bool:
         return True
+
+    def query_by(self, promql: str, label: str) -> dict[str, float]:
+        """Per-output prediction counts over the window (`rollout.divergence.output_query`)."""
+        match = QUERY.search(promql)
+        if match is None or match.group(1) != "model_prediction_outputs_total" or label != "output":
+            raise ValueError(f"benchmark provider cannot answer {promql!r} by {label}")
+        if self.churn_rates is None:
+            return {}  # a server that counts no outputs exports no such series
+        series = self.cumulative[match.group(2)]
+        end = max(len(series) - 1 - self.scrape_lag, 0)
+        begin = max(end - int(match.group(3)), 0)
+        rows, churned = series[end][0] - series[begin][0], series[end][4] - series[begin][4]
+        return {"0": float(rows - churned), "1": float(churned)} if rows else {}
 
     def query(self, promql: str) -> float | None:
         match = QUERY.search(promql)
@@ -167,10 +184,10 @@ class RunOutcome:
 
 def simulate(plan: RolloutPlan, rng, rate: float, champion_error: float, challenger_error: float,
              scrape_lag: int = 2, max_seconds: int = 3600, accuracies: dict[str, float] | None = None,
-             measure_fn=measure) -> RunOutcome:
-    """One rollout in simulated time (with feedback when `accuracies` are given)."""
+             measure_fn=measure, churn_rates: dict[str, float] | None = None) -> RunOutcome:
+    """One rollout in simulated time (with feedback when `accuracies` are given, predicted churn with `churn_rates`)."""
     traffic = SimTraffic(rng, rate, {"champion": champion_error, "challenger": challenger_error}, scrape_lag,
-                         accuracies)
+                         accuracies, churn_rates)
 
     def wait(seconds: float) -> bool:
         traffic.wait(seconds)
@@ -282,6 +299,145 @@ def identical_quality_scenario(name: str, plan: RolloutPlan, runs: int, rng, mea
         "median_looks": statistics.median(looks),
         "median_seconds_to_promotion": statistics.median(promoted) if promoted else None,
     }
+
+
+def divergent_scenario(name: str, plan: RolloutPlan, runs: int, rng, rate=40.0, champion=0.25,
+                       challenger=0.40) -> dict:
+    """A challenger that never errors but predicts churn `challenger - champion` more often on the same traffic,
+    under the label-free gate with `rollback`: how long from its first traffic until rolled back."""
+    outcomes = [simulate(plan, rng, rate, 0.0, 0.0, churn_rates={"champion": champion, "challenger": challenger})
+                for _ in range(runs)]
+    rolled = [o for o in outcomes if o.verdict == Verdict.ROLLED_BACK.value]
+    times = [o.seconds_to_decision for o in rolled]
+    return {
+        "scenario": name,
+        "rate_per_second": rate,
+        "churn_predicted": {"champion": champion, "challenger": challenger},
+        "interval_seconds": plan.interval_seconds,
+        "steps": list(plan.steps),
+        "divergence": {"action": plan.divergence.action, "min_effect": plan.divergence.min_effect,
+                       "min_rows": plan.divergence.min_rows, "significance": plan.divergence.significance},
+        "runs": runs,
+        "rolled_back_share": len(rolled) / runs,
+        "promoted_share": sum(o.verdict == Verdict.PROMOTED.value for o in outcomes) / runs,
+        "within_300s_share": sum(t <= 300 for t in times) / runs,
+        "seconds_to_rollback": spread(times),
+        "challenger_requests_served": spread([o.challenger_served for o in rolled], with_max=False),
+    }
+
+
+def identical_divergence_scenario(name: str, plan: RolloutPlan, runs: int, rng, measure_fn=measure, rate=40.0,
+                                  churn=0.25, max_seconds=3600) -> dict:
+    """Two variants predicting churn equally often, the gate set to `rollback`: how often it rolls back anyway."""
+    outcomes = [simulate(plan, rng, rate, 0.0, 0.0, max_seconds=max_seconds, measure_fn=measure_fn,
+                         churn_rates={"champion": churn, "challenger": churn}) for _ in range(runs)]
+    rolled = sum(o.verdict == Verdict.ROLLED_BACK.value for o in outcomes)
+    looks = [o.seconds_to_decision / plan.interval_seconds for o in outcomes]
+    return {
+        "scenario": name,
+        "churn_predicted": churn,
+        "interval_seconds": plan.interval_seconds,
+        "min_effect": plan.divergence.min_effect,
+        "runs": runs,
+        "false_rollbacks": rolled,
+        "false_rollback_rate": rolled / runs,
+        "false_rollback_rate_upper95": wilson_upper(rolled, runs),
+        "promoted": sum(o.verdict == Verdict.PROMOTED.value for o in outcomes),
+        "median_looks": statistics.median(looks),
+    }
+
+
+def divergence_report(stack_default: RolloutPlan, runs: int | None, rng) -> dict:
+    """The label-free gate's scenarios (issue 24) and targets."""
+    gate = replace(stack_default, divergence=replace(stack_default.divergence, action="rollback"))
+    # Traffic checks that can never conclude (a minimum out of reach) hold the rollout at its first step, where the
+    # challenger's sample is smallest, and the gate looks every 5 s for 30 minutes (360 looks): the hardest case
+    # for a test re-run at every look. No minimum effect either: only the test stands between noise and a rollback.
+    held = replace(gate, interval_seconds=5, thresholds=replace(gate.thresholds, min_requests=10**12),
+                   divergence=replace(gate.divergence, min_effect=0.0))
+    detection_runs, identical_runs = runs or 300, runs or 1000
+    divergent = [divergent_scenario("stack defaults, action=rollback", gate, detection_runs, rng)]
+    identical = [
+        identical_divergence_scenario("stack defaults, action=rollback (full rollouts)", gate, identical_runs, rng),
+        identical_divergence_scenario("held at 5% for 30 min, looked at every 5 s, no minimum effect: "
+                                      "confidence sequence (the gate)", held, identical_runs, rng, max_seconds=1800),
+        identical_divergence_scenario("the same with a fixed-sample z-test re-run every look", held, identical_runs,
+                                      rng, max_seconds=1800,
+                                      measure_fn=functools.partial(measure, divergence_fn=fixed_sample_divergence)),
+    ]
+    worst = max(identical[:2], key=lambda row: row["false_rollback_rate"])
+    return {
+        "divergent": divergent,
+        "identical": identical,
+        "targets": [
+            {
+                "target": "a challenger predicting churn 15 points more often at 40 req/s is caught within 5 minutes "
+                          "in 95% of runs",
+                "measured": f"{divergent[0]['within_300s_share']:.1%} within 300 s, median "
+                            f"{divergent[0]['seconds_to_rollback']['median']} s, p95 "
+                            f"{divergent[0]['seconds_to_rollback']['p95']:.0f} s",
+                "met": divergent[0]["within_300s_share"] >= 0.95,
+            },
+            {
+                "target": "identical variants rolled back by the gate in under 1% of runs",
+                "measured": f"worst {worst['false_rollback_rate']:.2%} ({worst['scenario']}); fixed-sample test "
+                            f"{identical[2]['false_rollback_rate']:.2%}",
+                "met": all(row["false_rollback_rate"] < 0.01 for row in identical[:2]),
+            },
+        ],
+    }
+
+
+def divergence_markdown(report: dict) -> str:
+    lines = [
+        "# Rollout benchmark: the label-free gate (issue 24)",
+        "",
+        f"Simulated traffic, real scheduler and statistics; {report['generated']}, seed {report['seed']}, "
+        f"{report['elapsed_seconds']:.0f} s wall time. Each request is one row; each variant predicts churn with its "
+        "own rate; the gate compares how often each predicted each class since the rollout began.",
+        "",
+        "## Time to roll back a challenger predicting churn 15 points more often (40% vs 25%), no errors, 40 requests/s",
+        "",
+        "| config | interval | min effect | min rows | rolled back | promoted | within 300 s | median s | p95 s | max s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["divergent"]:
+        t, gate = row["seconds_to_rollback"], row["divergence"]
+        lines.append(
+            f"| {row['scenario']} | {row['interval_seconds']:g} s | {gate['min_effect'] * 100:g} points "
+            f"| {gate['min_rows']} | {row['rolled_back_share']:.1%} | {row['promoted_share']:.1%} "
+            f"| {row['within_300s_share']:.1%} | {t['median']:.0f} | {t['p95']:.0f} | {t['max']:.0f} |"
+        )
+    lines += [
+        "",
+        "## False rollbacks of identical variants (both predict churn 25% of the time), 40 requests/s",
+        "",
+        "| scenario | interval | min effect | runs | rolled back | rate | 95% upper bound | promoted | median looks |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["identical"]:
+        lines.append(
+            f"| {row['scenario']} | {row['interval_seconds']:g} s | {row['min_effect'] * 100:g} points | {row['runs']} "
+            f"| {row['false_rollbacks']} | {row['false_rollback_rate']:.2%} | {row['false_rollback_rate_upper95']:.2%} "
+            f"| {row['promoted']} | {row['median_looks']:.0f} |"
+        )
+    lines += ["", "## Targets", ""]
+    for target in report["targets"]:
+        lines.append(f"- {'met' if target['met'] else 'NOT met'}: {target['target']} ({target['measured']})")
+    return "\n".join(lines) + "\n"
+
+
+def write_divergence_results(out: Path, stack_default: RolloutPlan, runs: int | None, seed: int) -> dict:
+    """Run the gate's scenarios and write `rollout-divergence.json` and `.md` under `out`."""
+    started = time.monotonic()
+    report = {"generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "seed": seed,
+              **divergence_report(stack_default, runs, np.random.default_rng(seed))}
+    report["elapsed_seconds"] = time.monotonic() - started
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rollout-divergence.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "rollout-divergence.md").write_text(divergence_markdown(report))
+    print(divergence_markdown(report))
+    return report
 
 
 def wilson_upper(hits: int, runs: int, z: float = 1.96) -> float:
@@ -437,14 +593,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=20261121)
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     parser.add_argument("--real-runs", type=int, default=3, help="rollouts against real servers (default 3; 0 skips)")
+    parser.add_argument("--divergence-only", action="store_true",
+                        help="only the label-free gate's scenarios (bench/results/rollout-divergence.*)")
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 1:
         parser.error("--runs must be at least 1")
     if args.real_runs < 0:
         parser.error("--real-runs must be 0 or more")
+    stack_default = default_plan()
+    write_divergence_results(args.out, stack_default, args.runs, args.seed)
+    if args.divergence_only:
+        return 0
     rng = np.random.default_rng(args.seed)
     started = time.monotonic()
-    stack_default = default_plan()
     # The 60 s target needs two failed checks, the second on fresh traffic, inside 60 s at 2.5 challenger
     # requests/s (5% of 50/s): a short interval, and a minimum sample a 5% weight reaches in about 8 s; the
     # statistical test, not the minimum, is what keeps small samples from deciding.

@@ -38,6 +38,8 @@ SECRET_KEYS = frozenset({"feedback.signingKey"})
 ARTIFACT_STORES = ("s3", "gcs", "azure")
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+# What the rollout's label-free gate does when the variants predict significantly differently (rollout.divergence).
+DIVERGENCE_ACTIONS = ("warn", "hold", "rollback")
 
 # Kubernetes resource quantities: a decimal number with an optional binary or decimal SI suffix.
 _QUANTITY = re.compile(r"^(\d+(\.\d+)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
@@ -222,6 +224,9 @@ class RolloutConfig:
     quality_max_degradation: float = key("rollout.quality.maxDegradation", lambda v: _between(v, 0, 1e9))
     quality_min_feedback: int = key("rollout.quality.minFeedback", lambda v: _between(v, 30, 10**9))
     quality_required_for_promotion: bool = key("rollout.quality.requiredForPromotion")
+    divergence_action: str = key("rollout.divergence.action", lambda v: _one_of(v, DIVERGENCE_ACTIONS))
+    divergence_min_effect: float = key("rollout.divergence.minEffect", lambda v: _between(v, 0, 0.99))
+    divergence_min_rows: int = key("rollout.divergence.minRows", lambda v: _between(v, 30, 10**9))
 
 
 @dataclass(frozen=True)
@@ -254,6 +259,15 @@ class AlertsConfig:
     error_rate_percent: float = key("alerts.errorRatePercent", lambda v: _between(v, 0.001, 100))
     p95_latency_ms: int = key("alerts.p95LatencyMs", lambda v: _between(v, 1, 600000))
     for_duration: str = key("alerts.forDuration", lambda v: _duration(v))
+    drift_psi_threshold: float = key("alerts.drift.psiThreshold", lambda v: _between(v, 0.001, 100))
+    drift_window: str = key("alerts.drift.window", lambda v: _duration(v))
+    drift_for_duration: str = key("alerts.drift.forDuration", lambda v: _duration(v))
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    # The dataset a model version's reference profile is built from when its run has none (service.profiles).
+    reference_uri: str = key("drift.referenceUri")
 
 
 @dataclass(frozen=True)
@@ -277,6 +291,7 @@ class StackConfig:
     monitoring: MonitoringConfig = field(default=None)  # type: ignore[assignment]
     alerts: AlertsConfig = field(default=None)  # type: ignore[assignment]
     feedback: FeedbackConfig = field(default=None)  # type: ignore[assignment]
+    drift: DriftConfig = field(default=None)  # type: ignore[assignment]
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -290,7 +305,7 @@ class StackConfig:
 SECTIONS: tuple[type, ...] = (
     ModelConfig, ImageConfig, ServingConfig, GpuConfig, AutoscalingConfig,
     LoadBalancerConfig, TrafficConfig, SeldonConfig, AccessConfig, PlatformConfig, RolloutConfig, MonitoringConfig,
-    AlertsConfig, FeedbackConfig,
+    AlertsConfig, FeedbackConfig, DriftConfig,
 )
 
 
@@ -504,6 +519,7 @@ def parse_config(stack: str, values: Mapping[str, Any], declarations: Mapping[st
         monitoring=sections[MonitoringConfig],
         alerts=sections[AlertsConfig],
         feedback=sections[FeedbackConfig],
+        drift=sections[DriftConfig],
     )
     problems.extend(cross_key_problems(config, bad_keys))
     if problems:

@@ -166,6 +166,9 @@ def _with_alert_line(panel: Timeseries, limit: float) -> Timeseries:
 def build_dashboard(config: StackConfig) -> Dashboard:
     """The dashboard builder: per-variant traffic, latency, errors and load, and the challenger's share."""
     queries = dashboard_queries(config)
+    # infra.drift reads model_selector from here; imported at call time so neither module needs the other first.
+    from infra.drift import output_share_query, worst_columns_query
+
     datasource = DataSourceRef(type_val="prometheus", uid=f"${{{DATASOURCE_VARIABLE}}}")
     by_variant = "{{variant}}"
     return (
@@ -298,6 +301,35 @@ def build_dashboard(config: StackConfig) -> Dashboard:
             .datasource(datasource)
             .with_target(_query(queries["feedback_rows_per_second"], f"{by_variant} recorded", "A"))
             .with_target(_query(queries["feedback_rejected_per_second"], "refused: {{reason}}", "B"))
+        )
+        # Input drift and what the variants predict (issue 24; queries and rules in infra.drift).
+        .with_row(Row("Drift: live inputs against the training data, and what each variant predicts").id(14))
+        .with_panel(
+            _with_alert_line(
+                _timeseries(
+                    15,
+                    f"Input drift, the worst columns (PSI, last {config.alerts.drift_window})",
+                    "Population stability index of each input column's live values against the model version's "
+                    "reference profile (its training data), per variant: the five highest. Dashed line: the "
+                    f"ModelInputDrift threshold ({config.alerts.drift_psi_threshold:g}).",
+                    "short",
+                ),
+                config.alerts.drift_psi_threshold,
+            )
+            .datasource(datasource)
+            .with_target(_query(worst_columns_query(config), "{{column}} ({{variant}})"))
+        )
+        .with_panel(
+            _timeseries(
+                16,
+                "Predicted class share, by variant (%)",
+                "How often each variant predicts each class on the same traffic: what the rollout's label-free "
+                "gate compares (rollout.divergence.*).",
+                "percent",
+            )
+            .max(100)
+            .datasource(datasource)
+            .with_target(_query(output_share_query(config, RATE_WINDOW), "{{variant}}: {{output}}"))
         )
     )
 

@@ -35,6 +35,7 @@ from infra.dashboard import (
     model_errors_selector,
     model_selector,
 )
+from infra.drift import drift_rule_group
 from infra.platform import helm_release
 from infra.seldon import (
     SELDON_EXECUTOR_CONTAINER, SELDON_EXECUTOR_METRICS_PATH, SELDON_EXECUTOR_METRICS_PORT, executor_error_selector,
@@ -258,8 +259,9 @@ def executor_alert_rules(config: StackConfig) -> list[Manifest]:
 
 
 def prometheus_rule_spec(config: StackConfig) -> Manifest:
-    """The PrometheusRule spec: one group of model alerts; its `spec` is also a valid Prometheus rules file."""
-    return {"groups": [{"name": f"mlserve.{config.app_name}.alerts", "rules": alert_rules(config)}]}
+    """The PrometheusRule spec: the model alerts, and input drift (`infra.drift`); also a valid Prometheus rules file."""
+    return {"groups": [{"name": f"mlserve.{config.app_name}.alerts", "rules": alert_rules(config)},
+                       drift_rule_group(config)]}
 
 
 def dashboard_data(config: StackConfig) -> dict[str, str]:

@@ -13,6 +13,7 @@ from typing import Any
 from infra.config import SecretValue, StackConfig, dns_label
 from service.admission import AdmissionLimits
 from service.prediction_ids import KEY_ENV, MAX_AGE_ENV
+from service.profiles import REFERENCE_URI_ENV
 
 PORT_NAME = "http"
 GRPC_PORT_NAME = "grpc"  # the name Seldon's operator looks for (operator/constants: GrpcPortName)
@@ -138,6 +139,8 @@ def container_env(config: StackConfig, variant: str) -> list[Manifest]:
         **TELEMETRY_OFF,
         **admission_env(config),
     }
+    if config.drift.reference_uri:  # only when set: stacks without it keep their pod spec unchanged
+        env[REFERENCE_URI_ENV] = config.drift.reference_uri
     return [{"name": name, "value": value} for name, value in env.items()] + feedback_env(config) + access_env(config)
 
 

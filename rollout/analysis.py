@@ -180,6 +180,8 @@ class Measurement:
     checks: tuple[Check, ...] = field(default_factory=tuple)
     quality: tuple[QualitySample, ...] = field(default_factory=tuple)
     quality_difference: ConfidenceInterval | None = None
+    # The label-free gate's comparison of what the variants predict (rollout.divergence.Divergence), when judged.
+    divergence: object | None = None
 
     @property
     def conclusive_failure(self) -> bool:

@@ -269,7 +269,7 @@ def cmd_demo(args) -> int:
     if args.faulty_challenger and args.worse_challenger:
         raise UsageError("--faulty-challenger and --worse-challenger are two different demos; pick one")
     return run_demo(faulty_challenger=args.faulty_challenger, worse_challenger=args.worse_challenger,
-                    report=Path(args.report) if args.report else None)
+                    report=Path(args.report) if args.report else None, shifted_traffic=args.shifted_traffic)
 
 
 def _stack_name(value: str) -> str:
@@ -330,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--worse-challenger", action="store_true",
                       help="serve a challenger that never fails but is less accurate; true labels come back as "
                            "feedback and the rollout rolls it back on quality")
+    demo.add_argument("--shifted-traffic", action="store_true",
+                      help="send rows whose monthly_charges drift upward; the input drift alert fires in Prometheus")
     demo.add_argument("--report", type=_report_path, help="write the run as JSON (and a PNG chart beside it)")
     return parser
 

@@ -7,8 +7,10 @@ load, and runs the same `Scheduler` as `start` with an `HAProxyRouter` on short 
 challenger is promoted (the registry's `champion` alias moves to it); a faulty one is rolled back. With
 `--worse-challenger` the challenger never errors and is as fast but clearly less accurate: the load generator
 sends each customer's true outcome to `/feedback` a few seconds after its prediction, the quality gate (required
-for promotion) compares the variants' accuracy, and the rollout rolls it back on quality. It exits 0 once the
-scheduler has decided, and stops every process it started, on Ctrl-C too.
+for promotion) compares the variants' accuracy, and the rollout rolls it back on quality. With `--shifted-traffic`
+the rows' `monthly_charges` drift upward during the run and Prometheus evaluates the drift rules
+(`rollout.drift_demo`): the demo then waits for `ModelInputDrift` and shows every column's drift score. It exits 0
+once the scheduler has decided, and stops every process it started, on Ctrl-C too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ from dataclasses import replace
 
 from rollout.analysis import QualityThresholds, Thresholds
 from rollout.cli import EXIT_OK, EXIT_STOPPED, Progress
+from rollout.divergence import DivergenceThresholds
+from rollout.drift_demo import (
+    INPUT_DRIFT, SHIFT_PER_SECOND, SHIFT_START_SECONDS, SHIFTED_COLUMN, WATCH_SECONDS, demo_drift_rule_group,
+    shift_monthly_charges, watch_drift,
+)
 from rollout.local import LoadGenerator, LocalEnvironment
 from rollout.lock import state_dir
 from rollout.metrics import PrometheusProvider
@@ -36,6 +43,8 @@ DEMO_PLAN = RolloutPlan(
     interval_seconds=5,
     failure_threshold=2,
     thresholds=Thresholds(min_requests=50, max_error_rate=0.01, max_p95_seconds=0.5),
+    # The label-free gate, reporting only (the stack default): the report's chart shows what it saw.
+    divergence=DivergenceThresholds(action="warn", min_rows=100),
 )
 # The quality demo: ground truth comes back DEMO_FEEDBACK_DELAY_SECONDS after each prediction, and the last step
 # holds until the gate has judged at least `min_feedback` rows per variant.
@@ -85,7 +94,8 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def run_demo(faulty_challenger: bool = False, report: Path | None = None, worse_challenger: bool = False) -> int:
+def run_demo(faulty_challenger: bool = False, report: Path | None = None, worse_challenger: bool = False,
+             shifted_traffic: bool = False) -> int:
     """Run the demo to a verdict; returns the exit code (0 once the scheduler decided)."""
     from service.settings import tracking_uri_from_env
     from service.train import sample_labelled_instances
@@ -110,7 +120,10 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None, worse_
                 ("challenger", "challenger", f"models:/{MODEL_NAME}/{versions['challenger']}"),
             ])
             split = env.start_haproxy("haproxy", champion, challenger)
-            prometheus_url = env.start_prometheus({"champion": champion, "challenger": challenger})
+            prometheus_url = env.start_prometheus(
+                {"champion": champion, "challenger": challenger},
+                rule_groups=[demo_drift_rule_group()] if shifted_traffic else None,
+            )
             router = HAProxyRouter(
                 split.socket_path, on_promote=promote_in_registry(tracking_uri, versions["challenger"])
             )
@@ -120,6 +133,7 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None, worse_
                 split.url, instances, rate_per_second=DEMO_RATE_PER_SECOND,
                 max_requests=DEMO_RATE_PER_SECOND * DEMO_MAX_SECONDS, max_seconds=DEMO_MAX_SECONDS,
                 truths=truths if worse_challenger else None, feedback_delay_seconds=DEMO_FEEDBACK_DELAY_SECONDS,
+                transform=shift_monthly_charges if shifted_traffic else None,
             ).start()
             say(f"load: {DEMO_RATE_PER_SECOND} requests/s through {split.url} (at most {DEMO_MAX_SECONDS}s)")
             if worse_challenger:
@@ -134,6 +148,13 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None, worse_
                 wait=progress.wait, on_record=progress.on_record,
             )
             result = scheduler.run()
+            drift = None
+            if shifted_traffic:
+                say(f"shifted traffic: {SHIFTED_COLUMN} grows {SHIFT_PER_SECOND:.0%} a second from "
+                    f"{SHIFT_START_SECONDS}s; waiting (at most {WATCH_SECONDS}s) for {INPUT_DRIFT}")
+                drift = watch_drift(prometheus_url, stop, say)
+                say(f"drift: {INPUT_DRIFT} fired on {sorted(drift.fired_columns) or 'no column'} "
+                    f"{drift.fired_after_seconds}s after the rollout ended; PSI by column {drift.scores}")
             stats = load.stop()
     except KeyboardInterrupt:
         say("interrupted; every process the demo started has been stopped")
@@ -154,6 +175,9 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None, worse_
         context = {
             "demo": True, "faulty_challenger": faulty_challenger, "worse_challenger": worse_challenger,
             "versions": versions, "feedback_refused": stats.feedback_refused,
+            "drift": None if drift is None else {"fired_columns": sorted(drift.fired_columns),
+                                                 "fired_after_seconds": drift.fired_after_seconds,
+                                                 "psi_by_column": drift.scores},
             "rate_per_second": DEMO_RATE_PER_SECOND, "traffic": traffic,
             "plan": {"steps": list(plan.steps), "interval_seconds": plan.interval_seconds,
                      "failure_threshold": plan.failure_threshold,

@@ -194,10 +194,12 @@ class LocalEnvironment:
 
     # ---------------------------------------------------------------- Prometheus
 
-    def start_prometheus(self, targets: dict[str, ModelServer] | None = None, port: int | None = None) -> str:
+    def start_prometheus(self, targets: dict[str, ModelServer] | None = None, port: int | None = None,
+                         rule_groups: list[dict] | None = None) -> str:
         """Prometheus scraping each model server every second (job = server name); returns its URL.
 
-        Called again after `stop_prometheus`, it restarts on the same port and storage.
+        `rule_groups` (Prometheus rule groups) are evaluated every second too. Called again after
+        `stop_prometheus`, it restarts on the same port and storage.
         """
         if targets is not None:
             self._scrape_targets = {name: server.port for name, server in targets.items()}
@@ -208,7 +210,14 @@ class LocalEnvironment:
             f"  - job_name: {name}\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
             for name, target_port in self._scrape_targets.items()
         )
-        config.write_text(f"global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{jobs}")
+        rules = ""
+        if rule_groups:
+            import yaml
+
+            (self.workdir / "rules.yml").write_text(yaml.safe_dump({"groups": rule_groups}, sort_keys=False))
+            rules = f"rule_files:\n  - {self.workdir / 'rules.yml'}\n"
+        config.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+                          f"{rules}scrape_configs:\n{jobs}")
         url = f"http://127.0.0.1:{port}"
         self._prometheus = self._spawn(
             "prometheus",
@@ -267,11 +276,12 @@ class LoadGenerator:
 
     With `truths` (one per instance), each answered row's true label goes back to `POST /feedback` with the
     row's `prediction_id`, `feedback_delay_seconds` later, as a system that learns the outcome later would.
+    With `transform(row, seconds_since_start)`, each row is sent as it returns (the demo's shifted traffic).
     """
 
     def __init__(self, url: str, instances: list[dict], *, rate_per_second: float, max_requests: int,
                  max_seconds: float, threads: int = 4, seed: int = 0, truths: list | None = None,
-                 feedback_delay_seconds: float = 0.0):
+                 feedback_delay_seconds: float = 0.0, transform=None):
         if truths is not None and len(truths) != len(instances):
             raise ValueError(f"{len(truths)} truths for {len(instances)} instances; give one per instance")
         self.base_url = url.rstrip("/")
@@ -279,6 +289,7 @@ class LoadGenerator:
         self.instances = instances
         self.truths = truths
         self.feedback_delay_seconds = feedback_delay_seconds
+        self.transform = transform
         self._pending_feedback: list[tuple[float, str, object]] = []
         self.rate_per_second = rate_per_second
         self.max_requests = max_requests
@@ -322,8 +333,11 @@ class LoadGenerator:
                 return
             with self._lock:
                 index = self._random.randrange(len(self.instances))
+            row = self.instances[index]
+            if self.transform is not None:
+                row = self.transform(row, time.monotonic() - self._started)
             try:
-                response = session.post(self.url, json={"instances": [self.instances[index]]}, timeout=10)
+                response = session.post(self.url, json={"instances": [row]}, timeout=10)
                 key = (response.headers.get("x-model-variant", "unknown"), response.status_code)
                 with self._lock:
                     self.stats.by_variant_status[key] += 1

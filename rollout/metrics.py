@@ -47,6 +47,10 @@ class PrometheusProvider:
 
     def query(self, promql: str) -> float | None:
         """Evaluate `promql`; a vector must hold at most one series (wrap it in `sum()` otherwise)."""
+        return _scalar_from_result(promql, self._query_data(promql))
+
+    def _query_data(self, promql: str) -> dict:
+        """The `data` of Prometheus's answer to an instant query; raises as `query` documents."""
         try:
             response = self._session.get(
                 f"{self.url}/api/v1/query",
@@ -69,7 +73,19 @@ class PrometheusProvider:
             raise MetricsQueryError(
                 f"Prometheus rejected {promql!r}: {body.get('errorType')}: {body.get('error')}"
             )
-        return _scalar_from_result(promql, body["data"])
+        return body["data"]
+
+    def query_by(self, promql: str, label: str) -> dict[str, float]:
+        """Evaluate `promql` (an instant vector) as {value of `label`: sample}; {} when nothing matched."""
+        data = self._query_data(promql)
+        if data.get("resultType") != "vector":
+            raise MetricsQueryError(f"{promql!r} returned a {data.get('resultType')}; expected an instant vector")
+        values = {}
+        for series in data.get("result") or []:
+            value = float(series["value"][1])
+            if not math.isnan(value):
+                values[series["metric"].get(label, "")] = value
+        return values
 
 
 def _scalar_from_result(promql: str, data: dict) -> float | None:

@@ -2,7 +2,9 @@
 
 The chart has three panels over time since the rollout started: the challenger's weight, the error
 rate of each variant, and the p95 latency of each variant; a fourth, when ground truth reached the
-rollout through `/feedback`, shows each variant's quality (accuracy, or the mean loss it was judged on). It uses matplotlib's Agg backend, so it
+rollout through `/feedback`, shows each variant's quality (accuracy, or the mean loss it was judged on); another, when
+the label-free gate judged, shows how much the challenger's predictions differ from the champion's (the largest share
+difference with its always-valid range, and the minimum effect that may act). It uses matplotlib's Agg backend, so it
 renders on machines without a display.
 """
 
@@ -61,6 +63,21 @@ def _quality_series(result: RolloutResult) -> tuple[str | None, dict[str, tuple[
     return metric, series
 
 
+def _divergence_series(result: RolloutResult) -> dict[str, list[float]]:
+    """Seconds since start, and the largest share difference (points) with its bounds, of every look the gate judged."""
+    series: dict[str, list[float]] = {"times": [], "estimate": [], "lower": [], "upper": []}
+    start = result.records[0].time if result.records else 0.0
+    for record in result.records:
+        divergence = record.measurement.divergence if record.measurement else None
+        largest = divergence.largest if divergence is not None else None
+        if largest is None:
+            continue
+        series["times"].append(record.time - start)
+        for key in ("estimate", "lower", "upper"):
+            series[key].append(getattr(largest, key) * 100)
+    return series
+
+
 def render_chart(result: RolloutResult, png_path: Path) -> None:
     """Draw weight, error rate and p95 latency per variant over time into `png_path`, and quality when judged."""
     import matplotlib
@@ -69,9 +86,19 @@ def render_chart(result: RolloutResult, png_path: Path) -> None:
     from matplotlib import pyplot as plt
 
     metric, quality = _quality_series(result)
-    rows = 4 if quality else 3
+    divergence = _divergence_series(result)
+    rows = 3 + bool(quality) + bool(divergence["times"])
     fig, axes = plt.subplots(rows, 1, figsize=(9, 2.7 * rows), sharex=True)
     ax_weight, ax_errors, ax_latency = axes[:3]
+    if divergence["times"]:
+        ax_divergence = axes[-1]
+        ax_divergence.plot(divergence["times"], divergence["estimate"], marker="o", color="tab:red",
+                           label="challenger - champion")
+        ax_divergence.fill_between(divergence["times"], divergence["lower"], divergence["upper"], color="tab:red",
+                                   alpha=0.2, label="always-valid range")
+        ax_divergence.axhline(0, color="grey", linewidth=0.8)
+        ax_divergence.set_ylabel("prediction share\ndifference (points)")
+        ax_divergence.legend(loc="upper left")
     if quality:
         ax_quality = axes[3]
         for role, color in (("champion", "tab:blue"), ("challenger", "tab:orange")):

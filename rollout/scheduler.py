@@ -30,6 +30,7 @@ from rollout.analysis import (
     error_measurement,
     judge,
 )
+from rollout.divergence import DivergenceThresholds, collect_outputs, judge_divergence, with_divergence
 from rollout.errors import MetricsQueryError, MetricsUnreachableError, RolloutError
 from rollout.metrics import MetricsProvider, collect_quality, collect_sample
 from rollout.router import TrafficRouter
@@ -71,6 +72,8 @@ class RolloutPlan:
     challenger_executor_selector: str | None = None
     # PromQL for the challenger's available pods (kube-state-metrics); 0 fails the check.
     challenger_ready_query: str | None = None
+    # The label-free gate: compare what the two variants predict (rollout.divergence); None leaves it out.
+    divergence: DivergenceThresholds | None = None
 
     def __post_init__(self):
         problems = []
@@ -108,6 +111,11 @@ def plan_from_config(rollout_config, metric_sources: dict[str, str] | None = Non
             max_degradation=rollout_config.quality_max_degradation,
             min_feedback=rollout_config.quality_min_feedback,
             required_for_promotion=rollout_config.quality_required_for_promotion,
+        ),
+        divergence=DivergenceThresholds(
+            action=rollout_config.divergence_action,
+            min_effect=rollout_config.divergence_min_effect,
+            min_rows=rollout_config.divergence_min_rows,
         ),
     )
 
@@ -154,14 +162,16 @@ class RolloutResult:
 
 
 def measure(provider: MetricsProvider, plan: RolloutPlan, window_seconds: float, look: Look | None = None,
-            interval_fn: Callable[..., ConfidenceInterval] | None = None) -> Measurement:
+            interval_fn: Callable[..., ConfidenceInterval] | None = None,
+            divergence_fn: Callable[..., object] | None = None) -> Measurement:
     """Query both variants over the window (and their feedback since the start) and judge them.
 
     Backend failures become `error` values. Without `look`, the quality window is the step's window.
-    `interval_fn` replaces the quality test (see `judge`).
+    `interval_fn` replaces the quality test (see `judge`), `divergence_fn` the label-free gate's bounds
+    (`rollout.divergence.divergence_sequence`); the benchmark measures fixed-sample tests that way.
     """
     look = look or Look(since_start_seconds=window_seconds)
-    quality = None
+    quality = outputs = None
     try:
         champion = collect_sample(provider, "champion", plan.champion_selector, window_seconds, plan.champion_executor_selector)
         challenger = collect_sample(
@@ -174,12 +184,20 @@ def measure(provider: MetricsProvider, plan: RolloutPlan, window_seconds: float,
                 collect_quality(provider, "champion", plan.champion_selector, since, plan.quality.metric),
                 collect_quality(provider, "challenger", plan.challenger_selector, since, plan.quality.metric),
             )
+        if plan.divergence is not None:
+            # Like feedback, predictions since the rollout began: the sequential test is built for a growing sample.
+            since = max(look.since_start_seconds, window_seconds)
+            outputs = (collect_outputs(provider, "champion", plan.champion_selector, since),
+                       collect_outputs(provider, "challenger", plan.challenger_selector, since))
     except MetricsUnreachableError as err:
         return error_measurement(str(err))
     except MetricsQueryError as err:
         return error_measurement(f"query failed: {err}")
-    return judge(champion, challenger, plan.thresholds, quality, plan.quality, look.promoting, interval_fn,
-                 challenger_ready_pods=ready)
+    measurement = judge(champion, challenger, plan.thresholds, quality, plan.quality, look.promoting, interval_fn,
+                        challenger_ready_pods=ready)
+    if plan.divergence is not None:
+        measurement = with_divergence(measurement, *judge_divergence(*outputs, plan.divergence, divergence_fn))
+    return measurement
 
 
 class Scheduler:

@@ -19,6 +19,7 @@ import typing as t
 import bentoml
 from starlette.responses import JSONResponse
 
+from service.drift import InputMetrics, OutputMetrics
 from service.errors import route_error_body
 from service.predictor import MODEL_HEADERS, ModelIdentity
 from service.quality import QualityMetrics
@@ -62,6 +63,10 @@ INPUT_SIZE = bentoml.metrics.Histogram(
 
 # Ground truth from /feedback (service.feedback), per variant that made the prediction.
 QUALITY = QualityMetrics(bentoml.metrics, MODEL_LABELS[:-1])  # ground truth belongs to no protocol
+# What each variant predicted, per output (service.drift): the rollout's label-free gate compares them.
+OUTPUTS = OutputMetrics(bentoml.metrics, MODEL_LABELS[:-1])
+# Valid input rows in the reference profile's bins, and the profile's shares (service.drift, service.profiles).
+INPUTS = InputMetrics(bentoml.metrics, MODEL_LABELS[:-1])
 
 ERROR_TYPES = ("invalid_input", "payload_too_large", "model_error", "unavailable")
 

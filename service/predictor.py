@@ -97,6 +97,8 @@ class ServedModel:
         self.output_signature = output_signature
         # One scoring function per output mode this model offers; PREDICT is always there (MLflow's answer).
         self._scorers = scorers
+        # Called with every answer, whatever the protocol (the server counts outputs for drift: service.drift).
+        self.on_prediction: t.Callable[[t.Any, Prediction], None] | None = None
 
     def predict_rows(self, instances: t.Any, output: str | None = None, *, mlflow: bool = False) -> Prediction:
         """Validate ``instances`` (a list of rows) against the signature and predict; raises InvalidInput.
@@ -126,7 +128,10 @@ class ServedModel:
             raise ModelFailure(
                 f"model {self.identity.name} version {self.identity.version} failed: {err}"
             ) from err
-        return Prediction(raw, output, self.classes if output != PREDICT else (), self.identity)
+        prediction = Prediction(raw, output, self.classes if output != PREDICT else (), self.identity)
+        if self.on_prediction is not None:
+            self.on_prediction(model_input, prediction)
+        return prediction
 
     @staticmethod
     def _first_refused_row(model_input: t.Any, score: t.Callable[[t.Any], t.Any]) -> str:

@@ -29,12 +29,15 @@ from fastapi.responses import JSONResponse
 
 from service import patches
 from service.admission import AdmissionLimits, AdmissionMiddleware, Slots
+from service.drift import drift_observer
 from service.errors import InvalidInput, ModelFailure, ModelLoadError, mlflow_error_body
 from service.feedback import handle_feedback, row_predictions
 from service.grpc_server import GrpcServer
 from service.loading import ModelSource, load_model, missing_requirements, resolve_model
 from service.metrics import (
     GRPC,
+    INPUTS,
+    OUTPUTS,
     QUALITY,
     REST,
     PredictionTrafficMiddleware,
@@ -172,6 +175,8 @@ class ModelServer:
         gc.freeze()
         identity = self.model.identity
         QUALITY.start(identity.labels)
+        OUTPUTS.start(identity.labels, self.model.classes)
+        self.model.on_prediction = drift_observer(self.model, self.source, OUTPUTS, INPUTS, warn)
         if self.signer is None:
             warn(f"{KEY_ENV} is not set: predictions carry no prediction_ids and /feedback is off")
         self.grpc: GrpcServer | None = None

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from service.profiles import PROFILE_ARTIFACT, build_profile
+
 from service.faults import RowHashFault
 from service.settings import DEMO_MODEL_NAME as MODEL_NAME
 from service.settings import TELEMETRY_OFF, tracking_uri_from_env
@@ -164,6 +166,11 @@ def _train_and_register(tracking_uri: str, kind: str, seed: int) -> str:
         "auc": float(roc_auc_score(churned[split:], probabilities)),
         "accuracy": float(accuracy_score(churned[split:], probabilities >= 0.5)),
     }
+    # The reference profile input drift is measured against (service.profiles): the training rows, and the
+    # classes the (healthy) model predicted on them.
+    churn_predicted = int((pipeline.predict_proba(training.iloc[:split])[:, 1] >= 0.5).sum())
+    reference = build_profile(features.iloc[:split], {"1": churn_predicted, "0": split - churn_predicted},
+                              "training data")
     if settings["faulty"]:
         healthy = pipeline
         pipeline = _build_pipeline(settings["regularization"], faulty=True)
@@ -192,6 +199,7 @@ def _train_and_register(tracking_uri: str, kind: str, seed: int) -> str:
             registered_model_name=MODEL_NAME,
             skops_trusted_types=["service.faults.RowHashFault"] if settings["faulty"] else None,
         )
+        mlflow.log_text(reference.to_json(), PROFILE_ARTIFACT)
     version = str(info.registered_model_version)
     client.set_model_version_tag(MODEL_NAME, version, KIND_TAG, kind)
     logger.info("registered %s version %s (%s, auc %.3f)", MODEL_NAME, version, kind, metrics["auc"])

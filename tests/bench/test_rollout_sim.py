@@ -32,3 +32,19 @@ def test_less_accurate_challenger_is_rolled_back_in_simulation():
     fast = replace(plan, interval_seconds=5, quality=replace(plan.quality, required_for_promotion=True))
     row = less_accurate_scenario("fast", fast, 5, np.random.default_rng(3))
     assert row["rolled_back_share"] == 1.0
+
+
+def test_the_label_free_gate_rolls_back_a_challenger_predicting_churn_more_often():
+    from bench.rollout import divergent_scenario, identical_divergence_scenario
+    from rollout.divergence import output_query
+
+    traffic = SimTraffic(np.random.default_rng(1), 40.0, {"champion": 0.0, "challenger": 0.0}, scrape_lag=0,
+                         churn_rates={"champion": 0.25, "challenger": 0.40})
+    traffic.set_weight(50)
+    traffic.wait(60)
+    counts = traffic.query_by(output_query('variant="challenger"', 60), "output")
+    assert 0.3 < counts["1"] / (counts["0"] + counts["1"]) < 0.5
+    plan = default_plan()
+    gate = replace(plan, divergence=replace(plan.divergence, action="rollback"))
+    assert divergent_scenario("defaults", gate, 5, np.random.default_rng(2))["rolled_back_share"] == 1.0
+    assert identical_divergence_scenario("defaults", gate, 5, np.random.default_rng(3))["false_rollbacks"] == 0

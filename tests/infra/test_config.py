@@ -80,6 +80,11 @@ INVALID = [
      "rollout.quality.requiredForPromotion", "boolean"),
     ("quality-key-typo", {"rollout.quality.minFeedbacks": 100}, "rollout.quality.minFeedbacks",
      "did you mean rollout.quality.minFeedback"),
+    ("divergence-action-unknown", {"rollout.divergence.action": "page"}, "rollout.divergence.action",
+     "warn, hold, rollback"),
+    ("divergence-min-effect-not-a-share", {"rollout.divergence.minEffect": "5"}, "rollout.divergence.minEffect",
+     "between 0 and 0.99"),
+    ("divergence-min-rows-too-small", {"rollout.divergence.minRows": 10}, "rollout.divergence.minRows", "between 30"),
 ]
 
 
@@ -115,6 +120,8 @@ def test_defaults_come_from_pulumi_yaml():
     assert config.rollout.steps == tuple(declarations["rollout.steps"].default)
     assert config.serving.port == declarations["serving.port"].default
     assert config.rollout.quality_metric == declarations["rollout.quality.metric"].default == "accuracy"
+    assert config.rollout.divergence_action == declarations["rollout.divergence.action"].default == "warn"
+    assert config.rollout.divergence_min_effect == 0.05
 
 
 def test_quality_keys_nest_three_levels_in_a_stack_file(tmp_path: Path):

@@ -83,8 +83,23 @@ def test_demo_rolls_back_a_less_accurate_challenger_on_quality(home):
     decided = data["steps"][-1]["measurement"]
     scores = {sample["variant"]: sample["score"] for sample in decided["quality"]}
     assert scores["challenger"] < scores["champion"] - 0.05
-    assert [check["name"] for check in decided["checks"]] == ["quality"]
+    # The label-free gate (warn only in the demo) reports beside it; only quality decided.
+    assert [check["name"] for check in decided["checks"] if check["name"] != "prediction_divergence"] == ["quality"]
     assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert processes_started_under(home) == []
+
+
+@pytest.mark.timeout(480)
+def test_shifted_traffic_fires_the_drift_alert_on_the_shifted_column_only(home):
+    """monthly_charges drifts upward during the run; the other columns stay as the training data had them."""
+    report = home / "shifted.json"
+    finished = subprocess.run([sys.executable, "-m", "rollout", "demo", "--shifted-traffic", "--report", str(report)],
+                              cwd=REPO_ROOT, env=demo_env(home), capture_output=True, text=True, timeout=450)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    drift = json.loads(report.read_text())["context"]["drift"]
+    assert drift["fired_columns"] == ["monthly_charges"], drift
+    assert drift["psi_by_column"]["monthly_charges"] > 0.2
+    assert all(score < 0.2 for column, score in drift["psi_by_column"].items() if column != "monthly_charges")
     assert processes_started_under(home) == []
 
 

@@ -28,6 +28,10 @@ ANSWERS = {
     "bad": (400, {"status": "error", "errorType": "bad_data", "error": "parse error at char 4"}),
     "down": (503, "Service Unavailable"),
     "slow": (200, vector(1)),
+    "by-output": (200, {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"output": "0"}, "value": [time.time(), "750.5"]},
+        {"metric": {"output": "1"}, "value": [time.time(), "249.5"]},
+        {"metric": {"output": "2"}, "value": [time.time(), "NaN"]}]}}),
 }
 
 
@@ -95,3 +99,11 @@ def test_online(prometheus_url):
 def test_collect_sample_rounds_extrapolated_counts(prometheus_url):
     sample = collect_sample(PrometheusProvider(prometheus_url), "challenger", 'variant="challenger"', 30)
     assert (sample.requests, sample.errors) == (100, 3)
+
+
+def test_query_by_answers_one_value_per_label(prometheus_url):
+    provider = PrometheusProvider(prometheus_url)
+    assert provider.query_by("by-output", "output") == {"0": 750.5, "1": 249.5}
+    assert provider.query_by("empty", "output") == {}
+    with pytest.raises(MetricsQueryError, match="expected an instant vector"):
+        provider.query_by("scalar", "output")
