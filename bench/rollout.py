@@ -49,11 +49,14 @@ import numpy as np
 
 from rollout.analysis import fixed_sample_interval
 from rollout.scheduler import RolloutPlan, Scheduler, Verdict, measure
+from service.names import ERRORS_METRIC, LATENCY_METRIC, PREDICTIONS_METRIC
+from service.quality import FEEDBACK_METRICS
 
 RESULTS = Path(__file__).resolve().parent / "results"
-QUERY = re.compile(r'(model_predictions_total|model_prediction_errors_total|model_prediction_latency_seconds_bucket'
-                   r'|model_feedback_total|model_feedback_correct_total)'
-                   r'\{variant="(\w+)"[^}]*\}\[(\d+)s\]')
+# The simulated counters, by metric name: column of SimTraffic's cumulative totals.
+SIM_COLUMNS = {PREDICTIONS_METRIC: 0, ERRORS_METRIC: 1, FEEDBACK_METRICS["count"]: 2, FEEDBACK_METRICS["correct"]: 3}
+QUERY = re.compile("(" + "|".join(map(re.escape, [*SIM_COLUMNS, f"{LATENCY_METRIC}_bucket"])) + ")"
+                   + r'\{variant="(\w+)"[^}]*\}\[(\d+)s\]')
 FEEDBACK_SHARE = 0.5
 FEEDBACK_DELAY_SECONDS = 30
 
@@ -74,8 +77,7 @@ class SimTraffic:
     variant), so a query over any window costs the same however long a rollout runs.
     """
 
-    COLUMNS = {"model_predictions_total": 0, "model_prediction_errors_total": 1,
-               "model_feedback_total": 2, "model_feedback_correct_total": 3}
+    COLUMNS = SIM_COLUMNS
 
     def __init__(self, rng: np.random.Generator, rate: float, error_rates: dict[str, float], scrape_lag: int,
                  accuracies: dict[str, float] | None = None):

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from infra.errors import ConfigError
+from service.names import STACK_MODEL_URI
 from service.quality import QUALITY_METRICS
 from service.settings import CLASSIFIER_OUTPUTS  # the values the server accepts (a light module: no model code)
 
@@ -44,7 +45,6 @@ _QUANTITY = re.compile(r"^(\d+(\.\d+)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_MODEL_URI = re.compile(r"^(models:/[^/@]+(@[A-Za-z0-9_-]+|/\d+)|runs:/[^/]+/.+|[a-z][a-z0-9+.-]*://.+)$")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -717,7 +717,7 @@ def _duration(value: str) -> str | None:
 def _model_uri(value: str, required: bool) -> str | None:
     if not value:
         return "must not be empty" if required else None
-    if _MODEL_URI.match(value):
+    if STACK_MODEL_URI.match(value):
         return None
     return "must be an MLflow model URI: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a storage URL"
 

@@ -18,15 +18,9 @@ from grafana_foundation_sdk.models.common import GraphTresholdsStyleMode, Legend
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, Threshold, ThresholdsMode
 
 from infra.config import StackConfig
+# The metrics the model server exports (service/metrics.py), each labelled model_name, model_version, variant.
+from service.names import ACTIVE_METRIC, CLIENT_ERROR_TYPES, ERRORS_METRIC, LATENCY_METRIC, PREDICTIONS_METRIC
 from service.quality import FEEDBACK_METRICS, FEEDBACK_REJECTED_METRIC
-
-# Metrics exported by the model server (service/service.py), each labelled model_name, model_version, variant.
-PREDICTIONS_METRIC = "model_predictions_total"  # every prediction request, successful or not
-LATENCY_METRIC = "model_prediction_latency_seconds"  # histogram
-ERRORS_METRIC = "model_prediction_errors_total"  # failed requests again, by error_type
-ACTIVE_METRIC = "model_active_requests"
-# error_type values that are the client's fault (4xx); they never count against the model.
-CLIENT_ERROR_TYPES = ("invalid_input", "payload_too_large")
 
 DASHBOARD_KEY_SUFFIX = ".json"
 DATASOURCE_VARIABLE = "datasource"

@@ -36,6 +36,7 @@ import yaml
 from infra.config import PROJECT_DIR, ImageConfig, StackConfig
 from infra.errors import ImageBuildError
 from infra.requirements import check_requirements, model_packages, recorded_requirements
+from service.names import TELEMETRY_OFF
 
 # The build context is the repository root, so the bento holds the `service` package as in the checkout;
 # the bentofile lives in service/.
@@ -60,7 +61,6 @@ REGISTRY_ENV = "MLSERVE_MODEL_REGISTRY_URI"
 # Our own settings variables would leak into the bento (e.g. the worker count) and make the build depend on
 # the shell it runs in; the build sees none of them.
 _BUILD_ENV_PREFIX = "MLSERVE_"
-_TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def build_environment(bentoml_home: Path) -> dict[str, str]:
     """The build's environment: ours without MLSERVE_* settings, telemetry off, a private BentoML home."""
     # Without MODEL_URI, importing the service (which `bentoml build` does) needs no registry.
     env = {name: value for name, value in os.environ.items() if not name.startswith(_BUILD_ENV_PREFIX) and name != "MODEL_URI"}
-    return {**env, **_TELEMETRY_OFF, "BENTOML_HOME": str(bentoml_home)}
+    return {**env, **TELEMETRY_OFF, "BENTOML_HOME": str(bentoml_home)}
 
 
 def normalise(context: Path) -> None:

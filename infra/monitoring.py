@@ -25,16 +25,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import StackConfig
-from infra.dashboard import (
-    ACTIVE_METRIC,
-    DASHBOARD_KEY_SUFFIX,
-    ERRORS_METRIC,
-    LATENCY_METRIC,
-    PREDICTIONS_METRIC,
-    dashboard_json,
-    model_errors_selector,
-    model_selector,
-)
+from infra.dashboard import DASHBOARD_KEY_SUFFIX, dashboard_json, model_errors_selector, model_selector
 from infra.platform import helm_release
 from infra.seldon import (
     SELDON_EXECUTOR_CONTAINER, SELDON_EXECUTOR_METRICS_PATH, SELDON_EXECUTOR_METRICS_PORT, executor_error_selector,
@@ -42,6 +33,7 @@ from infra.seldon import (
 )
 from infra.serving import REQUESTS_PER_SECOND_METRIC
 from infra.workload import PORT_NAME, Manifest, container_name, standard_labels
+from service.names import ACTIVE_METRIC, ERRORS_METRIC, EXECUTOR_REQUESTS_METRIC, LATENCY_METRIC, PREDICTIONS_METRIC
 
 MONITORING_API_VERSION = "monitoring.coreos.com/v1"
 PROMETHEUS_CHART_REPO = "https://prometheus-community.github.io/helm-charts"
@@ -63,8 +55,6 @@ NO_READY_PODS = "ModelNoReadyPods"
 PREDICTIONS_STOPPED = "ModelPredictionsStopped"
 NOT_SCRAPED = "ModelMetricsMissing"
 EXECUTOR_ERRORS = "ModelGatewayErrorRate"
-# Seldon's executor: a histogram of every request it served (executor/api/metric/constants.go ServerRequestsMetricName).
-EXECUTOR_REQUESTS_METRIC = "seldon_api_executor_server_requests_seconds_count"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 from infra.config import SecretValue, StackConfig, dns_label
 from service.admission import AdmissionLimits
+from service.names import TELEMETRY_OFF
 from service.prediction_ids import KEY_ENV, MAX_AGE_ENV
 
 PORT_NAME = "http"
@@ -26,7 +27,6 @@ BENTO_UID = 1034
 TMP_VOLUME = "tmp"
 PROBE_PERIOD_SECONDS = 5
 SIGNING_SECRET_DATA_KEY = "key"
-TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
 Manifest = dict[str, Any]
 

@@ -29,16 +29,8 @@ import requests
 
 from rollout.errors import LocalEnvironmentError
 from rollout.lock import REPO_ROOT
+from service.names import TELEMETRY_OFF, free_port
 from service.prediction_ids import KEY_ENV
-
-TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
