@@ -49,7 +49,7 @@ import numpy as np
 
 from rollout.analysis import fixed_sample_interval
 from rollout.scheduler import RolloutPlan, Scheduler, Verdict, measure
-from service.names import ERRORS_METRIC, LATENCY_METRIC, PREDICTIONS_METRIC
+from service.names import CHALLENGER, CHAMPION, DEMO_MODEL_NAME, ERRORS_METRIC, LATENCY_METRIC, PREDICTIONS_METRIC
 from service.quality import FEEDBACK_METRICS
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -65,7 +65,7 @@ def default_plan() -> RolloutPlan:
     """The rollout plan of a stack with no rollout overrides (Pulumi.yaml's declared defaults)."""
     from infra.config import load_stack_config
 
-    from rollout.cli import plan_from_config
+    from rollout.scheduler import plan_from_config
 
     return plan_from_config(load_stack_config("prod").rollout)
 
@@ -103,8 +103,6 @@ class SimTraffic:
             self.first_challenger_second = self.now
         self.weight = percent
 
-    def promote(self) -> str:
-        return "promoted (simulated)"
 
     # clock
     def clock(self) -> float:
@@ -309,12 +307,8 @@ def real_runs(plan: RolloutPlan, runs: int, rate: float = 50.0) -> dict:
     versions = ensure_demo_models(tracking_uri, faulty_challenger=True)
     outcomes = []
     with LocalEnvironment(home / "env", tracking_uri) as env:
-        champion, challenger = env.start_model_servers([
-            ("champion", "champion", f"models:/customer-churn-classifier/{versions['champion']}"),
-            ("challenger", "challenger", f"models:/customer-churn-classifier/{versions['challenger']}"),
-        ])
-        split = env.start_haproxy("haproxy", champion, challenger)
-        prometheus_url = env.start_prometheus({"champion": champion, "challenger": challenger})
+        canary = env.start_canary(DEMO_MODEL_NAME, versions[CHAMPION], {CHALLENGER: versions[CHALLENGER]})
+        split, prometheus_url = canary.splits[CHALLENGER], canary.prometheus_url
         router = HAProxyRouter(split.socket_path)
         instances = sample_instances(5000, seed=8)
         for index in range(runs):

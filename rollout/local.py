@@ -29,7 +29,7 @@ import requests
 
 from rollout.errors import LocalEnvironmentError
 from rollout.lock import REPO_ROOT
-from service.names import TELEMETRY_OFF, free_port
+from service.names import CHALLENGER, CHAMPION, TELEMETRY_OFF, free_port, registry_uri
 from service.prediction_ids import KEY_ENV
 
 
@@ -71,6 +71,16 @@ class TrafficSplit:
     backend: str = "models"
     champion_server: str = "champion"
     challenger_server: str = "challenger"
+
+
+@dataclass(frozen=True)
+class LocalCanary:
+    """A champion and its challengers served locally, one HAProxy split per challenger, and the Prometheus
+    scraping them all (`LocalEnvironment.start_canary`)."""
+
+    servers: dict[str, ModelServer]
+    splits: dict[str, TrafficSplit]
+    prometheus_url: str
 
 
 class LocalEnvironment:
@@ -151,6 +161,21 @@ class LocalEnvironment:
             self._wait_until(started, lambda url=server.url: _answers(f"{url}/readyz"), timeout_seconds, "ready")
             self.log(f"model server {server.name} ({server.variant}, {server.model_uri}) ready at {server.url}")
         return [server for server, _ in launched]
+
+    def start_canary(self, model_name: str, champion_version: str, challenger_versions: dict[str, str]) -> LocalCanary:
+        """The local canary set-up of the demo, the benchmark and the integration tests.
+
+        Serves version `champion_version` of `model_name` as the champion and each of `challenger_versions`
+        (server name -> version) as a challenger, starts one HAProxy split per challenger (named after it, all
+        traffic on the champion at first) and a Prometheus scraping every server.
+        """
+        servers = self.start_model_servers([
+            (CHAMPION, CHAMPION, registry_uri(model_name, champion_version)),
+            *((name, CHALLENGER, registry_uri(model_name, version)) for name, version in challenger_versions.items()),
+        ])
+        by_name = {server.name: server for server in servers}
+        splits = {name: self.start_haproxy(name, by_name[CHAMPION], by_name[name]) for name in challenger_versions}
+        return LocalCanary(by_name, splits, self.start_prometheus(by_name))
 
     # ---------------------------------------------------------------- HAProxy
 
