@@ -112,11 +112,10 @@ def _thresholds(limit: float) -> ThresholdsConfig:
     )
 
 
-def _stat(panel_id: int, title: str, description: str, expr: str, legend: str) -> Stat:
+def _stat(title: str, description: str, expr: str, legend: str) -> Stat:
     """A big-number panel showing the last value of one percentage."""
     return (
         Stat()
-        .id(panel_id)
         .title(title)
         .description(description)
         .unit("percent")
@@ -129,11 +128,10 @@ def _stat(panel_id: int, title: str, description: str, expr: str, legend: str) -
     )
 
 
-def _timeseries(panel_id: int, title: str, description: str, unit: str) -> Timeseries:
+def _timeseries(title: str, description: str, unit: str) -> Timeseries:
     """A per-variant graph with a table legend (last, max) under it."""
     return (
         Timeseries()
-        .id(panel_id)
         .title(title)
         .description(description)
         .unit(unit)
@@ -173,10 +171,9 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         .refresh("30s")
         .time("now-1h", "now")
         .with_variable(DatasourceVariable(DATASOURCE_VARIABLE).label("Prometheus").type("prometheus"))
-        .with_row(Row("Traffic split").id(1))
+        .with_row(Row("Traffic split"))
         .with_panel(
             _stat(
-                2,
                 "Challenger traffic share, measured (%)",
                 "Share of prediction requests the challenger answered over the rate window: the weight actually "
                 "in effect (compare with traffic.challengerWeight in stack config).",
@@ -186,7 +183,6 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         )
         .with_panel(
             _timeseries(
-                3,
                 "Traffic share by variant, measured (%)",
                 "Each variant's share of prediction requests: a canary rollout shows as a staircase. The configured "
                 "weight is stack config (`pulumi config get --path traffic.challengerWeight`, stack output "
@@ -199,10 +195,9 @@ def build_dashboard(config: StackConfig) -> Dashboard:
             .datasource(datasource)
             .with_target(_query(queries["traffic_share_percent"], by_variant))
         )
-        .with_row(Row("Per variant").id(4))
+        .with_row(Row("Per variant"))
         .with_panel(
             _timeseries(
-                5,
                 "Prediction requests per second, by variant",
                 f"{PREDICTIONS_METRIC}: every prediction request, successful or not.",
                 "reqps",
@@ -213,7 +208,6 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         .with_panel(
             _with_alert_line(
                 _timeseries(
-                    6,
                     "p95 prediction latency, by variant",
                     f"Dashed line: the ModelHighLatency threshold ({config.alerts.p95_latency_ms} ms).",
                     "s",
@@ -226,7 +220,6 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         .with_panel(
             _with_alert_line(
                 _timeseries(
-                    7,
                     "Error rate, by variant (%)",
                     "Model errors (5xx) count against the model; client errors (4xx: "
                     f"{', '.join(CLIENT_ERROR_TYPES)}) are shown apart. Dashed line: the ModelHighErrorRate "
@@ -240,14 +233,13 @@ def build_dashboard(config: StackConfig) -> Dashboard:
             .with_target(_query(queries["client_error_percent"], f"{by_variant} client errors (4xx)", "B"))
         )
         .with_panel(
-            _timeseries(8, "Active requests, by variant", f"{ACTIVE_METRIC}: prediction requests in flight.", "short")
+            _timeseries("Active requests, by variant", f"{ACTIVE_METRIC}: prediction requests in flight.", "short")
             .datasource(datasource)
             .with_target(_query(queries["active_requests"], by_variant))
         )
-        .with_row(Row("Quality, from ground truth sent to /feedback").id(9))
+        .with_row(Row("Quality, from ground truth sent to /feedback"))
         .with_panel(
             _timeseries(
-                10,
                 f"Accuracy, by variant (%, last {QUALITY_WINDOW})",
                 "Share of classifier predictions whose ground truth, sent later to /feedback, matched the predicted "
                 "class; counted for the variant that made the prediction (its signed prediction_id says which). "
@@ -260,7 +252,6 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         )
         .with_panel(
             _timeseries(
-                11,
                 f"Log loss and Brier score, by variant (last {QUALITY_WINDOW})",
                 "Mean log loss (natural log) and Brier score of classifier predictions with probabilities: lower is "
                 "better.",
@@ -272,7 +263,6 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         )
         .with_panel(
             _timeseries(
-                12,
                 f"Mean absolute error, by variant (last {QUALITY_WINDOW})",
                 "Regression models: mean absolute error against the ground truth sent to /feedback, in the target's "
                 "units.",
@@ -283,7 +273,6 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         )
         .with_panel(
             _timeseries(
-                13,
                 "Feedback rows per second: recorded by variant, refused by reason",
                 "Refused rows (forged, expired, wrong key, malformed, duplicate, bad truth) never reach the quality "
                 "figures.",
@@ -297,5 +286,9 @@ def build_dashboard(config: StackConfig) -> Dashboard:
 
 
 def dashboard_json(config: StackConfig) -> str:
-    """The dashboard as Grafana's JSON model, keys sorted so renders diff cleanly."""
-    return JSONEncoder(sort_keys=True, indent=2).encode(build_dashboard(config).build())
+    """The dashboard as Grafana's JSON model, keys sorted so renders diff cleanly; rows and panels are numbered
+    1, 2, ... in the order they appear (Grafana needs each id unique within the dashboard)."""
+    dashboard = build_dashboard(config).build()
+    for panel_id, panel in enumerate(dashboard.panels or [], start=1):
+        panel.id_val = panel_id
+    return JSONEncoder(sort_keys=True, indent=2).encode(dashboard)

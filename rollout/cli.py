@@ -49,7 +49,7 @@ def stack_metric_sources(config, router_type: str = "stack") -> dict[str, str]:
     executor stands in front of those servers, so its series would never exist and every look would hold."""
     if config.traffic.router != "seldon" or router_type != "stack":
         return {}
-    from infra.seldon import executor_selector
+    from infra.seldon_specs import executor_selector
 
     return {
         "champion_executor_selector": executor_selector(config, "champion"),
