@@ -28,7 +28,7 @@ from typing import Any
 
 from infra.config import SELDON_EXECUTOR_PORTS, StackConfig
 from infra.services import hpa_metrics, network_policy_spec
-from infra.workload import Manifest, container_name, pod_template, resource_name, selector_labels
+from infra.workload import Manifest, container_name, pod_template, selector_labels
 
 SELDON_API_VERSION = "machinelearning.seldon.io/v1"
 # The executor container: its name, and where it serves its own metrics (operator/controllers/seldondeployment_engine.go:

@@ -49,7 +49,7 @@ class Started:
 
 
 @dataclass(frozen=True)
-class ModelServer:
+class LocalModelServer:
     """One `python -m service serve` process."""
 
     name: str
@@ -78,7 +78,7 @@ class LocalCanary:
     """A champion and its challengers served locally, one HAProxy split per challenger, and the Prometheus
     scraping them all (`LocalEnvironment.start_canary`)."""
 
-    servers: dict[str, ModelServer]
+    servers: dict[str, LocalModelServer]
     splits: dict[str, TrafficSplit]
     prometheus_url: str
 
@@ -142,7 +142,7 @@ class LocalEnvironment:
 
     # ---------------------------------------------------------------- model servers
 
-    def start_model_servers(self, servers: list[tuple[str, str, str]], timeout_seconds: float = 180) -> list[ModelServer]:
+    def start_model_servers(self, servers: list[tuple[str, str, str]], timeout_seconds: float = 180) -> list[LocalModelServer]:
         """Start (name, variant, model URI) servers in parallel and wait until each answers /readyz."""
         launched = []
         for name, variant, model_uri in servers:
@@ -156,7 +156,7 @@ class LocalEnvironment:
                 env={"MLFLOW_TRACKING_URI": self.tracking_uri, "MLSERVE_HOME": str(self.workdir),
                      KEY_ENV: self.signing_key},
             )
-            launched.append((ModelServer(name, variant, model_uri, port), started))
+            launched.append((LocalModelServer(name, variant, model_uri, port), started))
         for server, started in launched:
             self._wait_until(started, lambda url=server.url: _answers(f"{url}/readyz"), timeout_seconds, "ready")
             self.log(f"model server {server.name} ({server.variant}, {server.model_uri}) ready at {server.url}")
@@ -179,7 +179,7 @@ class LocalEnvironment:
 
     # ---------------------------------------------------------------- HAProxy
 
-    def start_haproxy(self, name: str, champion: ModelServer, challenger: ModelServer) -> TrafficSplit:
+    def start_haproxy(self, name: str, champion: LocalModelServer, challenger: LocalModelServer) -> TrafficSplit:
         """An HAProxy splitting one frontend between two servers; all traffic to the champion at first."""
         haproxy = find_tool("haproxy")
         port = free_port()
@@ -211,7 +211,7 @@ class LocalEnvironment:
 
     # ---------------------------------------------------------------- Prometheus
 
-    def start_prometheus(self, targets: dict[str, ModelServer] | None = None, port: int | None = None) -> str:
+    def start_prometheus(self, targets: dict[str, LocalModelServer] | None = None, port: int | None = None) -> str:
         """Prometheus scraping each model server every second (job = server name); returns its URL.
 
         Called again after `stop_prometheus`, it restarts on the same port and storage.

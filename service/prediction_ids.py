@@ -66,7 +66,7 @@ class SigningKeyError(ValueError):
 
 
 @dataclass(frozen=True)
-class Prediction:
+class RowPrediction:
     """One row's prediction as a token carries it: class probabilities, a label, or a value."""
 
     probabilities: tuple[float, ...] | None = None
@@ -85,7 +85,7 @@ class Prediction:
         return {"y": self.label}
 
     @classmethod
-    def from_json(cls, data: Any) -> Prediction:
+    def from_json(cls, data: Any) -> RowPrediction:
         """Parse a token's prediction; raises ValueError naming what is wrong."""
         if not isinstance(data, dict) or len(data.keys() & {"p", "y", "v"}) != 1:
             raise ValueError("prediction must be an object with exactly one of p, y, v")
@@ -117,7 +117,7 @@ class PredictionRecord:
     model_version: str
     variant: str
     issued_at: float
-    prediction: Prediction
+    prediction: RowPrediction
 
     @property
     def labels(self) -> dict[str, str]:
@@ -157,7 +157,7 @@ class PredictionIdSigner:
         # 128 bits of HMAC-SHA256: forging one still takes ~2^128 guesses, and the token stays short.
         return hmac.new(self._key, payload, hashlib.sha256).digest()[:16]
 
-    def issue(self, labels: dict[str, str], prediction: Prediction, issued_at: float | None = None) -> str:
+    def issue(self, labels: dict[str, str], prediction: RowPrediction, issued_at: float | None = None) -> str:
         """A token for one row predicted by the model described by `labels` (model_name, model_version, variant)."""
         issued = int(time.time() if issued_at is None else issued_at)
         body = [labels["model_name"], labels["model_version"], labels["variant"], issued, self.key_id,
@@ -196,7 +196,7 @@ class PredictionIdSigner:
                 raise ValueError("model name, version and variant must be strings")
             if isinstance(issued_at, bool) or not isinstance(issued_at, int):
                 raise ValueError("issue time must be integer epoch seconds")
-            parsed = Prediction.from_json(prediction)
+            parsed = RowPrediction.from_json(prediction)
         except ValueError as err:
             # Signed by us yet unreadable: a token from an incompatible server version.
             raise PredictionIdError(Rejection.MALFORMED, f"prediction_id payload: {err}") from err

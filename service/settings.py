@@ -17,7 +17,7 @@ import dataclasses
 import os
 
 from service.errors import ModelLoadError
-from service.names import CHAMPION, DEMO_MODEL_NAME, TELEMETRY_OFF, VARIANTS, mlserve_home, parse_registry_uri
+from service.names import CHAMPION, DEMO_MODEL_NAME, VARIANTS, mlserve_home, parse_registry_uri
 
 # The demo model: served when nothing else is asked for, and registered only when it is what was asked for.
 DEFAULT_MODEL_URI = f"models:/{DEMO_MODEL_NAME}@{CHAMPION}"
