@@ -1,6 +1,6 @@
 """checkov's Kubernetes checks on both rendered stacks: zero failures (CKV_K8S_40 included: the model container
 runs as uid 10001, the image's own user). checkov runs from its own virtualenv (`build/venv-checkov`, made by
-`scripts/setup.sh` from requirements-checkov.txt), offline (`--skip-download`)."""
+`scripts/setup.sh` from scripts/requirements-checkov.txt), offline (`--skip-download`)."""
 
 from __future__ import annotations
 
