@@ -93,6 +93,8 @@ IMAGE = bentoml.images.Image(python_version="3.11", lock_python_packages=False).
     "skops==0.16.0",
     "fastapi==0.165.0",
     "prometheus-client==0.26.0",
+    # Signs and checks prediction ids (service.prediction_ids).
+    "itsdangerous==2.2.0",
     # OIP v2 over gRPC: grpcio and the compiled inference.GRPCInferenceService stubs (requirements.txt).
     "grpcio==1.85.1",
     "protobuf==6.33.6",
