@@ -50,11 +50,15 @@ import numpy as np
 from rollout.analysis import fixed_sample_interval
 from rollout.divergence import fixed_sample_divergence
 from rollout.scheduler import RolloutPlan, Scheduler, Verdict, measure
+from service.drift import OUTPUTS_METRIC
+from service.names import CHALLENGER, CHAMPION, DEMO_MODEL_NAME, ERRORS_METRIC, LATENCY_METRIC, PREDICTIONS_METRIC
+from service.quality import FEEDBACK_METRICS
 
 RESULTS = Path(__file__).resolve().parent / "results"
-QUERY = re.compile(r'(model_predictions_total|model_prediction_errors_total|model_prediction_latency_seconds_bucket'
-                   r'|model_feedback_total|model_feedback_correct_total|model_prediction_outputs_total)'
-                   r'\{variant="(\w+)"[^}]*\}\[(\d+)s\]')
+# The simulated counters, by metric name: column of SimTraffic's cumulative totals.
+SIM_COLUMNS = {PREDICTIONS_METRIC: 0, ERRORS_METRIC: 1, FEEDBACK_METRICS["count"]: 2, FEEDBACK_METRICS["correct"]: 3}
+QUERY = re.compile("(" + "|".join(map(re.escape, [*SIM_COLUMNS, f"{LATENCY_METRIC}_bucket", OUTPUTS_METRIC])) + ")"
+                   + r'\{variant="(\w+)"[^}]*\}\[(\d+)s\]')
 FEEDBACK_SHARE = 0.5
 FEEDBACK_DELAY_SECONDS = 30
 
@@ -63,7 +67,7 @@ def default_plan() -> RolloutPlan:
     """The rollout plan of a stack with no rollout overrides (Pulumi.yaml's declared defaults)."""
     from infra.config import load_stack_config
 
-    from rollout.cli import plan_from_config
+    from rollout.scheduler import plan_from_config
 
     return plan_from_config(load_stack_config("prod").rollout)
 
@@ -75,8 +79,7 @@ class SimTraffic:
     variant), so a query over any window costs the same however long a rollout runs.
     """
 
-    COLUMNS = {"model_predictions_total": 0, "model_prediction_errors_total": 1,
-               "model_feedback_total": 2, "model_feedback_correct_total": 3}
+    COLUMNS = SIM_COLUMNS
 
     def __init__(self, rng: np.random.Generator, rate: float, error_rates: dict[str, float], scrape_lag: int,
                  accuracies: dict[str, float] | None = None, churn_rates: dict[str, float] | None = None):
@@ -104,8 +107,6 @@ class SimTraffic:
             self.first_challenger_second = self.now
         self.weight = percent
 
-    def promote(self) -> str:
-        return "promoted (simulated)"
 
     # clock
     def clock(self) -> float:
@@ -145,7 +146,7 @@ class SimTraffic:
     def query_by(self, promql: str, label: str) -> dict[str, float]:
         """Per-output prediction counts over the window (`rollout.divergence.output_query`)."""
         match = QUERY.search(promql)
-        if match is None or match.group(1) != "model_prediction_outputs_total" or label != "output":
+        if match is None or match.group(1) != OUTPUTS_METRIC or label != "output":
             raise ValueError(f"benchmark provider cannot answer {promql!r} by {label}")
         if self.churn_rates is None:
             return {}  # a server that counts no outputs exports no such series
@@ -463,12 +464,8 @@ def real_runs(plan: RolloutPlan, runs: int, rate: float = 50.0) -> dict:
     versions = ensure_demo_models(tracking_uri, faulty_challenger=True)
     outcomes = []
     with LocalEnvironment(home / "env", tracking_uri) as env:
-        champion, challenger = env.start_model_servers([
-            ("champion", "champion", f"models:/customer-churn-classifier/{versions['champion']}"),
-            ("challenger", "challenger", f"models:/customer-churn-classifier/{versions['challenger']}"),
-        ])
-        split = env.start_haproxy("haproxy", champion, challenger)
-        prometheus_url = env.start_prometheus({"champion": champion, "challenger": challenger})
+        canary = env.start_canary(DEMO_MODEL_NAME, versions[CHAMPION], {CHALLENGER: versions[CHALLENGER]})
+        split, prometheus_url = canary.splits[CHALLENGER], canary.prometheus_url
         router = HAProxyRouter(split.socket_path)
         instances = sample_instances(5000, seed=8)
         for index in range(runs):

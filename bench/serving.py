@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,19 +54,19 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from rollout.local import stop_process_tree
+from service.names import DEMO_MODEL_NAME as MODEL_NAME
+from service.names import TELEMETRY_OFF, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD = REPO_ROOT / "build" / "bench"
 RESULTS = REPO_ROOT / "bench" / "results"
 MLSERVER_VENV = REPO_ROOT / "build" / "venv-mlserver"
 MLSERVER_REQUIREMENTS = REPO_ROOT / "bench" / "requirements-mlserver.txt"
-MODEL_NAME = "customer-churn-classifier"
 MODEL_URI = f"models:/{MODEL_NAME}@champion"
 CONCURRENCIES = (1, 8, 64)
 READY_TIMEOUT_SECONDS = 180
 GHZ = REPO_ROOT / "build" / "bin" / "ghz"  # `make bench` builds it (GHZ_VERSION in the Makefile)
 MODEL_INFER = "inference.GRPCInferenceService.ModelInfer"
-TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 ROW = {
     "tenure": 12.0,
     "monthly_charges": 70.35,
@@ -146,12 +145,6 @@ class Point:
     requests: int
     cold_start_s: float | None
     rss_mb: float | None
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def tree_rss_bytes(pid: int) -> int:

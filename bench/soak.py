@@ -52,10 +52,10 @@ from bench.serving import (
     wait_ready,
 )
 from rollout.local import stop_process_tree
+from service.names import DEMO_MODEL_NAME as MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD = REPO_ROOT / "build" / "soak"
-MODEL_NAME = "customer-churn-classifier"
 WINDOW_SECONDS = 10
 RSS_PERIOD_SECONDS = 2
 REQUEST_TIMEOUT_SECONDS = 15

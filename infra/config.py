@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from infra.errors import ConfigError
+from service.names import STACK_MODEL_URI
 from service.quality import QUALITY_METRICS
 from service.settings import CLASSIFIER_OUTPUTS  # the values the server accepts (a light module: no model code)
 
@@ -46,7 +47,6 @@ _QUANTITY = re.compile(r"^(\d+(\.\d+)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_MODEL_URI = re.compile(r"^(models:/[^/@]+(@[A-Za-z0-9_-]+|/\d+)|runs:/[^/]+/.+|[a-z][a-z0-9+.-]*://.+)$")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,6 +216,9 @@ class RolloutConfig:
     steps: tuple[int, ...] = key("rollout.steps", lambda v: _rollout_steps(v))
     interval_seconds: int = key("rollout.intervalSeconds", lambda v: _between(v, 1, 86400))
     failure_threshold: int = key("rollout.failureThreshold", lambda v: _between(v, 1, 100))
+    consecutive_error_limit: int = key("rollout.consecutiveErrorLimit", lambda v: _between(v, 1, 10**6))
+    inconclusive_limit: int = key("rollout.inconclusiveLimit", lambda v: _between(v, 1, 10**6))
+    progress_deadline_seconds: int = key("rollout.progressDeadlineSeconds", lambda v: _between(v, 1, 10**7))
     min_requests: int = key("rollout.minRequests", lambda v: _between(v, 1, 10**9))
     max_error_rate_percent: float = key("rollout.maxErrorRatePercent", lambda v: _between(v, 0, 100))
     max_p95_latency_ms: int = key("rollout.maxP95LatencyMs", lambda v: _between(v, 1, 600000))
@@ -734,7 +737,7 @@ def _duration(value: str) -> str | None:
 def _model_uri(value: str, required: bool) -> str | None:
     if not value:
         return "must not be empty" if required else None
-    if _MODEL_URI.match(value):
+    if STACK_MODEL_URI.match(value):
         return None
     return "must be an MLflow model URI: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a storage URL"
 

@@ -18,15 +18,9 @@ from grafana_foundation_sdk.models.common import GraphTresholdsStyleMode, Legend
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, Threshold, ThresholdsMode
 
 from infra.config import StackConfig
+# The metrics the model server exports (service/metrics.py), each labelled model_name, model_version, variant.
+from service.names import ACTIVE_METRIC, CLIENT_ERROR_TYPES, ERRORS_METRIC, LATENCY_METRIC, PREDICTIONS_METRIC
 from service.quality import FEEDBACK_METRICS, FEEDBACK_REJECTED_METRIC
-
-# Metrics exported by the model server (service/service.py), each labelled model_name, model_version, variant.
-PREDICTIONS_METRIC = "model_predictions_total"  # every prediction request, successful or not
-LATENCY_METRIC = "model_prediction_latency_seconds"  # histogram
-ERRORS_METRIC = "model_prediction_errors_total"  # failed requests again, by error_type
-ACTIVE_METRIC = "model_active_requests"
-# error_type values that are the client's fault (4xx); they never count against the model.
-CLIENT_ERROR_TYPES = ("invalid_input", "payload_too_large")
 
 DASHBOARD_KEY_SUFFIX = ".json"
 DATASOURCE_VARIABLE = "datasource"
@@ -118,11 +112,10 @@ def _thresholds(limit: float) -> ThresholdsConfig:
     )
 
 
-def _stat(panel_id: int, title: str, description: str, expr: str, legend: str) -> Stat:
+def _stat(title: str, description: str, expr: str, legend: str) -> Stat:
     """A big-number panel showing the last value of one percentage."""
     return (
         Stat()
-        .id(panel_id)
         .title(title)
         .description(description)
         .unit("percent")
@@ -135,11 +128,10 @@ def _stat(panel_id: int, title: str, description: str, expr: str, legend: str) -
     )
 
 
-def _timeseries(panel_id: int, title: str, description: str, unit: str) -> Timeseries:
+def _timeseries(title: str, description: str, unit: str) -> Timeseries:
     """A per-variant graph with a table legend (last, max) under it."""
     return (
         Timeseries()
-        .id(panel_id)
         .title(title)
         .description(description)
         .unit(unit)
@@ -182,10 +174,9 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         .refresh("30s")
         .time("now-1h", "now")
         .with_variable(DatasourceVariable(DATASOURCE_VARIABLE).label("Prometheus").type("prometheus"))
-        .with_row(Row("Traffic split").id(1))
+        .with_row(Row("Traffic split"))
         .with_panel(
             _stat(
-                2,
                 "Challenger traffic share, measured (%)",
                 "Share of prediction requests the challenger answered over the rate window: the weight actually "
                 "in effect (compare with traffic.challengerWeight in stack config).",
@@ -195,7 +186,6 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         )
         .with_panel(
             _timeseries(
-                3,
                 "Traffic share by variant, measured (%)",
                 "Each variant's share of prediction requests: a canary rollout shows as a staircase. The configured "
                 "weight is stack config (`pulumi config get --path traffic.challengerWeight`, stack output "
@@ -208,10 +198,9 @@ def build_dashboard(config: StackConfig) -> Dashboard:
             .datasource(datasource)
             .with_target(_query(queries["traffic_share_percent"], by_variant))
         )
-        .with_row(Row("Per variant").id(4))
+        .with_row(Row("Per variant"))
         .with_panel(
             _timeseries(
-                5,
                 "Prediction requests per second, by variant",
                 f"{PREDICTIONS_METRIC}: every prediction request, successful or not.",
                 "reqps",
@@ -222,7 +211,6 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         .with_panel(
             _with_alert_line(
                 _timeseries(
-                    6,
                     "p95 prediction latency, by variant",
                     f"Dashed line: the ModelHighLatency threshold ({config.alerts.p95_latency_ms} ms).",
                     "s",
@@ -235,7 +223,6 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         .with_panel(
             _with_alert_line(
                 _timeseries(
-                    7,
                     "Error rate, by variant (%)",
                     "Model errors (5xx) count against the model; client errors (4xx: "
                     f"{', '.join(CLIENT_ERROR_TYPES)}) are shown apart. Dashed line: the ModelHighErrorRate "
@@ -249,14 +236,13 @@ def build_dashboard(config: StackConfig) -> Dashboard:
             .with_target(_query(queries["client_error_percent"], f"{by_variant} client errors (4xx)", "B"))
         )
         .with_panel(
-            _timeseries(8, "Active requests, by variant", f"{ACTIVE_METRIC}: prediction requests in flight.", "short")
+            _timeseries("Active requests, by variant", f"{ACTIVE_METRIC}: prediction requests in flight.", "short")
             .datasource(datasource)
             .with_target(_query(queries["active_requests"], by_variant))
         )
-        .with_row(Row("Quality, from ground truth sent to /feedback").id(9))
+        .with_row(Row("Quality, from ground truth sent to /feedback"))
         .with_panel(
             _timeseries(
-                10,
                 f"Accuracy, by variant (%, last {QUALITY_WINDOW})",
                 "Share of classifier predictions whose ground truth, sent later to /feedback, matched the predicted "
                 "class; counted for the variant that made the prediction (its signed prediction_id says which). "
@@ -269,7 +255,6 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         )
         .with_panel(
             _timeseries(
-                11,
                 f"Log loss and Brier score, by variant (last {QUALITY_WINDOW})",
                 "Mean log loss (natural log) and Brier score of classifier predictions with probabilities: lower is "
                 "better.",
@@ -281,7 +266,6 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         )
         .with_panel(
             _timeseries(
-                12,
                 f"Mean absolute error, by variant (last {QUALITY_WINDOW})",
                 "Regression models: mean absolute error against the ground truth sent to /feedback, in the target's "
                 "units.",
@@ -292,7 +276,6 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         )
         .with_panel(
             _timeseries(
-                13,
                 "Feedback rows per second: recorded by variant, refused by reason",
                 "Refused rows (forged, expired, wrong key, malformed, duplicate, bad truth) never reach the quality "
                 "figures.",
@@ -303,11 +286,10 @@ def build_dashboard(config: StackConfig) -> Dashboard:
             .with_target(_query(queries["feedback_rejected_per_second"], "refused: {{reason}}", "B"))
         )
         # Input drift and what the variants predict (issue 24; queries and rules in infra.drift).
-        .with_row(Row("Drift: live inputs against the training data, and what each variant predicts").id(14))
+        .with_row(Row("Drift: live inputs against the training data, and what each variant predicts"))
         .with_panel(
             _with_alert_line(
                 _timeseries(
-                    15,
                     f"Input drift, the worst columns (PSI, last {config.alerts.drift_window})",
                     "Population stability index of each input column's live values against the model version's "
                     "reference profile (its training data), per variant: the five highest. Dashed line: the "
@@ -321,7 +303,6 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         )
         .with_panel(
             _timeseries(
-                16,
                 "Predicted class share, by variant (%)",
                 "How often each variant predicts each class on the same traffic: what the rollout's label-free "
                 "gate compares (rollout.divergence.*).",
@@ -335,5 +316,9 @@ def build_dashboard(config: StackConfig) -> Dashboard:
 
 
 def dashboard_json(config: StackConfig) -> str:
-    """The dashboard as Grafana's JSON model, keys sorted so renders diff cleanly."""
-    return JSONEncoder(sort_keys=True, indent=2).encode(build_dashboard(config).build())
+    """The dashboard as Grafana's JSON model, keys sorted so renders diff cleanly; rows and panels are numbered
+    1, 2, ... in the order they appear (Grafana needs each id unique within the dashboard)."""
+    dashboard = build_dashboard(config).build()
+    for panel_id, panel in enumerate(dashboard.panels or [], start=1):
+        panel.id_val = panel_id
+    return JSONEncoder(sort_keys=True, indent=2).encode(dashboard)

@@ -36,6 +36,8 @@ import yaml
 from infra.config import PROJECT_DIR, ImageConfig, StackConfig
 from infra.errors import ImageBuildError
 from infra.requirements import check_requirements, model_packages, recorded_requirements
+from infra.workload import BENTO_UID
+from service.names import TELEMETRY_OFF
 
 # The build context is the repository root, so the bento holds the `service` package as in the checkout;
 # the bentofile lives in service/.
@@ -60,7 +62,6 @@ REGISTRY_ENV = "MLSERVE_MODEL_REGISTRY_URI"
 # Our own settings variables would leak into the bento (e.g. the worker count) and make the build depend on
 # the shell it runs in; the build sees none of them.
 _BUILD_ENV_PREFIX = "MLSERVE_"
-_TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ class ImageInputs:
     @property
     def tag(self) -> str:
         described = json.dumps(
-            {"sources": self.sources, "bentofile": self.bentofile, "platform": self.platform, "bentoml": self.bentoml_version},
+            {"sources": self.sources, "bentofile": self.bentofile, "platform": self.platform, "bentoml": self.bentoml_version,
+             "uid": BENTO_UID},
             sort_keys=True,
         )
         return hashlib.sha256(described.encode()).hexdigest()[:TAG_LENGTH]
@@ -143,7 +145,18 @@ def build_environment(bentoml_home: Path) -> dict[str, str]:
     """The build's environment: ours without MLSERVE_* settings, telemetry off, a private BentoML home."""
     # Without MODEL_URI, importing the service (which `bentoml build` does) needs no registry.
     env = {name: value for name, value in os.environ.items() if not name.startswith(_BUILD_ENV_PREFIX) and name != "MODEL_URI"}
-    return {**env, **_TELEMETRY_OFF, "BENTOML_HOME": str(bentoml_home)}
+    return {**env, **TELEMETRY_OFF, "BENTOML_HOME": str(bentoml_home)}
+
+
+def set_image_user(dockerfile: Path, uid: int = BENTO_UID) -> None:
+    """Give the image's `bentoml` user `uid` as its uid and gid: the defaults of the Dockerfile's BENTO_USER_UID and
+    BENTO_USER_GID build arguments, which BentoML's templates set to 1034."""
+    text = dockerfile.read_text()
+    changed, count = re.subn(r"^ARG (BENTO_USER_[UG]ID)=\d+$", rf"ARG \1={uid}", text, flags=re.M)
+    if count != 2:
+        raise ImageBuildError(f"{dockerfile}: expected ARG BENTO_USER_UID and BENTO_USER_GID lines to set the image's "
+                              f"user to {uid}; found {count}")
+    dockerfile.write_text(changed)
 
 
 def normalise(context: Path) -> None:
@@ -205,6 +218,7 @@ def _build_context(inputs: ImageInputs, build_dir: Path, context: Path) -> None:
         )
         if export.returncode != 0:
             raise ImageBuildError(f"exporting bento {bento_tag} as a Docker build context failed:\n{export.stderr[-4000:]}")
+    set_image_user(context / DOCKERFILE)
     normalise(context)
 
 

@@ -1,78 +1,33 @@
-"""Add-ons a fresh cluster needs for Seldon traffic splitting, each switchable in config.
-
-`platform.installIstio`: Istio (base CRDs, istiod, an ingress gateway), the `seldon-gateway` Istio
-Gateway the Seldon operator attaches its VirtualServices to, and a LoadBalancer Service in front of
-the gateway pods as the public entry point. `platform.installSeldon`: the Seldon Core v1 operator,
-configured for that gateway, usage telemetry off. Chart versions are pinned here; values are pure.
+"""Add-ons a fresh cluster needs for Seldon traffic splitting, each switchable in config: the `Platform`
+component, which makes Helm releases and the Istio gateway objects from the pure builders of `infra.helm`
+(chart versions, values, and what each add-on is for, are there).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import StackConfig
-from infra.serving import load_balancer_address
-from infra.workload import Manifest, standard_labels
-
-SELDON_CHART_REPO = "https://storage.googleapis.com/seldon-charts"
-SELDON_CHART_VERSION = "1.18.2"
-ISTIO_CHART_REPO = "https://istio-release.storage.googleapis.com/charts"
-ISTIO_CHART_VERSION = "1.24.3"
-GATEWAY_NAME = "seldon-gateway"
-GATEWAY_RELEASE = "istio-ingressgateway"
-# The gateway chart labels its pods `istio: <release name without the istio- prefix>`.
-GATEWAY_POD_LABELS = {"istio": "ingressgateway", "app": GATEWAY_RELEASE}
-GATEWAY_HTTP_PORT = 80
-
-
-def seldon_operator_values(config: StackConfig) -> Manifest:
-    return {
-        "istio": {"enabled": True, "gateway": f"{config.platform.istio_namespace}/{GATEWAY_NAME}"},
-        "usageMetrics": {"enabled": False},
-        "crd": {"create": True},
-    }
+from infra.helm import (
+    GATEWAY_NAME,
+    GATEWAY_RELEASE,
+    ISTIO_CHART_REPO,
+    ISTIO_CHART_VERSION,
+    SELDON_CHART_REPO,
+    SELDON_CHART_VERSION,
+    entry_service_spec,
+    gateway_values,
+    release_args,
+    seldon_gateway_spec,
+    seldon_operator_values,
+)
+from infra.services import load_balancer_address
+from infra.workload import standard_labels
 
 
-def gateway_values() -> Manifest:
-    # Our own LoadBalancer Service (below) is the entry point, so the chart's stays internal.
-    return {"service": {"type": "ClusterIP"}, "labels": GATEWAY_POD_LABELS}
-
-
-def seldon_gateway_spec() -> Manifest:
-    return {
-        "selector": {"istio": GATEWAY_POD_LABELS["istio"]},
-        "servers": [{"port": {"number": GATEWAY_HTTP_PORT, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}],
-    }
-
-
-def entry_service_spec(config: StackConfig) -> Manifest:
-    """The public LoadBalancer in front of the Istio gateway that splits traffic between predictors."""
-    spec: Manifest = {
-        "type": "LoadBalancer",
-        "selector": GATEWAY_POD_LABELS,
-        "ports": [{"name": "http", "port": config.load_balancer.port, "targetPort": GATEWAY_HTTP_PORT, "protocol": "TCP"}],
-        "externalTrafficPolicy": "Local",
-    }
-    if config.load_balancer.source_ranges:
-        spec["loadBalancerSourceRanges"] = list(config.load_balancer.source_ranges)
-    return spec
-
-
-def helm_release(name: str, chart: str, repo: str, version: str, namespace: str, values: Manifest, opts: pulumi.ResourceOptions) -> k8s.helm.v3.Release:
-    return k8s.helm.v3.Release(
-        name,
-        name=name,
-        chart=chart,
-        version=version,
-        repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo),
-        namespace=namespace,
-        create_namespace=True,
-        atomic=True,
-        values=values,
-        opts=opts,
-    )
 
 
 @dataclass(frozen=True)
@@ -94,12 +49,14 @@ class Platform(pulumi.ComponentResource):
         self.endpoint = None
         if platform.install_istio:
             istio_ns = platform.istio_namespace
-            base = helm_release("istio-base", "base", ISTIO_CHART_REPO, ISTIO_CHART_VERSION, istio_ns, {},
-                                pulumi.ResourceOptions(parent=self))
+            base = k8s.helm.v3.Release("istio-base", **release_args("istio-base", "base", ISTIO_CHART_REPO, ISTIO_CHART_VERSION,
+                                                        istio_ns, {}), opts=pulumi.ResourceOptions(parent=self))
             after_base = pulumi.ResourceOptions(parent=self, depends_on=[base])
-            istiod = helm_release("istiod", "istiod", ISTIO_CHART_REPO, ISTIO_CHART_VERSION, istio_ns, {}, after_base)
-            gateway = helm_release(GATEWAY_RELEASE, "gateway", ISTIO_CHART_REPO, ISTIO_CHART_VERSION, istio_ns,
-                                   gateway_values(), pulumi.ResourceOptions(parent=self, depends_on=[istiod]))
+            istiod = k8s.helm.v3.Release("istiod", **release_args("istiod", "istiod", ISTIO_CHART_REPO, ISTIO_CHART_VERSION,
+                                                      istio_ns, {}), opts=after_base)
+            gateway = k8s.helm.v3.Release(GATEWAY_RELEASE, **release_args(GATEWAY_RELEASE, "gateway", ISTIO_CHART_REPO,
+                                                              ISTIO_CHART_VERSION, istio_ns, gateway_values()),
+                              opts=pulumi.ResourceOptions(parent=self, depends_on=[istiod]))
             labels = standard_labels(config)
             k8s.apiextensions.CustomResource(
                 f"{name}-{GATEWAY_NAME}",
@@ -120,10 +77,11 @@ class Platform(pulumi.ComponentResource):
                 self.endpoint = entry.status.apply(load_balancer_address)
             self.ready += [istiod, gateway]
         if platform.install_seldon:
-            operator = helm_release(
-                "seldon-core-operator", "seldon-core-operator", SELDON_CHART_REPO, SELDON_CHART_VERSION,
-                platform.seldon_namespace, seldon_operator_values(config),
-                pulumi.ResourceOptions(parent=self, depends_on=list(self.ready)),
+            operator = k8s.helm.v3.Release(
+                "seldon-core-operator",
+                **release_args("seldon-core-operator", "seldon-core-operator", SELDON_CHART_REPO, SELDON_CHART_VERSION,
+                               platform.seldon_namespace, seldon_operator_values(config)),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=list(self.ready)),
             )
             self.ready.append(operator)
         self.register_outputs({"endpoint": self.endpoint})

@@ -12,6 +12,7 @@ from typing import Any
 
 from infra.config import SecretValue, StackConfig, dns_label
 from service.admission import AdmissionLimits
+from service.names import TELEMETRY_OFF
 from service.prediction_ids import KEY_ENV, MAX_AGE_ENV
 from service.profiles import REFERENCE_URI_ENV
 
@@ -21,13 +22,13 @@ GRPC_PORT_NAME = "grpc"  # the name Seldon's operator looks for (operator/consta
 # entrypoint runs `bentoml serve` without --port, so this variable alone decides where the server listens.
 BENTOML_PORT_ENV = "BENTOML_PORT"
 VARIANT_LABEL = "mlserve.io/variant"
-# The BentoML image runs as the `bentoml` user it creates (uid/gid 1034); a numeric id lets the
-# kubelet enforce runAsNonRoot.
-BENTO_UID = 1034
+# The BentoML image runs as the `bentoml` user it creates; infra/image.py gives it this uid/gid (BentoML's own
+# default, 1034, is below 10000, where it may collide with a host's users: checkov CKV_K8S_40). A numeric id lets
+# the kubelet enforce runAsNonRoot.
+BENTO_UID = 10001
 TMP_VOLUME = "tmp"
 PROBE_PERIOD_SECONDS = 5
 SIGNING_SECRET_DATA_KEY = "key"
-TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
 Manifest = dict[str, Any]
 

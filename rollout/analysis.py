@@ -39,17 +39,12 @@ from typing import Callable
 
 from scipy import stats
 
+from service.names import CLIENT_ERROR_TYPES, ERRORS_METRIC, EXECUTOR_REQUESTS_METRIC, LATENCY_METRIC
+from service.names import PREDICTIONS_METRIC as REQUESTS_METRIC
 from service.quality import FEEDBACK_METRICS, QUALITY_METRICS
 
-# Metric names exported by the model server (service/), each labelled model_name, model_version, variant.
-REQUESTS_METRIC = "model_predictions_total"
-ERRORS_METRIC = "model_prediction_errors_total"
-LATENCY_METRIC = "model_prediction_latency_seconds"
-# error_type values that are the client's fault (4xx); everything else counts against the model.
-CLIENT_ERROR_TYPES = "invalid_input|payload_too_large"
-# On Seldon, every prediction call passes the executor first, which counts it with the status it answered
-# (SeldonIO/seldon-core v1.18.2 executor/api/metric/constants.go, executor/api/rest/server.go wrapMetrics).
-EXECUTOR_REQUESTS_METRIC = "seldon_api_executor_server_requests_seconds_count"
+# error_type values that are the client's fault (4xx), as a PromQL regex; everything else counts against the model.
+CLIENT_ERRORS_REGEX = "|".join(CLIENT_ERROR_TYPES)
 
 
 class Phase(str, Enum):
@@ -234,7 +229,7 @@ def variant_queries(selector: str, window_seconds: int, executor_selector: str |
         )
     return VariantQueries(
         requests=f"sum(increase({REQUESTS_METRIC}{{{selector}}}[{window}]))",
-        errors=f'sum(increase({ERRORS_METRIC}{{{selector},error_type!~"{CLIENT_ERROR_TYPES}"}}[{window}]))',
+        errors=f'sum(increase({ERRORS_METRIC}{{{selector},error_type!~"{CLIENT_ERRORS_REGEX}"}}[{window}]))',
         p95_seconds=(
             f"histogram_quantile(0.95, sum by (le) (rate({LATENCY_METRIC}_bucket{{{selector}}}[{window}])))"
         ),

@@ -19,22 +19,26 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from rollout.analysis import ready_pods_query
-from rollout.errors import PlanError, RolloutError, RolloutLockedError
+from rollout.errors import PlanError, RolloutError, RolloutLockedError, UsageError
 from rollout.lock import RolloutLock, lock_holder, lock_path, state_dir
 from rollout.metrics import PrometheusProvider
+from rollout.progress import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_ROLLED_BACK,
+    EXIT_STOPPED,
+    EXIT_USAGE,
+    Progress,
+    restore_signals,
+    stop_on_signals,
+)
+from rollout.promotion import make_promotion
 from rollout.report import write_report
 from rollout.router import ROUTER_TYPES, make_router
-from rollout.scheduler import RolloutPlan, Scheduler, StepRecord, Verdict, measure, plan_from_config
-
-EXIT_OK, EXIT_ROLLED_BACK, EXIT_USAGE, EXIT_REFUSED, EXIT_STOPPED = 0, 1, 2, 3, 130
-
-
-class UsageError(Exception):
-    """A command-line or stack-config problem; the message names it."""
+from rollout.scheduler import RolloutPlan, Scheduler, Verdict, measure, plan_from_config
 
 
 def stack_metric_sources(config, router_type: str = "stack") -> dict[str, str]:
@@ -45,65 +49,13 @@ def stack_metric_sources(config, router_type: str = "stack") -> dict[str, str]:
     executor stands in front of those servers, so its series would never exist and every look would hold."""
     if config.traffic.router != "seldon" or router_type != "stack":
         return {}
-    from infra.seldon import executor_selector
+    from infra.seldon_specs import executor_selector
 
     return {
         "champion_executor_selector": executor_selector(config, "champion"),
         "challenger_executor_selector": executor_selector(config, "challenger"),
         "challenger_ready_query": ready_pods_query(config.namespace, f"{config.app_name}-challenger-[0-9]+-.+"),
     }
-
-
-def print_record(record: StepRecord, started: float, stream=sys.stdout) -> None:
-    """One progress line per decision: elapsed time, weight, decision, reason."""
-    elapsed = record.time - started
-    stream.write(f"\r[{elapsed:7.1f}s] weight {record.weight:3d}%  {record.decision.value:<8} {record.reason}\n")
-    stream.flush()
-
-
-class Progress:
-    """Prints decisions; on a terminal also a live countdown to the next analysis."""
-
-    def __init__(self, stop: threading.Event, stream=sys.stdout):
-        self.stop = stop
-        self.stream = stream
-        self.started: float | None = None
-        self.live = stream.isatty()
-
-    def on_record(self, record: StepRecord) -> None:
-        if self.started is None:
-            self.started = record.time
-        print_record(record, self.started, self.stream)
-
-    def wait(self, seconds: float) -> bool:
-        """Sleep until the next analysis; True when the operator asked to stop."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if self.live:
-                self.stream.write(f"\r  next analysis in {left:5.1f}s ")
-                self.stream.flush()
-            if self.stop.wait(min(left, 1.0)):
-                return True
-        if self.live:
-            self.stream.write("\r" + " " * 32 + "\r")
-        return False
-
-
-def stop_on_signals(stop: threading.Event) -> dict:
-    """Ctrl-C and SIGTERM (sent by `abort`) end the wait between analyses instead of killing mid-update.
-
-    Returns the previous handlers, for `restore_signals`.
-    """
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    for signum in previous:
-        signal.signal(signum, lambda *_: stop.set())
-    return previous
-
-
-def restore_signals(previous: dict) -> None:
-    """Put back the handlers `stop_on_signals` replaced."""
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)
 
 
 def _load_config(args):
@@ -137,6 +89,22 @@ def _router(args, config):
     )
 
 
+def _promotion(args, router):
+    """How this stack's challenger becomes its champion (the router only moves traffic)."""
+    from infra.config import PROJECT_DIR
+
+    if args.router == "haproxy":
+        return make_promotion("haproxy", router=router)
+    return make_promotion("stack", router=router, stack_name=args.stack, project_dir=PROJECT_DIR,
+                          config_only=getattr(args, "config_only", False))
+
+
+def _promote_if_passed(result, promotion) -> None:
+    """A rollout that passed its last step is promoted here, by its caller; the result then says what changed."""
+    if result.verdict is Verdict.PROMOTED:
+        result.reason = promotion.promote()
+
+
 def _checks_file(stack: str) -> Path:
     return state_dir() / f"rollout-{stack.replace('/', '_')}.checks.json"
 
@@ -155,12 +123,14 @@ def cmd_start(args) -> int:
         f"every {plan.interval_seconds:g}s, rollback after {plan.failure_threshold} failed checks; "
         f"metrics from {config.rollout.prometheus_url}"
     )
+    promotion = _promotion(args, router)
     with RolloutLock(args.stack):
         scheduler = Scheduler(router, provider, plan, wait=progress.wait, on_record=progress.on_record)
         if args.config_only:
             checks = _checks_file(args.stack)
             before = json.loads(checks.read_text())["failed_checks"] if checks.exists() else 0
             result, failed = scheduler.run_once(before)
+            _promote_if_passed(result, promotion)
             if result.verdict is None:
                 checks.write_text(json.dumps({"failed_checks": failed}))
             else:
@@ -170,6 +140,7 @@ def cmd_start(args) -> int:
             previous = stop_on_signals(stop)
             try:
                 result = scheduler.run()
+                _promote_if_passed(result, promotion)
             except RolloutError as err:
                 # The router failed mid-rollout (e.g. `pulumi up`): keep what happened so far in the report.
                 scheduler.result.verdict = Verdict.ABORTED
@@ -188,22 +159,9 @@ def cmd_start(args) -> int:
 
 def _write_report(args, config, plan: RolloutPlan, result) -> None:
     if args.report:
-        context = {"stack": args.stack, "challenger_uri": config.model.challenger_uri, "plan": _plan_dict(plan)}
+        context = {"stack": args.stack, "challenger_uri": config.model.challenger_uri, "plan": plan.to_dict()}
         report, chart = write_report(result, Path(args.report), context)
         print(f"report: {report} (chart {chart})")
-
-
-def _plan_dict(plan: RolloutPlan) -> dict:
-    return {
-        "steps": list(plan.steps),
-        "interval_seconds": plan.interval_seconds,
-        "failure_threshold": plan.failure_threshold,
-        "min_requests": plan.thresholds.min_requests,
-        "max_error_rate": plan.thresholds.max_error_rate,
-        "max_p95_seconds": plan.thresholds.max_p95_seconds,
-        "significance": plan.thresholds.significance,
-        "quality": asdict(plan.quality) if plan.quality else None,
-    }
 
 
 def cmd_status(args) -> int:
@@ -229,7 +187,7 @@ def cmd_promote(args) -> int:
     if not config.model.challenger_uri:
         raise UsageError(f"stack {args.stack!r} has no model.challengerUri to promote")
     with RolloutLock(args.stack):
-        print(_router(args, config).promote())
+        print(_promotion(args, _router(args, config)).promote())
     return EXIT_OK
 
 

@@ -24,7 +24,6 @@ from pathlib import Path
 from dataclasses import replace
 
 from rollout.analysis import QualityThresholds, Thresholds
-from rollout.cli import EXIT_OK, EXIT_STOPPED, Progress
 from rollout.divergence import DivergenceThresholds
 from rollout.drift_demo import (
     INPUT_DRIFT, SHIFT_PER_SECOND, SHIFT_START_SECONDS, SHIFTED_COLUMN, WATCH_SECONDS, demo_drift_rule_group,
@@ -33,11 +32,17 @@ from rollout.drift_demo import (
 from rollout.local import LoadGenerator, LocalEnvironment
 from rollout.lock import state_dir
 from rollout.metrics import PrometheusProvider
+from rollout.progress import EXIT_OK, EXIT_STOPPED, Progress, stop_on_signals
+from rollout.promotion import RegistryAliasPromotion
 from rollout.report import write_report
 from rollout.router import HAProxyRouter
 from rollout.scheduler import RolloutPlan, Scheduler, Verdict
+from service.names import CHALLENGER, CHAMPION, DEMO_MODEL_NAME, VARIANTS
 
-# Short intervals so the demo decides in about a minute; the statistics are the same as in production.
+DEMO_RATE_PER_SECOND = 40
+DEMO_MAX_SECONDS = 300
+# Short intervals so the demo decides in about a minute; the statistics are the same as in production. The load
+# stops after DEMO_MAX_SECONDS, so no step may outlast it: past that the demo stops and sets the weight to 0.
 DEMO_PLAN = RolloutPlan(
     steps=(10, 25, 50, 100),
     interval_seconds=5,
@@ -45,6 +50,7 @@ DEMO_PLAN = RolloutPlan(
     thresholds=Thresholds(min_requests=50, max_error_rate=0.01, max_p95_seconds=0.5),
     # The label-free gate, reporting only (the stack default): the report's chart shows what it saw.
     divergence=DivergenceThresholds(action="warn", min_rows=100),
+    progress_deadline_seconds=DEMO_MAX_SECONDS,
 )
 # The quality demo: ground truth comes back DEMO_FEEDBACK_DELAY_SECONDS after each prediction, and the last step
 # holds until the gate has judged at least `min_feedback` rows per variant.
@@ -52,9 +58,6 @@ QUALITY_DEMO_PLAN = replace(DEMO_PLAN, quality=QualityThresholds(
     metric="accuracy", max_degradation=0.02, min_feedback=100, required_for_promotion=True,
 ))
 DEMO_FEEDBACK_DELAY_SECONDS = 3
-DEMO_RATE_PER_SECOND = 40
-DEMO_MAX_SECONDS = 300
-MODEL_NAME = "customer-churn-classifier"
 
 
 def say(message: str) -> None:
@@ -71,22 +74,9 @@ def demo_versions(tracking_uri: str, faulty_challenger: bool, worse_challenger: 
 
     kind = {"faulty_challenger": faulty_challenger, "worse_challenger": worse_challenger}
     versions = ensure_demo_models(tracking_uri, **kind)
-    if versions["champion"] == versions["challenger"]:
+    if versions[CHAMPION] == versions[CHALLENGER]:
         versions = register_demo_models(tracking_uri, **kind)
     return versions
-
-
-def promote_in_registry(tracking_uri: str, version: str):
-    """The demo's promotion: point the registry's `champion` alias at the challenger's version."""
-
-    def promote() -> str:
-        import mlflow
-
-        client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        client.set_registered_model_alias(MODEL_NAME, "champion", version)
-        return f"registry alias {MODEL_NAME}@champion now points to version {version}; challenger serves all traffic"
-
-    return promote
 
 
 def _interrupt(signum, frame) -> None:
@@ -115,18 +105,10 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None, worse_
             kind = ("faulty challenger" if faulty_challenger else
                     "less accurate challenger" if worse_challenger else "challenger")
             say(f"champion is version {versions['champion']}, {kind} is version {versions['challenger']}")
-            champion, challenger = env.start_model_servers([
-                ("champion", "champion", f"models:/{MODEL_NAME}/{versions['champion']}"),
-                ("challenger", "challenger", f"models:/{MODEL_NAME}/{versions['challenger']}"),
-            ])
-            split = env.start_haproxy("haproxy", champion, challenger)
-            prometheus_url = env.start_prometheus(
-                {"champion": champion, "challenger": challenger},
-                rule_groups=[demo_drift_rule_group()] if shifted_traffic else None,
-            )
-            router = HAProxyRouter(
-                split.socket_path, on_promote=promote_in_registry(tracking_uri, versions["challenger"])
-            )
+            canary = env.start_canary(DEMO_MODEL_NAME, versions[CHAMPION], {CHALLENGER: versions[CHALLENGER]},
+                                      rule_groups=[demo_drift_rule_group()] if shifted_traffic else None)
+            split = canary.splits[CHALLENGER]
+            router = HAProxyRouter(split.socket_path)
             router.set_weight(0)
             instances, truths = sample_labelled_instances(2000, seed=5)
             load = LoadGenerator(
@@ -139,20 +121,23 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None, worse_
             if worse_challenger:
                 say(f"feedback: each customer's true outcome goes to {split.url}/feedback "
                     f"{DEMO_FEEDBACK_DELAY_SECONDS}s after its prediction")
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, lambda *_: stop.set())
+            stop_on_signals(stop)
             progress = Progress(stop)
             plan = QUALITY_DEMO_PLAN if worse_challenger else DEMO_PLAN
             scheduler = Scheduler(
-                router, PrometheusProvider(prometheus_url, timeout_seconds=3), plan,
+                router, PrometheusProvider(canary.prometheus_url, timeout_seconds=3), plan,
                 wait=progress.wait, on_record=progress.on_record,
             )
             result = scheduler.run()
+            if result.verdict is Verdict.PROMOTED:
+                # The scheduler's caller promotes: the registry's champion alias moves to the challenger's version.
+                result.reason = RegistryAliasPromotion(router, tracking_uri, DEMO_MODEL_NAME,
+                                                       versions[CHALLENGER]).promote()
             drift = None
             if shifted_traffic:
                 say(f"shifted traffic: {SHIFTED_COLUMN} grows {SHIFT_PER_SECOND:.0%} a second from "
                     f"{SHIFT_START_SECONDS}s; waiting (at most {WATCH_SECONDS}s) for {INPUT_DRIFT}")
-                drift = watch_drift(prometheus_url, stop, say)
+                drift = watch_drift(canary.prometheus_url, stop, say)
                 say(f"drift: {INPUT_DRIFT} fired on {sorted(drift.fired_columns) or 'no column'} "
                     f"{drift.fired_after_seconds}s after the rollout ended; PSI by column {drift.scores}")
             stats = load.stop()
@@ -168,7 +153,7 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None, worse_
     traffic = {
         variant: {"served": stats.served(variant), "failed_5xx": stats.failed(variant),
                   "feedback_recorded": stats.feedback_recorded[variant]}
-        for variant in ("champion", "challenger")
+        for variant in VARIANTS
     }
     say(f"traffic seen by the load generator: {traffic}")
     if report:
@@ -179,10 +164,7 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None, worse_
                                                  "fired_after_seconds": drift.fired_after_seconds,
                                                  "psi_by_column": drift.scores},
             "rate_per_second": DEMO_RATE_PER_SECOND, "traffic": traffic,
-            "plan": {"steps": list(plan.steps), "interval_seconds": plan.interval_seconds,
-                     "failure_threshold": plan.failure_threshold,
-                     "min_requests": plan.thresholds.min_requests,
-                     "quality": vars(plan.quality) if plan.quality else None},
+            "plan": plan.to_dict(),
         }
         report_path, chart = write_report(result, report, context)
         say(f"report {report_path}, chart {chart}")

@@ -11,6 +11,10 @@ class RolloutError(Exception):
     """Base class of every error the rollout package raises on purpose."""
 
 
+class UsageError(RolloutError):
+    """A command-line or stack-config problem; the message names it."""
+
+
 class RouterError(RolloutError):
     """A traffic router could not read or change the challenger's weight."""
 

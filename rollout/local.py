@@ -29,16 +29,8 @@ import requests
 
 from rollout.errors import LocalEnvironmentError
 from rollout.lock import REPO_ROOT
+from service.names import CHALLENGER, CHAMPION, TELEMETRY_OFF, free_port, registry_uri
 from service.prediction_ids import KEY_ENV
-
-TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -57,7 +49,7 @@ class Started:
 
 
 @dataclass(frozen=True)
-class ModelServer:
+class LocalModelServer:
     """One `python -m service serve` process."""
 
     name: str
@@ -79,6 +71,16 @@ class TrafficSplit:
     backend: str = "models"
     champion_server: str = "champion"
     challenger_server: str = "challenger"
+
+
+@dataclass(frozen=True)
+class LocalCanary:
+    """A champion and its challengers served locally, one HAProxy split per challenger, and the Prometheus
+    scraping them all (`LocalEnvironment.start_canary`)."""
+
+    servers: dict[str, LocalModelServer]
+    splits: dict[str, TrafficSplit]
+    prometheus_url: str
 
 
 class LocalEnvironment:
@@ -140,7 +142,7 @@ class LocalEnvironment:
 
     # ---------------------------------------------------------------- model servers
 
-    def start_model_servers(self, servers: list[tuple[str, str, str]], timeout_seconds: float = 180) -> list[ModelServer]:
+    def start_model_servers(self, servers: list[tuple[str, str, str]], timeout_seconds: float = 180) -> list[LocalModelServer]:
         """Start (name, variant, model URI) servers in parallel and wait until each answers /readyz."""
         launched = []
         for name, variant, model_uri in servers:
@@ -154,15 +156,31 @@ class LocalEnvironment:
                 env={"MLFLOW_TRACKING_URI": self.tracking_uri, "MLSERVE_HOME": str(self.workdir),
                      KEY_ENV: self.signing_key},
             )
-            launched.append((ModelServer(name, variant, model_uri, port), started))
+            launched.append((LocalModelServer(name, variant, model_uri, port), started))
         for server, started in launched:
             self._wait_until(started, lambda url=server.url: _answers(f"{url}/readyz"), timeout_seconds, "ready")
             self.log(f"model server {server.name} ({server.variant}, {server.model_uri}) ready at {server.url}")
         return [server for server, _ in launched]
 
+    def start_canary(self, model_name: str, champion_version: str, challenger_versions: dict[str, str], *,
+                     rule_groups: list[dict] | None = None) -> LocalCanary:
+        """The local canary set-up of the demo, the benchmark and the integration tests.
+
+        Serves version `champion_version` of `model_name` as the champion and each of `challenger_versions`
+        (server name -> version) as a challenger, starts one HAProxy split per challenger (named after it, all
+        traffic on the champion at first) and a Prometheus scraping every server (and evaluating `rule_groups`).
+        """
+        servers = self.start_model_servers([
+            (CHAMPION, CHAMPION, registry_uri(model_name, champion_version)),
+            *((name, CHALLENGER, registry_uri(model_name, version)) for name, version in challenger_versions.items()),
+        ])
+        by_name = {server.name: server for server in servers}
+        splits = {name: self.start_haproxy(name, by_name[CHAMPION], by_name[name]) for name in challenger_versions}
+        return LocalCanary(by_name, splits, self.start_prometheus(by_name, rule_groups=rule_groups))
+
     # ---------------------------------------------------------------- HAProxy
 
-    def start_haproxy(self, name: str, champion: ModelServer, challenger: ModelServer) -> TrafficSplit:
+    def start_haproxy(self, name: str, champion: LocalModelServer, challenger: LocalModelServer) -> TrafficSplit:
         """An HAProxy splitting one frontend between two servers; all traffic to the champion at first."""
         haproxy = find_tool("haproxy")
         port = free_port()
@@ -194,7 +212,7 @@ class LocalEnvironment:
 
     # ---------------------------------------------------------------- Prometheus
 
-    def start_prometheus(self, targets: dict[str, ModelServer] | None = None, port: int | None = None,
+    def start_prometheus(self, targets: dict[str, LocalModelServer] | None = None, port: int | None = None,
                          rule_groups: list[dict] | None = None) -> str:
         """Prometheus scraping each model server every second (job = server name); returns its URL.
 

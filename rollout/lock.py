@@ -13,13 +13,9 @@ from pathlib import Path
 import psutil
 
 from rollout.errors import RolloutLockedError
+from service.names import mlserve_home as state_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def state_dir() -> Path:
-    """The local state folder: `$MLSERVE_HOME`, or `.mlserve/` at the repository root."""
-    return Path(os.environ.get("MLSERVE_HOME") or REPO_ROOT / ".mlserve")
 
 
 def lock_path(stack: str) -> Path:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -32,9 +31,9 @@ from infra.errors import ConfigError
 from infra.render import RenderedResource, render_resources
 from rollout.errors import PlanError
 from rollout.scheduler import RolloutPlan, plan_from_config
+from service.names import parse_registry_uri
 
 BASE_BRANCHES = ("main", "origin/main")
-_VERSIONED_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 _VALUE_WIDTH = 60
 
 
@@ -218,9 +217,9 @@ def gpus_per_pod(config: StackConfig) -> int:
 
 
 def _model_change(variant: str, before: str, after: str) -> str:
-    old, new = _VERSIONED_URI.match(before), _VERSIONED_URI.match(after)
-    if old and new and old["name"] == new["name"]:
-        return f"{variant} model version {old['version']} -> {new['version']} ({new['name']})"
+    old, new = parse_registry_uri(before), parse_registry_uri(after)
+    if old and new and old[2] and new[2] and old[0] == new[0]:
+        return f"{variant} model version {old[2]} -> {new[2]} ({new[0]})"
     return f"{variant} model {before} -> {after}"
 
 

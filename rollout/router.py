@@ -1,9 +1,10 @@
 """Traffic routers: how the scheduler reads and moves the challenger's share of traffic.
 
-Every router speaks the same small protocol (`get_weight`, `set_weight`, `promote`), so the scheduler
-does not know whether a step is a Pulumi stack update (`StackConfigRouter`, for real clusters) or a
-runtime command to a local HAProxy (`HAProxyRouter`, for the demo and the integration tests).
-`make_router` picks one by its type string.
+Every router speaks the same small protocol (`get_weight`, `set_weight`), so the scheduler does not know
+whether a step is a Pulumi stack update (`StackConfigRouter`, for real clusters) or a runtime command to a
+local HAProxy (`HAProxyRouter`, for the demo and the integration tests). Routers only move traffic, as
+Flagger's do: promotion (new model URIs, registry aliases) is `rollout.promotion`'s, run by the scheduler's
+caller. `make_router` picks one by its type string.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from rollout.errors import RouterError
+from rollout.pulumi_stack import PulumiStack
 
 WEIGHT_KEY = "traffic.challengerWeight"
-CHAMPION_URI_KEY = "model.championUri"
-CHALLENGER_URI_KEY = "model.challengerUri"
 
 
 class TrafficRouter(Protocol):
@@ -28,10 +28,6 @@ class TrafficRouter(Protocol):
 
     def set_weight(self, percent: int) -> None:
         """Send `percent` of traffic to the challenger and the rest to the champion."""
-        ...
-
-    def promote(self) -> str:
-        """Make the challenger the champion; returns a one-line description of what changed."""
         ...
 
 
@@ -61,38 +57,13 @@ class StackConfigRouter:
     ):
         self.stack_name = stack_name
         self.default_weight = default_weight
-        self.project_dir = Path(project_dir)
-        self.config_only = config_only
-        self._on_output = on_output
-        self._stack = None
-
-    def _selected_stack(self):
-        # Imported here: the Automation API is only needed when a stack is actually driven.
-        from pulumi import automation as auto
-
-        from infra.automation import select_stack
-
-        if self._stack is None:
-            try:
-                # The program runs inline, in this process (no Python language host needed).
-                self._stack = select_stack(self.stack_name, self.project_dir)
-            except auto.CommandError as err:
-                raise RouterError(f"cannot select stack {self.stack_name!r} in {self.project_dir}: {err}") from err
-        return self._stack
-
-    def _run(self, action: str, call: Callable[[], object]):
-        from pulumi import automation as auto
-
-        try:
-            return call()
-        except auto.CommandError as err:
-            raise RouterError(f"stack {self.stack_name!r}: {action} failed: {err}") from err
+        self.stack = PulumiStack(stack_name, project_dir, config_only=config_only, on_output=on_output)
 
     def get_weight(self) -> int:
         """Read `traffic.challengerWeight` from the stack's config (`default_weight` when the stack does not set it)."""
         from pulumi import automation as auto
 
-        stack = self._selected_stack()
+        stack = self.stack.selected()
         try:
             value = stack.get_config(WEIGHT_KEY, path=True).value
         except auto.CommandError as err:
@@ -105,39 +76,11 @@ class StackConfigRouter:
         except ValueError as err:
             raise RouterError(f"stack {self.stack_name!r}: {WEIGHT_KEY} is {value!r}, not an integer 0..100") from err
 
-    def _apply(self, message: str) -> None:
-        if self.config_only:
-            return
-        stack = self._selected_stack()
-        self._run("pulumi up", lambda: stack.up(message=message, on_output=self._on_output))
-
     def set_weight(self, percent: int) -> None:
         """Write the weight to stack config and, unless config-only, apply it with `pulumi up`."""
         percent = check_weight(percent)
-        stack = self._selected_stack()
-        from pulumi.automation import ConfigValue
-
-        self._run(f"setting {WEIGHT_KEY}", lambda: stack.set_config(WEIGHT_KEY, ConfigValue(str(percent)), path=True))
-        self._apply(f"rollout: {WEIGHT_KEY}={percent}")
-
-    def promote(self) -> str:
-        """championUri := challengerUri, challengerUri removed, weight 0; applied as one update."""
-        from pulumi.automation import ConfigValue
-
-        stack = self._selected_stack()
-        challenger_uri = self._run(
-            f"reading {CHALLENGER_URI_KEY}", lambda: stack.get_config(CHALLENGER_URI_KEY, path=True)
-        ).value
-        if not challenger_uri:
-            raise RouterError(f"stack {self.stack_name!r} has no {CHALLENGER_URI_KEY} to promote")
-        self._run(
-            f"setting {CHAMPION_URI_KEY}",
-            lambda: stack.set_config(CHAMPION_URI_KEY, ConfigValue(challenger_uri), path=True),
-        )
-        self._run(f"removing {CHALLENGER_URI_KEY}", lambda: stack.remove_config(CHALLENGER_URI_KEY, path=True))
-        self._run(f"setting {WEIGHT_KEY}", lambda: stack.set_config(WEIGHT_KEY, ConfigValue("0"), path=True))
-        self._apply(f"rollout: promote {challenger_uri} to champion")
-        return f"{CHAMPION_URI_KEY} is now {challenger_uri}; {CHALLENGER_URI_KEY} removed; {WEIGHT_KEY}=0"
+        self.stack.set(WEIGHT_KEY, str(percent))
+        self.stack.apply(f"rollout: {WEIGHT_KEY}={percent}")
 
 
 class HAProxyRouter:
@@ -155,14 +98,12 @@ class HAProxyRouter:
         backend: str = "models",
         champion_server: str = "champion",
         challenger_server: str = "challenger",
-        on_promote: Callable[[], str] | None = None,
         timeout_seconds: float = 2.0,
     ):
         self.socket_path = Path(socket_path)
         self.backend = backend
         self.champion_server = champion_server
         self.challenger_server = challenger_server
-        self._on_promote = on_promote
         self.timeout_seconds = timeout_seconds
 
     def command(self, line: str) -> str:
@@ -201,12 +142,6 @@ class HAProxyRouter:
             answer = self.command(f"set weight {self.backend}/{server} {weight}")
             if answer:
                 raise RouterError(f"HAProxy refused set weight {self.backend}/{server} {weight}: {answer}")
-
-    def promote(self) -> str:
-        """Run the promotion hook (the demo moves the registry alias) and keep all traffic on the challenger."""
-        self.set_weight(100)
-        described = self._on_promote() if self._on_promote else "challenger serves all traffic"
-        return described
 
 
 ROUTER_TYPES = ("stack", "haproxy")

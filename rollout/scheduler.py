@@ -4,7 +4,12 @@ State lives in the router (the stack's `traffic.challengerWeight`, or HAProxy's 
 in this process: a rollout that was killed resumes from whatever weight the router reports. Failed
 checks are counted over the whole rollout; at `failure_threshold` the weight goes back to 0 and the
 reason is recorded. Inconclusive and error measurements (too little traffic, no data, Prometheus
-unreachable) hold the current step: they never advance and never roll back. Reaching 100 promotes.
+unreachable) hold the current step: they never advance. Holding has limits, as in Argo Rollouts
+(`consecutiveErrorLimit`, `inconclusiveLimit`) and Flagger (progress deadline): past
+`consecutive_error_limit` errors in a row, `inconclusive_limit` inconclusive looks in a row, or
+`progress_deadline_seconds` at one step, the rollout stops safely (weight back to 0) and says which limit
+ended it. Reaching 100 ends the rollout with the verdict `promoted`; the promotion itself (model URIs,
+registry aliases: rollout.promotion) is the caller's.
 
 With a quality gate (`RolloutPlan.quality`), each look also reads the feedback both variants received since
 the rollout began (not only this step's window: ground truth arrives late, and the sequential test is built
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Callable
@@ -74,6 +79,10 @@ class RolloutPlan:
     challenger_ready_query: str | None = None
     # The label-free gate: compare what the two variants predict (rollout.divergence); None leaves it out.
     divergence: DivergenceThresholds | None = None
+    # Limits on holding a step; None holds without limit.
+    consecutive_error_limit: int | None = None
+    inconclusive_limit: int | None = None
+    progress_deadline_seconds: float | None = None
 
     def __post_init__(self):
         problems = []
@@ -85,12 +94,34 @@ class RolloutPlan:
             problems.append(f"interval must be positive, got {self.interval_seconds}")
         if self.failure_threshold < 1:
             problems.append(f"failure threshold must be at least 1, got {self.failure_threshold}")
+        for name in ("consecutive_error_limit", "inconclusive_limit"):
+            if (limit := getattr(self, name)) is not None and limit < 1:
+                problems.append(f"{name.replace('_', ' ')} must be at least 1, got {limit}")
+        if self.progress_deadline_seconds is not None and self.progress_deadline_seconds <= 0:
+            problems.append(f"progress deadline must be positive, got {self.progress_deadline_seconds}")
         if problems:
             raise RolloutError("invalid rollout plan: " + "; ".join(problems))
 
     def next_step(self, weight: int) -> int:
         """The first step above `weight`; 100 once the listed steps are exhausted."""
         return next((step for step in self.steps if step > weight), 100)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary for reports: steps, pacing, limits and thresholds."""
+        return {
+            "steps": list(self.steps),
+            "interval_seconds": self.interval_seconds,
+            "failure_threshold": self.failure_threshold,
+            "consecutive_error_limit": self.consecutive_error_limit,
+            "inconclusive_limit": self.inconclusive_limit,
+            "progress_deadline_seconds": self.progress_deadline_seconds,
+            "min_requests": self.thresholds.min_requests,
+            "max_error_rate": self.thresholds.max_error_rate,
+            "max_p95_seconds": self.thresholds.max_p95_seconds,
+            "significance": self.thresholds.significance,
+            "quality": asdict(self.quality) if self.quality else None,
+            "divergence": asdict(self.divergence) if self.divergence else None,
+        }
 
 
 def plan_from_config(rollout_config, metric_sources: dict[str, str] | None = None) -> RolloutPlan:
@@ -101,6 +132,9 @@ def plan_from_config(rollout_config, metric_sources: dict[str, str] | None = Non
         steps=tuple(rollout_config.steps),
         interval_seconds=rollout_config.interval_seconds,
         failure_threshold=rollout_config.failure_threshold,
+        consecutive_error_limit=rollout_config.consecutive_error_limit,
+        inconclusive_limit=rollout_config.inconclusive_limit,
+        progress_deadline_seconds=rollout_config.progress_deadline_seconds,
         thresholds=Thresholds(
             min_requests=rollout_config.min_requests,
             max_error_rate=float(rollout_config.max_error_rate_percent) / 100,
@@ -239,9 +273,30 @@ class Scheduler:
         return self.result
 
     def _promote(self, weight: int) -> RolloutResult:
-        described = self.router.promote()
+        described = f"challenger passed every step and serves {weight}% of traffic: ready to promote"
         self._record(weight, Decision.PROMOTE, described)
         return self._finish(Verdict.PROMOTED, described)
+
+    def _stop(self, weight: int, reason: str, measurement: Measurement, failed_checks: int) -> None:
+        """A limit ran out: the challenger's weight goes back to 0, and the record says which limit and why."""
+        self.router.set_weight(0)
+        reason = f"stopped at weight {weight}%: {reason}; challenger weight set to 0"
+        self._record(0, Decision.ROLLBACK, reason, measurement, failed_checks)
+        self._finish(Verdict.ROLLED_BACK, reason)
+
+    def _held_too_long(self, holds: dict[Phase, int], at_step_seconds: float) -> str | None:
+        """Which holding limit has run out, in words; None while the rollout may keep holding."""
+        plan = self.plan
+        if plan.consecutive_error_limit and holds[Phase.ERROR] >= plan.consecutive_error_limit:
+            return (f"{holds[Phase.ERROR]} analyses in a row could not be made "
+                    f"(consecutive error limit {plan.consecutive_error_limit})")
+        if plan.inconclusive_limit and holds[Phase.INCONCLUSIVE] >= plan.inconclusive_limit:
+            return (f"{holds[Phase.INCONCLUSIVE]} inconclusive analyses in a row "
+                    f"(inconclusive limit {plan.inconclusive_limit})")
+        if plan.progress_deadline_seconds and at_step_seconds >= plan.progress_deadline_seconds:
+            return (f"no progress for {at_step_seconds:g}s at one step "
+                    f"(progress deadline {plan.progress_deadline_seconds:g}s)")
+        return None
 
     def _begin(self) -> int:
         """Read the router's weight: 0 starts at the first step, anything else resumes there."""
@@ -287,8 +342,10 @@ class Scheduler:
         weight = self._begin()
         if weight >= 100:
             return self._promote(weight)
-        step_started = rollout_started = self.clock()
+        step_started = step_entered = rollout_started = self.clock()
         failed_checks = 0
+        # Errors and inconclusive looks in a row, for the holding limits.
+        holds = {Phase.ERROR: 0, Phase.INCONCLUSIVE: 0}
         while self.result.verdict is None:
             if self.wait(self.plan.interval_seconds):
                 self._record(weight, Decision.ABORT, "stopped by the operator; weight left in place")
@@ -302,6 +359,13 @@ class Scheduler:
             # traffic, never by re-reading the requests that failed the check before.
             if weight != previous or measurement.phase is Phase.FAILED:
                 step_started = self.clock()
+            if weight != previous:
+                step_entered = self.clock()
+            for phase in holds:
+                holds[phase] = holds[phase] + 1 if measurement.phase is phase and weight == previous else 0
+            if self.result.verdict is None and (limit := self._held_too_long(holds, self.clock() - step_entered)):
+                self._stop(weight, f"{limit}; last analysis {measurement.phase.value}: {measurement.reason}",
+                           measurement, failed_checks)
         return self.result
 
     def run_once(self, failed_checks: int = 0) -> tuple[RolloutResult, int]:

@@ -23,6 +23,12 @@ fi
 "$venv/bin/pip" install -q -r requirements.txt
 # The CrossGuard pack's SDK, without its protobuf~=5.29 pin (see policy/requirements.txt).
 "$venv/bin/pip" install -q --no-deps -r policy/requirements.txt
+# checkov (tests/infra/test_checkov.py) in its own virtualenv: its dependencies are not ours to pin.
+checkov_venv=build/venv-checkov
+if ! "$checkov_venv/bin/pip" freeze 2>/dev/null | grep -qxF "$(grep -i '^checkov==' scripts/requirements-checkov.txt)"; then
+  python3 -m venv "$checkov_venv"
+  "$checkov_venv/bin/pip" install -q -r scripts/requirements-checkov.txt
+fi
 # actionlint checks .github/workflows in the tests; built from its Go module at a pinned version.
 ACTIONLINT_VERSION=v1.7.12
 if ! "$venv/bin/actionlint" -version 2>/dev/null | grep -qx "$ACTIONLINT_VERSION"; then

@@ -26,27 +26,11 @@ from pathlib import Path
 
 # Only light modules: this process is replaced by `bentoml serve`, so whatever it imports is cold-start time lost.
 from service.errors import ModelLoadError
-from service.settings import (
-    DEMO_MODEL_NAME,
-    REGISTER_DEMO_ENV,
-    RESOLVED_MODEL_ENV,
-    TELEMETRY_OFF,
-    VARIANTS,
-    Settings,
-    default_mlserve_home,
-    parse_model_uri,
-    tracking_uri_from_env,
-)
+from service.names import DEMO_MODEL_NAME, TELEMETRY_OFF, VARIANTS, free_port, mlserve_home
+from service.settings import REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, Settings, parse_model_uri, tracking_uri_from_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE_TARGET = "service.service:ModelServer"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 def port_is_taken(host: str, port: int) -> bool:
@@ -145,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     command = serve_command(args.host, port)
     os.chdir(REPO_ROOT)
-    bentoml_home = default_mlserve_home() / "servers" / str(port)
+    bentoml_home = mlserve_home() / "servers" / str(port)
     bentoml_home.mkdir(parents=True, exist_ok=True)
     environment = serve_environment(model_uri, args.variant, args.workers, tracking_uri, bentoml_home)
     os.execve(command[0], command, environment)

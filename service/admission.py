@@ -123,10 +123,6 @@ def content_type_problem(content_type: bytes | None, accepted: tuple[str, ...]) 
     return None
 
 
-class BodyTimeout(Exception):
-    """The client did not finish sending its body in time."""
-
-
 class Slots:
     """A worker's prediction slots, shared by its HTTP routes and its gRPC server (one model, one event loop): at
     most ``max_concurrency`` predictions in progress, at most ``max_queue`` waiting, each at most ``queue_timeout``."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from service.prediction_ids import Prediction as RowPrediction
+from service.prediction_ids import RowPrediction
 from service.prediction_ids import PredictionIdError, PredictionIdSigner, Rejection
 from service.predictor import CLASS_PROBABILITIES, POSITIVE_PROBABILITY, Prediction, to_json_values
 from service.quality import QualityMetrics, TruthError, score

@@ -37,8 +37,6 @@ from service.grpc_tensors import (
 logger = logging.getLogger("mlserve.grpc")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-# The RPCs of the OIP v2 (KServe's grpc_predict_v2.proto); the Triton-only ones in the same service stay UNIMPLEMENTED.
-OIP_RPCS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer")
 # How long a stopping worker lets calls in flight finish before cancelling them.
 STOP_GRACE_SECONDS = 5.0
 # Messages this many times over the body limit are refused by gRPC itself, before any of our code

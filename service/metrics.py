@@ -21,6 +21,14 @@ from starlette.responses import JSONResponse
 
 from service.drift import InputMetrics, OutputMetrics
 from service.errors import route_error_body
+from service.names import (
+    ACTIVE_METRIC,
+    ERROR_TYPES,
+    ERRORS_METRIC,
+    INPUT_SIZE_METRIC,
+    LATENCY_METRIC,
+    PREDICTIONS_METRIC,
+)
 from service.predictor import MODEL_HEADERS, ModelIdentity
 from service.quality import QualityMetrics
 
@@ -32,30 +40,29 @@ PREDICTION_PATHS = re.compile(r"^/(predict|predict_batch|invocations|v2/models/[
 MODEL_LABELS = ["model_name", "model_version", "variant", "protocol"]
 REST, GRPC = "rest", "grpc"
 PREDICTIONS = bentoml.metrics.Counter(
-    name="model_predictions_total",
+    name=PREDICTIONS_METRIC,
     documentation="Prediction requests handled, successful or not",
     labelnames=MODEL_LABELS,
 )
 LATENCY = bentoml.metrics.Histogram(
-    name="model_prediction_latency_seconds",
+    name=LATENCY_METRIC,
     documentation="Time to answer a prediction request, including parsing and validation",
     labelnames=MODEL_LABELS,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 ERRORS = bentoml.metrics.Counter(
-    name="model_prediction_errors_total",
-    documentation="Prediction requests that failed, by error_type (invalid_input, payload_too_large, "
-    "model_error, unavailable)",
+    name=ERRORS_METRIC,
+    documentation=f"Prediction requests that failed, by error_type ({', '.join(ERROR_TYPES)})",
     labelnames=MODEL_LABELS + ["error_type"],
 )
 ACTIVE = bentoml.metrics.Gauge(
-    name="model_active_requests",
+    name=ACTIVE_METRIC,
     documentation="Prediction requests in flight",
     labelnames=MODEL_LABELS,
     multiprocess_mode="livesum",
 )
 INPUT_SIZE = bentoml.metrics.Histogram(
-    name="model_input_size_bytes",
+    name=INPUT_SIZE_METRIC,
     documentation="Size of prediction request bodies",
     labelnames=MODEL_LABELS,
     buckets=(128, 512, 2048, 8192, 32768, 131072, 524288, 1 << 20, 4 << 20),
@@ -67,8 +74,6 @@ QUALITY = QualityMetrics(bentoml.metrics, MODEL_LABELS[:-1])  # ground truth bel
 OUTPUTS = OutputMetrics(bentoml.metrics, MODEL_LABELS[:-1])
 # Valid input rows in the reference profile's bins, and the profile's shares (service.drift, service.profiles).
 INPUTS = InputMetrics(bentoml.metrics, MODEL_LABELS[:-1])
-
-ERROR_TYPES = ("invalid_input", "payload_too_large", "model_error", "unavailable")
 
 
 def start_series(identity: ModelIdentity, protocols: t.Iterable[str]) -> None:

@@ -6,7 +6,10 @@ shares (a Kubernetes Secret, in the environment as `MLSERVE_PREDICTION_ID_KEY`).
 arrive days later at any replica (`POST /feedback`), which trusts nothing but the signature: a forged or
 edited token cannot poison the quality metrics.
 
-Token: ``p1.<payload>.<signature>``, both parts base64url without padding. The payload is a JSON array
+Token: ``p1.<payload>.<signature>``, both parts base64url without padding, signed and checked by `itsdangerous`
+(its `Signer`: a key derived from ours with a salt, HMAC-SHA256 truncated to 128 bits, a constant-time compare).
+The issue time lives in the signed payload rather than in itsdangerous' own timestamp part, so a verified token
+says when it was issued and the maximum age is checked against a clock the caller can pass. The payload is a JSON array
 ``[model_name, model_version, variant, issued_at_epoch_seconds, key_id, nonce, prediction]``; `key_id` is the
 first 8 hex digits of SHA-256 of the key, so a token signed under another key (a rotated Secret, another stack)
 says so instead of reading as forged; `nonce` (48 random bits) makes two identical predictions in the same second
@@ -20,10 +23,7 @@ Pure: no BentoML, no I/O beyond reading the environment in `signer_from_env`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import hmac
 import json
 import math
 import os
@@ -32,6 +32,10 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+from itsdangerous import BadData, BadSignature, Signer
+from itsdangerous.encoding import base64_decode, base64_encode
+from itsdangerous.signer import HMACAlgorithm
 
 KEY_ENV = "MLSERVE_PREDICTION_ID_KEY"
 MAX_AGE_ENV = "MLSERVE_FEEDBACK_MAX_AGE_SECONDS"
@@ -42,6 +46,9 @@ TOKEN_PREFIX = "p1"
 PROBABILITY_DIGITS = 6
 # Tokens longer than this are not ours (a prediction of thousands of classes would exceed it too).
 MAX_TOKEN_CHARS = 4096
+# itsdangerous derives the signing key from ours and this salt, so the key signs nothing else the same way.
+SIGNING_SALT = "mlserve.prediction-id"
+SIGNATURE_BYTES = 16
 
 
 class Rejection(str, Enum):
@@ -66,7 +73,7 @@ class SigningKeyError(ValueError):
 
 
 @dataclass(frozen=True)
-class Prediction:
+class RowPrediction:
     """One row's prediction as a token carries it: class probabilities, a label, or a value."""
 
     probabilities: tuple[float, ...] | None = None
@@ -85,7 +92,7 @@ class Prediction:
         return {"y": self.label}
 
     @classmethod
-    def from_json(cls, data: Any) -> Prediction:
+    def from_json(cls, data: Any) -> RowPrediction:
         """Parse a token's prediction; raises ValueError naming what is wrong."""
         if not isinstance(data, dict) or len(data.keys() & {"p", "y", "v"}) != 1:
             raise ValueError("prediction must be an object with exactly one of p, y, v")
@@ -117,7 +124,7 @@ class PredictionRecord:
     model_version: str
     variant: str
     issued_at: float
-    prediction: Prediction
+    prediction: RowPrediction
 
     @property
     def labels(self) -> dict[str, str]:
@@ -130,12 +137,11 @@ def key_id(key: bytes) -> str:
     return hashlib.sha256(key).hexdigest()[:8]
 
 
-def _b64encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+class _TruncatedHMAC(HMACAlgorithm):
+    """HMAC-SHA256 cut to 128 bits: forging one still takes ~2^128 guesses, and the token stays short."""
 
-
-def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    def get_signature(self, key: bytes, value: bytes) -> bytes:
+        return super().get_signature(key, value)[:SIGNATURE_BYTES]
 
 
 class PredictionIdSigner:
@@ -149,21 +155,18 @@ class PredictionIdSigner:
             )
         if not max_age_seconds > 0:
             raise SigningKeyError(f"{MAX_AGE_ENV} must be a positive number of seconds (got {max_age_seconds!r})")
-        self._key = key
+        self._signer = Signer(key, salt=SIGNING_SALT, sep=".", key_derivation="hmac", digest_method=hashlib.sha256,
+                              algorithm=_TruncatedHMAC(hashlib.sha256))
         self.key_id = key_id(key)
         self.max_age_seconds = max_age_seconds
 
-    def _sign(self, payload: bytes) -> bytes:
-        # 128 bits of HMAC-SHA256: forging one still takes ~2^128 guesses, and the token stays short.
-        return hmac.new(self._key, payload, hashlib.sha256).digest()[:16]
-
-    def issue(self, labels: dict[str, str], prediction: Prediction, issued_at: float | None = None) -> str:
+    def issue(self, labels: dict[str, str], prediction: RowPrediction, issued_at: float | None = None) -> str:
         """A token for one row predicted by the model described by `labels` (model_name, model_version, variant)."""
         issued = int(time.time() if issued_at is None else issued_at)
         body = [labels["model_name"], labels["model_version"], labels["variant"], issued, self.key_id,
-                _b64encode(secrets.token_bytes(6)), prediction.to_json()]
+                base64_encode(secrets.token_bytes(6)).decode("ascii"), prediction.to_json()]
         payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        return f"{TOKEN_PREFIX}.{_b64encode(payload)}.{_b64encode(self._sign(payload))}"
+        return self._signer.sign(f"{TOKEN_PREFIX}.{base64_encode(payload).decode('ascii')}").decode("ascii")
 
     def verify(self, token: Any, now: float | None = None) -> PredictionRecord:
         """The record a token holds; raises PredictionIdError (malformed, wrong_key, forged, expired)."""
@@ -175,9 +178,9 @@ class PredictionIdSigner:
                 Rejection.MALFORMED, f"prediction_id is not of the form {TOKEN_PREFIX}.<payload>.<signature>"
             )
         try:
-            payload, signature = _b64decode(parts[1]), _b64decode(parts[2])
-            body = json.loads(payload.decode("utf-8"))
-        except (binascii.Error, ValueError, UnicodeDecodeError) as err:
+            base64_decode(parts[2])
+            body = json.loads(base64_decode(parts[1]).decode("utf-8"))
+        except (BadData, ValueError, UnicodeDecodeError) as err:
             raise PredictionIdError(Rejection.MALFORMED, f"prediction_id does not decode: {err}") from err
         if not isinstance(body, list) or len(body) != 7:
             raise PredictionIdError(Rejection.MALFORMED, "prediction_id payload is not a prediction record")
@@ -189,14 +192,18 @@ class PredictionIdSigner:
                 f"prediction_id was signed with key {token_key_id!r}, this server verifies key {self.key_id!r} "
                 "(a rotated key, or a prediction from another deployment)",
             )
-        if not hmac.compare_digest(signature, self._sign(payload)):
-            raise PredictionIdError(Rejection.FORGED, "prediction_id signature does not match: the token was altered")
+        try:
+            self._signer.unsign(token)
+        except BadSignature as err:
+            raise PredictionIdError(
+                Rejection.FORGED, "prediction_id signature does not match: the token was altered"
+            ) from err
         try:
             if not all(isinstance(part, str) for part in (name, version, variant)):
                 raise ValueError("model name, version and variant must be strings")
             if isinstance(issued_at, bool) or not isinstance(issued_at, int):
                 raise ValueError("issue time must be integer epoch seconds")
-            parsed = Prediction.from_json(prediction)
+            parsed = RowPrediction.from_json(prediction)
         except ValueError as err:
             # Signed by us yet unreadable: a token from an incompatible server version.
             raise PredictionIdError(Rejection.MALFORMED, f"prediction_id payload: {err}") from err

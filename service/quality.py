@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from service.prediction_ids import Prediction
+from service.prediction_ids import RowPrediction
 
 PROBABILITY_FLOOR = 1e-15
 # A single probability is P(positive class) of a binary classifier with classes 0 and 1.
@@ -53,7 +53,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def score(prediction: Prediction, truth: Any) -> Score:
+def score(prediction: RowPrediction, truth: Any) -> Score:
     """Score one prediction against its truth; raises TruthError when the two cannot be compared."""
     if prediction.value is not None:
         if not _is_number(truth):

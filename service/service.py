@@ -1,8 +1,9 @@
 """The model server: one BentoML 1.4 service that serves the registered MLflow model named by ``MODEL_URI``.
 
-At import the model URI is pinned to one version and its signature read (``service.loading.resolve_model``), so the
-API's input types and the OpenAPI document describe that model's columns; each worker then loads it in
-``__init__``. Endpoints: ``POST /predict`` (``{"instances": [rows]}`` -> ``{"predictions", "model_name",
+Importing this module does nothing: ``build_model_server``, called once per process when BentoML asks for
+``ModelServer``, reads the settings, pins the model URI to one version and reads its signature
+(``service.loading.resolve_model``), so the API's input types and the OpenAPI document describe that model's columns;
+each worker then loads it in ``__init__``. Endpoints: ``POST /predict`` (``{"instances": [rows]}`` -> ``{"predictions", "model_name",
 "model_version", "variant"}`` plus ``X-Model-*`` headers), ``POST /predict_batch`` (adaptive batching; a list of
 predictions), ``POST /invocations`` (the MLflow scoring protocol, JSON or CSV; what ``mlflow models serve``
 answers), the Open Inference Protocol v2 REST routes under ``/v2``, and BentoML's ``/livez``, ``/readyz``,
@@ -10,8 +11,6 @@ answers), the Open Inference Protocol v2 REST routes under ``/v2``, and BentoML'
 (``service.grpc_server``), answering from the same methods as the ``/v2`` routes. Settings: ``service.settings``;
 the protocol-independent core: ``service.predictor``.
 """
-
-from __future__ import annotations
 
 import gc
 from http import HTTPStatus
@@ -46,12 +45,13 @@ from service.metrics import (
     start_series,
     track,
 )
+from service.names import DEMO_MODEL_NAME
 from service.openapi import DocumentedErrorsMiddleware
 from service.prediction_ids import KEY_ENV, SigningKeyError, signer_from_env
 from service.predictor import PREDICT, Prediction, ServedModel
 from service.protocols import invocation_answer, invocation_rows, oip_infer_response, parse_json
 from service.schema import InputSchema, request_row_type
-from service.settings import DEMO_MODEL_NAME, REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, Settings, parse_model_uri
+from service.settings import REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, Settings, parse_model_uri
 
 logger = logging.getLogger("mlserve.service")
 
@@ -69,17 +69,6 @@ def warn(message: str) -> None:
     logger.warning("%s", message)
 
 
-SETTINGS = Settings.from_env()
-# The worker's prediction slots (serving.maxConcurrency, maxQueue, queueTimeoutSeconds), one set for its HTTP routes
-# and its gRPC server together: both score on this worker's one event loop.
-try:
-    ADMISSION = Slots(AdmissionLimits.from_env())
-except ValueError as err:
-    fatal(f"admission limits: {err}", status=2)
-patches.apply()
-# A server is always told its model (the CLI and the pods set MODEL_URI): pin it now, so the API's types and the
-# OpenAPI document describe its columns. Without MODEL_URI (`bentoml build`, which imports this module) nothing is
-# resolved; a worker then resolves the default model when it starts.
 def resolve_at_start(settings: Settings) -> ModelSource:
     """The pinned model; under `python -m service serve`, the demo is registered first when it is asked for and the
     registry lacks it (a user's registry never receives models it did not ask for)."""
@@ -98,26 +87,6 @@ def resolve_at_start(settings: Settings) -> ModelSource:
     return resolve_model(settings)
 
 
-SOURCE: ModelSource | None = None
-if os.environ.get("MODEL_URI"):
-    first_to_resolve = RESOLVED_MODEL_ENV not in os.environ
-    try:
-        SOURCE = resolve_at_start(SETTINGS)
-    except ModelLoadError as err:
-        fatal(str(err), status=2)
-    if first_to_resolve:
-        print(f"mlserve: {SETTINGS.model_uri} is {SOURCE.name} version {SOURCE.version}", file=sys.stderr, flush=True)
-SCHEMA = SOURCE.schema if SOURCE is not None else InputSchema()
-
-# /predict validates rows itself (for errors naming row, column and value); the schema documents them.
-_ROW = request_row_type(SCHEMA)
-_ROW_SCHEMA = pydantic.TypeAdapter(_ROW).json_schema()
-Instances = t.Annotated[list[t.Any], pydantic.WithJsonSchema(
-    {"type": "array", "items": _ROW_SCHEMA, "minItems": 1, "maxItems": SETTINGS.max_rows}
-)]
-# /predict_batch rows are validated per request, before BentoML merges them into a batch.
-BatchInstances = t.Annotated[list[_ROW], pydantic.Field(min_length=1, max_length=SETTINGS.max_rows)]
-
 IMAGE = bentoml.images.Image(python_version="3.11", lock_python_packages=False).python_packages(
     "mlflow==3.17.2",
     "scikit-learn==1.9.1",
@@ -127,17 +96,13 @@ IMAGE = bentoml.images.Image(python_version="3.11", lock_python_packages=False).
     "skops==0.16.0",
     "fastapi==0.165.0",
     "prometheus-client==0.26.0",
+    # Signs and checks prediction ids (service.prediction_ids).
+    "itsdangerous==2.2.0",
     # OIP v2 over gRPC: grpcio and the compiled inference.GRPCInferenceService stubs (requirements.txt).
     "grpcio==1.85.1",
     "protobuf==6.33.6",
     "tritonclient[grpc]==2.73.0",
 )
-
-oip = FastAPI(title="Open Inference Protocol v2")
-scoring = FastAPI(title="MLflow scoring protocol")
-ModelName = t.Annotated[str, Path(description="the served model's registered name",
-                                  json_schema_extra={"enum": [SOURCE.name]} if SOURCE is not None else None)]
-
 
 def error_response(err: InvalidInput | ModelFailure) -> JSONResponse:
     """The JSON answer to a request that failed: 4xx naming the client's mistake, 500 for the model's."""
@@ -146,235 +111,293 @@ def error_response(err: InvalidInput | ModelFailure) -> JSONResponse:
     return JSONResponse({"error": str(err)}, status_code=500)
 
 
-@bentoml.service(
-    name="model_server",
-    image=IMAGE,
-    workers=SETTINGS.workers,
-    traffic={"timeout": 30},
-    # BentoML's per-request access log halved throughput in bench/serving.py (the line is formatted in the worker
-    # and copied again by the arbiter); off unless MLSERVE_ACCESS_LOG asks for it.
-    logging={"access": {"enabled": SETTINGS.access_log}},
-)
-@bentoml.asgi_app(oip, path="/v2")
-@bentoml.asgi_app(scoring, path="/")
-class ModelServer:
-    """Serves the registered model named by MODEL_URI through every protocol."""
+def build_model_server() -> type:
+    """Read the environment, apply the BentoML patches, pin the model and define the BentoML service serving it.
 
-    def __init__(self) -> None:
+    Nothing of this happens when the module is imported: BentoML's entry point, ``service.service:ModelServer``
+    (``bentoml serve``, ``bentoml build``), reaches it through the module's ``__getattr__`` below, once per process.
+    A server that cannot serve (bad admission limits, a model that does not resolve) stops here with the reason.
+    """
+    SETTINGS = Settings.from_env()
+    # The worker's prediction slots (serving.maxConcurrency, maxQueue, queueTimeoutSeconds), one set for its HTTP routes
+    # and its gRPC server together: both score on this worker's one event loop.
+    try:
+        ADMISSION = Slots(AdmissionLimits.from_env())
+    except ValueError as err:
+        fatal(f"admission limits: {err}", status=2)
+    patches.apply()
+    # A server is always told its model (the CLI and the pods set MODEL_URI): pin it now, so the API's types and the
+    # OpenAPI document describe its columns. Without MODEL_URI (`bentoml build`, which imports this module) nothing is
+    # resolved; a worker then resolves the default model when it starts.
+    SOURCE: ModelSource | None = None
+    if os.environ.get("MODEL_URI"):
+        first_to_resolve = RESOLVED_MODEL_ENV not in os.environ
         try:
-            self.source = SOURCE or resolve_model(SETTINGS)
-            self.model: ServedModel = load_model(SETTINGS, self.source)
+            SOURCE = resolve_at_start(SETTINGS)
         except ModelLoadError as err:
-            fatal(str(err))
-        try:
-            # Every replica of every variant shares the key (the stack's Secret), so feedback verifies anywhere.
-            self.signer = signer_from_env()
-        except SigningKeyError as err:
-            fatal(str(err))
-        # The model is loaded once and never freed: keep it out of the collector's generations.
-        gc.freeze()
-        identity = self.model.identity
-        QUALITY.start(identity.labels)
-        OUTPUTS.start(identity.labels, self.model.classes)
-        self.model.on_prediction = drift_observer(self.model, self.source, OUTPUTS, INPUTS, warn)
-        if self.signer is None:
-            warn(f"{KEY_ENV} is not set: predictions carry no prediction_ids and /feedback is off")
-        self.grpc: GrpcServer | None = None
-        start_series(identity, (REST, GRPC) if SETTINGS.grpc_port else (REST,))
-        if self.model.schema.kind == "none":
-            warn(f"{identity.name} version {identity.version} was logged without a signature: requests are checked "
-                 "only for their shape; log the model with a signature to have every column checked")
-        if missing := missing_requirements(self.source):
-            warn(f"{identity.name} version {identity.version} requires what this environment lacks: "
-                 f"{'; '.join(missing)}")
-        logger.info("serving %s version %s (%s) as %s through %s", identity.name, identity.version,
-                    identity.source_uri, identity.variant, self.model.serving_path)
+            fatal(str(err), status=2)
+        if first_to_resolve:
+            print(f"mlserve: {SETTINGS.model_uri} is {SOURCE.name} version {SOURCE.version}", file=sys.stderr, flush=True)
+    SCHEMA = SOURCE.schema if SOURCE is not None else InputSchema()
 
-    def __is_ready__(self) -> bool:
-        return getattr(self, "model", None) is not None
+    # /predict validates rows itself (for errors naming row, column and value); the schema documents them.
+    _ROW = request_row_type(SCHEMA)
+    _ROW_SCHEMA = pydantic.TypeAdapter(_ROW).json_schema()
+    Instances = t.Annotated[list[t.Any], pydantic.WithJsonSchema(
+        {"type": "array", "items": _ROW_SCHEMA, "minItems": 1, "maxItems": SETTINGS.max_rows}
+    )]
+    # /predict_batch rows are validated per request, before BentoML merges them into a batch.
+    BatchInstances = t.Annotated[list[_ROW], pydantic.Field(min_length=1, max_length=SETTINGS.max_rows)]
 
-    def _prediction_ids(self, answer: Prediction) -> dict[str, list[str]]:
-        """`{"prediction_ids": [...]}`, one signed id per row, or nothing when no signing key is set."""
-        if self.signer is None:
-            return {}
-        labels = answer.identity.labels
-        rows = row_predictions(answer, classifier=bool(self.model.classes))
-        return {"prediction_ids": [self.signer.issue(labels, row) for row in rows]}
-
-    # BentoML runs these hooks in every worker (_bentoml_impl/server/app.py: create_instance, destroy_instance),
-    # after __init__ has loaded the model: a worker's gRPC server never answers before its model is loaded.
-    @bentoml.on_startup
-    async def start_grpc(self) -> None:
-        """Serve OIP v2 over gRPC on MLSERVE_GRPC_PORT, the port shared by every worker (SO_REUSEPORT)."""
-        if SETTINGS.grpc_port is None:
-            return
-        self.grpc = GrpcServer(self, SETTINGS.grpc_host, SETTINGS.grpc_port, SETTINGS.max_body_bytes, ADMISSION)
-        try:
-            await self.grpc.start()
-        except RuntimeError as err:
-            fatal(str(err))
-
-    @bentoml.on_shutdown
-    async def stop_grpc(self) -> None:
-        if self.grpc is not None:
-            await self.grpc.stop()
-
-    async def _predict(self, call: t.Callable[[], Prediction]) -> Prediction:
-        """Run one prediction (natively on the event loop, through pyfunc in a thread); raises as the core does."""
-        if self.model.serving_path == "pyfunc":
-            return await anyio.to_thread.run_sync(call)
-        return call()
-
-    async def _answer(self, call: t.Callable[[], Prediction]) -> Prediction | JSONResponse:
-        """``_predict`` with its errors as responses."""
-        try:
-            return await self._predict(call)
-        except InvalidInput as err:
-            return error_response(err)
-        except ModelFailure as err:
-            logger.exception("%s", err)
-            return error_response(err)
-
-    # The handlers are async on purpose: validating and scoring a request natively takes well under a
-    # millisecond, less than handing the call to a worker thread and back, so they run on the event loop.
-    @bentoml.api(route="/predict")
-    async def predict(self, instances: Instances) -> dict[str, t.Any]:
-        """Predictions for each row of ``instances``, with the model name, version and variant."""
-        answer = await self._answer(lambda: self.model.predict_rows(instances))
-        if isinstance(answer, JSONResponse):
-            return answer
-        identity = answer.identity
-        return {"predictions": answer.values, **self._prediction_ids(answer), "model_name": identity.name,
-                "model_version": identity.version, "variant": identity.variant}
-
-    # max_latency_ms is also BentoML's shedding threshold: a queued request expected to wait longer is answered
-    # 503. 50 ms shed requests at concurrency 64 on a busy 2-core machine; the dispatcher learns the real wait
-    # from its own timings, so a higher ceiling adds no delay at low concurrency.
-    @bentoml.api(route="/predict_batch", batchable=True, max_batch_size=512, max_latency_ms=250)
-    async def predict_batch(self, instances: BatchInstances) -> list[t.Any]:
-        """Predictions for typed rows; concurrent requests are merged into one batch adaptively.
-
-        A row the model itself refuses (a category it never saw, say) fails the batch it was merged into:
-        /predict scores each request on its own.
-        """
-        try:
-            if SCHEMA.columns:
-                prediction = self.model.predict_input(self.model.validator.frame(instances))
-            else:
-                prediction = self.model.predict_rows(instances)
-        except InvalidInput as err:
-            raise BentoMLException(err.message, error_code=HTTPStatus(err.status)) from None
-        return prediction.values
-
-    @scoring.post("/invocations")
-    async def invocations(self, request: Request) -> JSONResponse:
-        """The MLflow scoring protocol: what ``mlflow models serve`` answers for the same body."""
-        body = await request.body()
-        try:
-            rows = invocation_rows(body, request.headers.get("content-type", ""), self.model.schema)
-            answer = await self._predict(lambda: self.model.predict_rows(rows, output=PREDICT, mlflow=True))
-            return JSONResponse({**invocation_answer(answer), **self._prediction_ids(answer)})
-        except InvalidInput as err:
-            # MLflow's error_code and message, which its clients read, beside our detail.
-            return JSONResponse(err.mlflow_body(), status_code=err.status)
-        except ModelFailure as err:
-            logger.exception("%s", err)
-            return JSONResponse(mlflow_error_body(str(err), 500), status_code=500)
-
-    # Not in /docs.json: its per-row 4xx answers and its 503 without a key are described in service/README.md,
-    # and the OpenAPI contract test (tests/service/test_openapi_contract.py) covers the prediction routes.
-    @scoring.post("/feedback", include_in_schema=False)
-    async def feedback(self, request: Request) -> JSONResponse:
-        """Ground truth for earlier predictions: ``[{"prediction_id", "truth"}, ...]``, a result per row."""
-        answer = handle_feedback(await request.body(), self.signer, QUALITY, self.model.identity.labels,
-                                 SETTINGS.max_rows)
-        return JSONResponse(answer.body, status_code=answer.status)
-
-    @scoring.get("/ping")
-    def ping(self) -> JSONResponse:
-        """MLflow's health check: 200 once the model is loaded."""
-        return JSONResponse({}, status_code=200 if self.__is_ready__() else 503)
-
-    # ---- the Open Inference Protocol v2: these methods answer both the /v2 REST routes below and the gRPC
-    # server (they are its service.grpc_server.InferenceBackend), so both protocols give the same answers.
-
-    def is_ready(self) -> bool:
-        return self.__is_ready__()
-
-    def server_metadata(self) -> dict[str, t.Any]:
-        return {"name": "mlserve", "version": f"bentoml-{bentoml.__version__}", "extensions": []}
-
-    def _check_model(self, name: str, version: str = "") -> None:
-        identity = self.model.identity
-        if name != identity.name:
-            raise InvalidInput(f"unknown model {name!r}; this server serves {identity.name!r}", status=404)
-        if version and version != identity.version:
-            raise InvalidInput(f"model {name!r} has no version {version!r} here; this server serves version "
-                               f"{identity.version!r}", status=404)
-
-    def model_metadata(self, name: str, version: str = "") -> dict[str, t.Any]:
-        self._check_model(name, version)
-        return self.model.oip_metadata()
-
-    def model_ready(self, name: str, version: str = "") -> bool:
-        self._check_model(name, version)
-        return self.__is_ready__()
-
-    async def infer(self, name: str, version: str, payload: t.Any) -> dict[str, t.Any]:
-        """The OIP v2 infer answer for a parsed request body; raises InvalidInput or ModelFailure."""
-        self._check_model(name, version)
-        if not isinstance(payload, dict):
-            raise InvalidInput("an infer request is a JSON object with an 'inputs' list of tensors")
-        prediction = await self._predict(lambda: self.model.predict_tensors(payload.get("inputs")))
-        body = oip_infer_response(prediction, payload.get("id"))
-        body["parameters"].update(self._prediction_ids(prediction))
-        return body
-
-    def track(self, protocol: str, size_bytes: int) -> t.ContextManager[RequestOutcome]:
-        return track(self.model.identity, protocol, size_bytes)
-
-    @oip.get("/")
-    def oip_server_metadata(self) -> dict[str, t.Any]:
-        return self.server_metadata()
-
-    @oip.get("/health/live")
-    def oip_live(self) -> dict[str, bool]:
-        return {"live": True}
-
-    @oip.get("/health/ready")
-    def oip_ready(self) -> JSONResponse:
-        ready = self.__is_ready__()
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
-
-    @oip.get("/models/{name}")
-    def oip_model_metadata(self, name: ModelName) -> JSONResponse:
-        """OIP v2 model metadata, derived from the model's signature."""
-        try:
-            return JSONResponse(self.model_metadata(name))
-        except InvalidInput as err:
-            return error_response(err)
-
-    @oip.get("/models/{name}/ready")
-    def oip_model_ready(self, name: ModelName) -> JSONResponse:
-        try:
-            return JSONResponse({"name": name, "ready": self.model_ready(name)})
-        except InvalidInput as err:
-            return error_response(err)
-
-    @oip.post("/models/{name}/infer")
-    async def oip_infer(self, name: ModelName, request: Request) -> JSONResponse:
-        """OIP v2 inference: one tensor per column (or per input tensor) in, output tensors out."""
-        try:
-            self._check_model(name)
-            return JSONResponse(await self.infer(name, "", parse_json(await request.body())))
-        except InvalidInput as err:
-            return error_response(err)
-        except ModelFailure as err:
-            logger.exception("%s", err)
-            return error_response(err)
+    oip = FastAPI(title="Open Inference Protocol v2")
+    scoring = FastAPI(title="MLflow scoring protocol")
+    ModelName = t.Annotated[str, Path(description="the served model's registered name",
+                                      json_schema_extra={"enum": [SOURCE.name]} if SOURCE is not None else None)]
 
 
-# Added first, so it is the outer one: it refuses, sheds and times out bodies before the traffic middleware reads them.
-ModelServer.add_asgi_middleware(AdmissionMiddleware, limits=ADMISSION.limits, on_reject=count_refused, slots=ADMISSION)
-ModelServer.add_asgi_middleware(PredictionTrafficMiddleware, max_body_bytes=SETTINGS.max_body_bytes)
-ModelServer.add_asgi_middleware(DocumentedErrorsMiddleware)
+    @bentoml.service(
+        name="model_server",
+        image=IMAGE,
+        workers=SETTINGS.workers,
+        traffic={"timeout": 30},
+        # BentoML's per-request access log halved throughput in bench/serving.py (the line is formatted in the worker
+        # and copied again by the arbiter); off unless MLSERVE_ACCESS_LOG asks for it.
+        logging={"access": {"enabled": SETTINGS.access_log}},
+    )
+    @bentoml.asgi_app(oip, path="/v2")
+    @bentoml.asgi_app(scoring, path="/")
+    class ModelServer:
+        """Serves the registered model named by MODEL_URI through every protocol."""
+
+        def __init__(self) -> None:
+            try:
+                self.source = SOURCE or resolve_model(SETTINGS)
+                self.model: ServedModel = load_model(SETTINGS, self.source)
+            except ModelLoadError as err:
+                fatal(str(err))
+            try:
+                # Every replica of every variant shares the key (the stack's Secret), so feedback verifies anywhere.
+                self.signer = signer_from_env()
+            except SigningKeyError as err:
+                fatal(str(err))
+            # The model is loaded once and never freed: keep it out of the collector's generations.
+            gc.freeze()
+            identity = self.model.identity
+            QUALITY.start(identity.labels)
+            OUTPUTS.start(identity.labels, self.model.classes)
+            self.model.on_prediction = drift_observer(self.model, self.source, OUTPUTS, INPUTS, warn)
+            if self.signer is None:
+                warn(f"{KEY_ENV} is not set: predictions carry no prediction_ids and /feedback is off")
+            self.grpc: GrpcServer | None = None
+            start_series(identity, (REST, GRPC) if SETTINGS.grpc_port else (REST,))
+            if self.model.schema.kind == "none":
+                warn(f"{identity.name} version {identity.version} was logged without a signature: requests are checked "
+                     "only for their shape; log the model with a signature to have every column checked")
+            if missing := missing_requirements(self.source):
+                warn(f"{identity.name} version {identity.version} requires what this environment lacks: "
+                     f"{'; '.join(missing)}")
+            logger.info("serving %s version %s (%s) as %s through %s", identity.name, identity.version,
+                        identity.source_uri, identity.variant, self.model.serving_path)
+
+        def __is_ready__(self) -> bool:
+            return getattr(self, "model", None) is not None
+
+        def _prediction_ids(self, answer: Prediction) -> dict[str, list[str]]:
+            """`{"prediction_ids": [...]}`, one signed id per row, or nothing when no signing key is set."""
+            if self.signer is None:
+                return {}
+            labels = answer.identity.labels
+            rows = row_predictions(answer, classifier=bool(self.model.classes))
+            return {"prediction_ids": [self.signer.issue(labels, row) for row in rows]}
+
+        # BentoML runs these hooks in every worker (_bentoml_impl/server/app.py: create_instance, destroy_instance),
+        # after __init__ has loaded the model: a worker's gRPC server never answers before its model is loaded.
+        @bentoml.on_startup
+        async def start_grpc(self) -> None:
+            """Serve OIP v2 over gRPC on MLSERVE_GRPC_PORT, the port shared by every worker (SO_REUSEPORT)."""
+            if SETTINGS.grpc_port is None:
+                return
+            self.grpc = GrpcServer(self, SETTINGS.grpc_host, SETTINGS.grpc_port, SETTINGS.max_body_bytes, ADMISSION)
+            try:
+                await self.grpc.start()
+            except RuntimeError as err:
+                fatal(str(err))
+
+        @bentoml.on_shutdown
+        async def stop_grpc(self) -> None:
+            if self.grpc is not None:
+                await self.grpc.stop()
+
+        async def _predict(self, call: t.Callable[[], Prediction]) -> Prediction:
+            """Run one prediction (natively on the event loop, through pyfunc in a thread); raises as the core does."""
+            if self.model.serving_path == "pyfunc":
+                return await anyio.to_thread.run_sync(call)
+            return call()
+
+        async def _answer(self, call: t.Callable[[], Prediction]) -> Prediction | JSONResponse:
+            """``_predict`` with its errors as responses."""
+            try:
+                return await self._predict(call)
+            except InvalidInput as err:
+                return error_response(err)
+            except ModelFailure as err:
+                logger.exception("%s", err)
+                return error_response(err)
+
+        # The handlers are async on purpose: validating and scoring a request natively takes well under a
+        # millisecond, less than handing the call to a worker thread and back, so they run on the event loop.
+        @bentoml.api(route="/predict")
+        async def predict(self, instances: Instances) -> dict[str, t.Any]:
+            """Predictions for each row of ``instances``, with the model name, version and variant."""
+            answer = await self._answer(lambda: self.model.predict_rows(instances))
+            if isinstance(answer, JSONResponse):
+                return answer
+            identity = answer.identity
+            return {"predictions": answer.values, **self._prediction_ids(answer), "model_name": identity.name,
+                    "model_version": identity.version, "variant": identity.variant}
+
+        # max_latency_ms is also BentoML's shedding threshold: a queued request expected to wait longer is answered
+        # 503. 50 ms shed requests at concurrency 64 on a busy 2-core machine; the dispatcher learns the real wait
+        # from its own timings, so a higher ceiling adds no delay at low concurrency.
+        @bentoml.api(route="/predict_batch", batchable=True, max_batch_size=512, max_latency_ms=250)
+        async def predict_batch(self, instances: BatchInstances) -> list[t.Any]:
+            """Predictions for typed rows; concurrent requests are merged into one batch adaptively.
+
+            A row the model itself refuses (a category it never saw, say) fails the batch it was merged into:
+            /predict scores each request on its own.
+            """
+            try:
+                if SCHEMA.columns:
+                    prediction = self.model.predict_input(self.model.validator.frame(instances))
+                else:
+                    prediction = self.model.predict_rows(instances)
+            except InvalidInput as err:
+                raise BentoMLException(err.message, error_code=HTTPStatus(err.status)) from None
+            return prediction.values
+
+        @scoring.post("/invocations")
+        async def invocations(self, request: Request) -> JSONResponse:
+            """The MLflow scoring protocol: what ``mlflow models serve`` answers for the same body."""
+            body = await request.body()
+            try:
+                rows = invocation_rows(body, request.headers.get("content-type", ""), self.model.schema)
+                answer = await self._predict(lambda: self.model.predict_rows(rows, output=PREDICT, mlflow=True))
+                return JSONResponse({**invocation_answer(answer), **self._prediction_ids(answer)})
+            except InvalidInput as err:
+                # MLflow's error_code and message, which its clients read, beside our detail.
+                return JSONResponse(err.mlflow_body(), status_code=err.status)
+            except ModelFailure as err:
+                logger.exception("%s", err)
+                return JSONResponse(mlflow_error_body(str(err), 500), status_code=500)
+
+        # Not in /docs.json: its per-row 4xx answers and its 503 without a key are described in service/README.md,
+        # and the OpenAPI contract test (tests/service/test_openapi_contract.py) covers the prediction routes.
+        @scoring.post("/feedback", include_in_schema=False)
+        async def feedback(self, request: Request) -> JSONResponse:
+            """Ground truth for earlier predictions: ``[{"prediction_id", "truth"}, ...]``, a result per row."""
+            answer = handle_feedback(await request.body(), self.signer, QUALITY, self.model.identity.labels,
+                                     SETTINGS.max_rows)
+            return JSONResponse(answer.body, status_code=answer.status)
+
+        @scoring.get("/ping")
+        def ping(self) -> JSONResponse:
+            """MLflow's health check: 200 once the model is loaded."""
+            return JSONResponse({}, status_code=200 if self.__is_ready__() else 503)
+
+        # ---- the Open Inference Protocol v2: these methods answer both the /v2 REST routes below and the gRPC
+        # server (they are its service.grpc_server.InferenceBackend), so both protocols give the same answers.
+
+        def is_ready(self) -> bool:
+            return self.__is_ready__()
+
+        def server_metadata(self) -> dict[str, t.Any]:
+            return {"name": "mlserve", "version": f"bentoml-{bentoml.__version__}", "extensions": []}
+
+        def _check_model(self, name: str, version: str = "") -> None:
+            identity = self.model.identity
+            if name != identity.name:
+                raise InvalidInput(f"unknown model {name!r}; this server serves {identity.name!r}", status=404)
+            if version and version != identity.version:
+                raise InvalidInput(f"model {name!r} has no version {version!r} here; this server serves version "
+                                   f"{identity.version!r}", status=404)
+
+        def model_metadata(self, name: str, version: str = "") -> dict[str, t.Any]:
+            self._check_model(name, version)
+            return self.model.oip_metadata()
+
+        def model_ready(self, name: str, version: str = "") -> bool:
+            self._check_model(name, version)
+            return self.__is_ready__()
+
+        async def infer(self, name: str, version: str, payload: t.Any) -> dict[str, t.Any]:
+            """The OIP v2 infer answer for a parsed request body; raises InvalidInput or ModelFailure."""
+            self._check_model(name, version)
+            if not isinstance(payload, dict):
+                raise InvalidInput("an infer request is a JSON object with an 'inputs' list of tensors")
+            prediction = await self._predict(lambda: self.model.predict_tensors(payload.get("inputs")))
+            body = oip_infer_response(prediction, payload.get("id"))
+            body["parameters"].update(self._prediction_ids(prediction))
+            return body
+
+        def track(self, protocol: str, size_bytes: int) -> t.ContextManager[RequestOutcome]:
+            return track(self.model.identity, protocol, size_bytes)
+
+        @oip.get("/")
+        def oip_server_metadata(self) -> dict[str, t.Any]:
+            return self.server_metadata()
+
+        @oip.get("/health/live")
+        def oip_live(self) -> dict[str, bool]:
+            return {"live": True}
+
+        @oip.get("/health/ready")
+        def oip_ready(self) -> JSONResponse:
+            ready = self.__is_ready__()
+            return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+        @oip.get("/models/{name}")
+        def oip_model_metadata(self, name: ModelName) -> JSONResponse:
+            """OIP v2 model metadata, derived from the model's signature."""
+            try:
+                return JSONResponse(self.model_metadata(name))
+            except InvalidInput as err:
+                return error_response(err)
+
+        @oip.get("/models/{name}/ready")
+        def oip_model_ready(self, name: ModelName) -> JSONResponse:
+            try:
+                return JSONResponse({"name": name, "ready": self.model_ready(name)})
+            except InvalidInput as err:
+                return error_response(err)
+
+        @oip.post("/models/{name}/infer")
+        async def oip_infer(self, name: ModelName, request: Request) -> JSONResponse:
+            """OIP v2 inference: one tensor per column (or per input tensor) in, output tensors out."""
+            try:
+                self._check_model(name)
+                return JSONResponse(await self.infer(name, "", parse_json(await request.body())))
+            except InvalidInput as err:
+                return error_response(err)
+            except ModelFailure as err:
+                logger.exception("%s", err)
+                return error_response(err)
+
+
+    # Added first, so it is the outer one: it refuses, sheds and times out bodies before the traffic middleware reads them.
+    ModelServer.add_asgi_middleware(AdmissionMiddleware, limits=ADMISSION.limits, on_reject=count_refused, slots=ADMISSION)
+    ModelServer.add_asgi_middleware(PredictionTrafficMiddleware, max_body_bytes=SETTINGS.max_body_bytes)
+    ModelServer.add_asgi_middleware(DocumentedErrorsMiddleware)
+    return ModelServer
+
+
+_model_server: type | None = None
+
+
+def __getattr__(name: str) -> t.Any:
+    """``ModelServer``, the BentoML service, built on first use (see ``build_model_server``)."""
+    global _model_server
+    if name == "ModelServer":
+        if _model_server is None:
+            _model_server = build_model_server()
+        return _model_server
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-from pathlib import Path
 
 from service.errors import ModelLoadError
+from service.names import CHAMPION, DEMO_MODEL_NAME, VARIANTS, mlserve_home, parse_registry_uri
 
 # The demo model: served when nothing else is asked for, and registered only when it is what was asked for.
-DEMO_MODEL_NAME = "customer-churn-classifier"
-DEFAULT_MODEL_URI = f"models:/{DEMO_MODEL_NAME}@champion"
-VARIANTS = ("champion", "challenger")
+DEFAULT_MODEL_URI = f"models:/{DEMO_MODEL_NAME}@{CHAMPION}"
 CLASSIFIER_OUTPUTS = ("auto", "predict", "predict_proba")
-TELEMETRY_OFF = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 # MLflow's own variable: whether pickled (cloudpickle/joblib) model files may be loaded.
 ALLOW_PICKLE_ENV = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 TRUE_WORDS = ("1", "true", "yes")
@@ -36,24 +32,19 @@ RESOLVED_MODEL_ENV = "MLSERVE_RESOLVED_MODEL"
 REGISTER_DEMO_ENV = "MLSERVE_REGISTER_DEMO"
 
 
-def default_mlserve_home() -> Path:
-    """``MLSERVE_HOME``, or ``.mlserve/`` in the checkout this file lives in."""
-    return Path(os.environ.get("MLSERVE_HOME") or Path(__file__).resolve().parent.parent / ".mlserve")
-
-
 def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
     """Split ``models:/name@alias`` or ``models:/name/version`` into (name, alias, version)."""
-    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", model_uri)
-    if not match:
+    parsed = parse_registry_uri(model_uri)
+    if parsed is None:
         raise ModelLoadError(
             f"MODEL_URI={model_uri!r} is not a registry URI; use models:/NAME@ALIAS or models:/NAME/VERSION"
         )
-    return match.group(1), match.group(2), match.group(3)
+    return parsed
 
 
 def tracking_uri_from_env() -> str:
     """``MLFLOW_TRACKING_URI``, or the embedded SQLite registry under ``MLSERVE_HOME``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_mlserve_home() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlserve_home() / 'mlflow.db'}"
 
 
 def _int_env(name: str, default: int) -> int:

@@ -37,8 +37,9 @@ import pandas as pd
 from service.profiles import PROFILE_ARTIFACT, build_profile
 
 from service.faults import RowHashFault
-from service.settings import DEMO_MODEL_NAME as MODEL_NAME
-from service.settings import TELEMETRY_OFF, tracking_uri_from_env
+from service.names import DEMO_MODEL_NAME as MODEL_NAME
+from service.names import TELEMETRY_OFF
+from service.settings import tracking_uri_from_env
 
 logger = logging.getLogger("mlserve.train")
 

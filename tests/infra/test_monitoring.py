@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from infra.dashboard import dashboard_queries
-from infra.monitoring import (
+from infra.monitors import (
     EXECUTOR_ERRORS,
     ADAPTER_WINDOW,
     DASHBOARD_LABEL,
@@ -25,7 +25,7 @@ from infra.monitoring import (
     PROMETHEUS_ADAPTER_VERSION,
     PROMETHEUS_CHART_REPO,
 )
-from infra.serving import REQUESTS_PER_SECOND_METRIC
+from infra.services import REQUESTS_PER_SECOND_METRIC
 from infra.workload import PORT_NAME, container_name
 from tests.infra.conftest import KUBERNETES_VERSION, manifests, stack_config
 from tests.infra.crd import validate_against_crd

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from infra import workload
-from infra.serving import REQUESTS_PER_SECOND_METRIC, hpa_spec, service_spec
+from infra.services import REQUESTS_PER_SECOND_METRIC, hpa_spec, service_spec
 from tests.infra.conftest import stack_config
 
 IMAGE = "ghcr.io/acme/churn@sha256:abc"
@@ -30,7 +30,7 @@ def test_container_carries_model_uri_and_variant(config):
 
 @pytest.mark.parametrize("public", [True, False], ids=["load-balancer", "cluster-ip"])
 def test_services_and_network_policy_let_grpc_through(config, public):
-    from infra.serving import network_policy_spec
+    from infra.services import network_policy_spec
 
     ports = {port["name"]: port for port in service_spec(config, "champion", public)["ports"]}
     assert ports["grpc"] == {"name": "grpc", "port": config.serving.grpc_port, "targetPort": "grpc", "protocol": "TCP"}

@@ -25,6 +25,7 @@ from rollout.lock import REPO_ROOT
 from rollout.metrics import PrometheusProvider
 from rollout.router import HAProxyRouter
 from rollout.scheduler import Decision, RolloutPlan, Scheduler, Verdict
+from service.names import DEMO_MODEL_NAME
 
 pytestmark = [
     pytest.mark.integration,
@@ -32,7 +33,7 @@ pytestmark = [
     pytest.mark.skipif(not tools_installed("haproxy", "prometheus"), reason="needs haproxy and prometheus (make setup)"),
 ]
 
-MODEL = "customer-churn-classifier"
+MODEL = DEMO_MODEL_NAME
 PLAN = RolloutPlan(
     steps=(20, 50, 100),
     interval_seconds=3,
@@ -52,14 +53,9 @@ def local(tmp_path_factory):
     healthy = ensure_demo_models(tracking_uri, faulty_challenger=False)
     faulty = register_demo_models(tracking_uri, faulty_challenger=True)
     with LocalEnvironment(home / "env", tracking_uri) as env:
-        champion, challenger, broken = env.start_model_servers([
-            ("champion", "champion", f"models:/{MODEL}/{healthy['champion']}"),
-            ("challenger", "challenger", f"models:/{MODEL}/{healthy['challenger']}"),
-            ("faulty", "challenger", f"models:/{MODEL}/{faulty['challenger']}"),
-        ])
-        env.healthy_split = env.start_haproxy("healthy", champion, challenger)
-        env.faulty_split = env.start_haproxy("faulty", champion, broken)
-        env.start_prometheus({"champion": champion, "challenger": challenger, "faulty": broken})
+        canary = env.start_canary(MODEL, healthy["champion"],
+                                  {"challenger": healthy["challenger"], "faulty": faulty["challenger"]})
+        env.healthy_split, env.faulty_split = canary.splits["challenger"], canary.splits["faulty"]
         env.home = home
         env.instances = sample_instances(2000, seed=21)
         yield env

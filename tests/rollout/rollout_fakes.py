@@ -7,12 +7,11 @@ from rollout.analysis import Measurement, Phase
 
 
 class FakeRouter:
-    """Records every weight it was given; `promote` marks the promotion."""
+    """Records every weight it was given."""
 
     def __init__(self, weight: int = 0):
         self.weight = weight
         self.history: list[int] = []
-        self.promoted = False
 
     def get_weight(self) -> int:
         return self.weight
@@ -20,11 +19,6 @@ class FakeRouter:
     def set_weight(self, percent: int) -> None:
         self.weight = percent
         self.history.append(percent)
-
-    def promote(self) -> str:
-        self.promoted = True
-        self.weight = 0
-        return "challenger promoted"
 
 
 class SimClock:

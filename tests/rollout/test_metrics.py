@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +11,7 @@ import pytest
 
 from rollout.errors import MetricsQueryError, MetricsUnreachableError
 from rollout.metrics import PrometheusProvider, collect_sample
+from service.names import free_port
 
 
 def vector(*values):
@@ -77,12 +77,6 @@ def test_query_values_and_no_data(prometheus_url, query, expected):
 def test_query_failures(prometheus_url, query, error, message):
     with pytest.raises(error, match=message):
         PrometheusProvider(prometheus_url, timeout_seconds=0.3).query(query)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_unreachable_is_not_no_data():

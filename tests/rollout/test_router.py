@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from rollout.errors import RouterError
+from rollout.promotion import StackPromotion
 from rollout.router import HAProxyRouter, StackConfigRouter, check_weight, make_router
 
 def test_set_weight_is_config_set_then_up(pulumi_cli):
@@ -58,7 +59,7 @@ def test_missing_weight_key_uses_the_declared_default(pulumi_cli):
 
 def test_promote_swaps_uris_and_resets_weight_in_one_update(pulumi_cli):
     project, state, calls = pulumi_cli
-    described = StackConfigRouter("prod", project).promote()
+    described = StackPromotion("prod", project).promote()
     config = json.loads(state.read_text())["stacks"]["prod"]
     assert config["model.championUri"] == "models:/customer-churn-classifier@challenger"
     assert "model.challengerUri" not in config

@@ -39,7 +39,8 @@ def test_rollout_paths(plan, case, start_weight, phases, verdict, weights, decis
     assert result.verdict is verdict
     assert router.history == weights
     assert [record.decision.value for record in result.records] == decisions
-    assert router.promoted is (verdict is Verdict.PROMOTED)
+    # Routers only move traffic: a promoted rollout leaves the challenger at 100% for its caller to promote.
+    assert (router.weight == 100) is (verdict is Verdict.PROMOTED)
 
 
 def test_rollback_records_why(plan):
@@ -161,7 +162,7 @@ def test_bad_plans_are_refused(limits, steps, interval, threshold, problem):
         ("a first failed check only counts", 10, 0, "F", 10, None, 1),
         ("a failed check at the threshold rolls back", 10, 1, "F", 0, Verdict.ROLLED_BACK, 2),
         ("no data holds", 10, 1, "I", 10, None, 1),
-        ("passing the last step promotes", 50, 0, "P", 0, Verdict.PROMOTED, 0),
+        ("passing the last step promotes (its caller then promotes)", 50, 0, "P", 100, Verdict.PROMOTED, 0),
     ],
     ids=lambda value: value if isinstance(value, str) and " " in value else None,
 )

@@ -19,8 +19,8 @@ import pytest
 import requests
 
 from service.__main__ import free_port
-from service.settings import DEMO_MODEL_NAME as MODEL_NAME
-from service.settings import TELEMETRY_OFF
+from service.names import DEMO_MODEL_NAME as MODEL_NAME
+from service.names import TELEMETRY_OFF
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_SECONDS = 120

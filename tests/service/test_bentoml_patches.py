@@ -1,4 +1,4 @@
-"""The two BentoML 1.4.39 fixes service.patches applies (the service calls it at import) (see bench/BENTOML_FINDINGS.md).
+"""The two BentoML 1.4.39 fixes service.patches applies (service.service.build_model_server calls it) (see bench/BENTOML_FINDINGS.md).
 
 TimeoutMiddleware must still answer 504 when a request is too slow, but must not keep a timer (and with it
 the request's objects) alive after the request is answered, and must not hang on an app that fails before

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import TELEMETRY_OFF
+from service.names import TELEMETRY_OFF
 
 from .conftest import REPO_ROOT
 

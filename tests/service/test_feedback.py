@@ -8,7 +8,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from service.feedback import handle_feedback
-from service.prediction_ids import Prediction, PredictionIdSigner
+from service.prediction_ids import PredictionIdSigner
+from service.prediction_ids import RowPrediction as Prediction
 from service.quality import QualityMetrics, score
 
 NOW = 1_800_000_000

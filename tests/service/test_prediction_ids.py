@@ -10,13 +10,13 @@ import pytest
 from service.prediction_ids import (
     KEY_ENV,
     MAX_AGE_ENV,
-    Prediction,
     PredictionIdError,
     PredictionIdSigner,
     Rejection,
     SigningKeyError,
     signer_from_env,
 )
+from service.prediction_ids import RowPrediction as Prediction
 
 KEY = b"k" * 32
 LABELS = {"model_name": "customer-churn-classifier", "model_version": "3", "variant": "challenger"}

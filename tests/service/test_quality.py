@@ -7,7 +7,7 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from service.prediction_ids import Prediction
+from service.prediction_ids import RowPrediction as Prediction
 from service.quality import FEEDBACK_METRICS, QualityMetrics, Score, TruthError, score
 
 BINARY = Prediction(probabilities=(0.8,))
