@@ -183,9 +183,10 @@ def write_resources(resources: list[RenderedResource], out_dir: Path) -> list[Pa
 def use_local_registry(config: StackConfig) -> str:
     """Point the image build at the local demo registry (as ``MLSERVE_MODEL_REGISTRY_URI`` would), registering the
     demo models in it first when the stack serves the demo model and they are missing; returns the registry URI."""
-    from service.settings import DEMO_MODEL_NAME, default_mlserve_home, parse_model_uri
+    from service.names import DEMO_MODEL_NAME, mlserve_home
+    from service.settings import parse_model_uri
 
-    registry_uri = f"sqlite:///{default_mlserve_home() / 'mlflow.db'}"
+    registry_uri = f"sqlite:///{mlserve_home() / 'mlflow.db'}"
     os.environ[REGISTRY_ENV] = registry_uri
     if any(parse_model_uri(config.model_uri(variant))[0] == DEMO_MODEL_NAME for variant in config.variants):
         from service.train import demo_models_registered, ensure_demo_models

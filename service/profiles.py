@@ -162,9 +162,9 @@ def read_dataset(uri: str) -> t.Any:
 
 
 def _cache_path(name: str, version: str) -> Path:
-    from service.settings import default_mlserve_home
+    from service.names import mlserve_home
 
-    return default_mlserve_home() / "profiles" / f"{name}-{version}.json"
+    return mlserve_home() / "profiles" / f"{name}-{version}.json"
 
 
 def load_reference_profile(model: t.Any, source: t.Any, run_id: str | None) -> ReferenceProfile | None:
