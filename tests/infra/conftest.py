@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ from infra.config import PROJECT_DIR, StackConfig, load_stack_config
 from infra.image import DockerContext, prepare_image
 from infra.render import RenderedResource, render_resources
 
-SCHEMA_DIR = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "crds"
+# MLSERVE_CRD_DIR (as engine.cluster reads it) wins; else ../shared/schemas/crds beside the checkout.
+SCHEMA_DIR = Path(os.environ.get("MLSERVE_CRD_DIR") or Path(__file__).resolve().parents[3] / "shared" / "schemas" / "crds")
 KUBERNETES_VERSION = "1.30.0"
 
 
