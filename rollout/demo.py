@@ -24,6 +24,7 @@ from dataclasses import replace
 from rollout.analysis import QualityThresholds, Thresholds
 from rollout.cli import EXIT_OK, EXIT_STOPPED, Progress
 from rollout.local import LoadGenerator, LocalEnvironment
+from rollout.explanations import explain_rows, mean_absolute_attributions, side_by_side
 from rollout.lock import state_dir
 from rollout.metrics import PrometheusProvider
 from rollout.report import write_report
@@ -78,6 +79,20 @@ def promote_in_registry(tracking_uri: str, version: str):
         return f"registry alias {MODEL_NAME}@champion now points to version {version}; challenger serves all traffic"
 
     return promote
+
+
+def explain_variants(urls: dict[str, str], customers: list[dict]) -> dict[str, dict[str, float]]:
+    """Print both variants' top three reasons for the first customer side by side; return each variant's mean
+    absolute attribution per column over ``customers`` (the report's), or nothing when a variant cannot explain."""
+    try:
+        explanations = {variant: explain_rows(url, customers) for variant, url in urls.items()}
+    except (RuntimeError, OSError) as err:
+        say(f"explanations unavailable: {err}")
+        return {}
+    say(f"why, for one customer ({', '.join(f'{k}={v}' for k, v in customers[0].items())}):")
+    for line in side_by_side({variant: rows[0] for variant, rows in explanations.items()}):
+        say(f"  {line}")
+    return {variant: mean_absolute_attributions(rows) for variant, rows in explanations.items()}
 
 
 def _interrupt(signum, frame) -> None:
@@ -135,6 +150,7 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None, worse_
             )
             result = scheduler.run()
             stats = load.stop()
+            explained = explain_variants({"champion": champion.url, "challenger": challenger.url}, instances[:20])
     except KeyboardInterrupt:
         say("interrupted; every process the demo started has been stopped")
         return EXIT_STOPPED
@@ -159,6 +175,7 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None, worse_
                      "failure_threshold": plan.failure_threshold,
                      "min_requests": plan.thresholds.min_requests,
                      "quality": vars(plan.quality) if plan.quality else None},
+            "mean_absolute_attribution": explained,
         }
         report_path, chart = write_report(result, report, context)
         say(f"report {report_path}, chart {chart}")
