@@ -187,7 +187,14 @@ class ModelExplainer:
                                f"{', '.join(map(str, self.background.columns))}")
         frame = frame[list(self.background.columns)]
         picked = self._pick_class(output_class)
-        predictions = np.asarray(self.output(frame), dtype=np.float64)
+        try:
+            predictions = np.asarray(self.output(frame), dtype=np.float64)
+        except InvalidInput:
+            raise
+        except (ValueError, KeyError) as err:
+            # Valid by the signature yet refused by the model (an unseen category): the client's value, so a 422
+            # with the model's words, as /predict answers (service.predictor.ServedModel.predict_input).
+            raise InvalidInput(f"the model refused the rows: {err}", status=422) from err
         values, base = self._attributions(frame)
         explanations = []
         for row in range(len(frame)):
@@ -218,8 +225,6 @@ class ModelExplainer:
         if self.fast is not None:
             values, base = self._attributions(sample)
             answers = np.asarray(self.output(sample), dtype=np.float64)
-            if self.binary is None and answers.ndim == 2 and values.ndim == 2:
-                answers = answers[:, 1]
             off = np.abs(values.sum(axis=1) + base - answers)
             if not np.all(off <= ADDITIVITY_TOLERANCE * np.maximum(1.0, np.abs(answers))):
                 logger.warning("shap's %s explainer is off by up to %.3g on this model; using the model-agnostic one",

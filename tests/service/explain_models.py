@@ -44,6 +44,19 @@ class SlowScore(mlflow.pyfunc.PythonModel):
         return model_input["x"].to_numpy(dtype=float) * 2.0 + model_input["y"].to_numpy(dtype=float)
 
 
+def wait_for_explainer(url: str, row: t.Any, seconds: float = 300) -> int:
+    """POST /explain with ``row`` until the server's explainer answers (anything but 503: it has started); the
+    status. A server's explainer process loads the model after the server is ready, answering 503 meanwhile."""
+    import requests
+
+    deadline = time.monotonic() + seconds
+    while True:
+        status = requests.post(f"{url}/explain", json={"instances": [row]}, timeout=60).status_code
+        if status != 503 or time.monotonic() > deadline:
+            return status
+        time.sleep(1)
+
+
 def _log(name: str, log: t.Callable[..., t.Any], model: t.Any, **kwargs: t.Any) -> None:
     with mlflow.start_run(run_name=name):
         log(model, name="model", registered_model_name=name, **kwargs)

@@ -108,6 +108,17 @@ def test_a_binary_classifier_explains_the_other_class_as_one_minus_the_positive(
     assert stay["attributions"]["amount"] == pytest.approx(-churn["attributions"]["amount"])
 
 
+def test_rows_the_model_refuses_get_422_with_its_words():
+    def strict(frame: pd.DataFrame) -> np.ndarray:
+        if (frame["plan"] == "").any():
+            raise ValueError("Found unknown categories [''] in column 3 during transform")
+        return score(frame)
+
+    with pytest.raises(InvalidInput) as caught:
+        ModelExplainer(strict, BACKGROUND).explain(ROWS.assign(plan=""))
+    assert caught.value.status == 422 and "unknown categories" in caught.value.message
+
+
 def test_rows_without_the_background_columns_are_refused():
     with pytest.raises(InvalidInput, match="lack column"):
         ModelExplainer(score, BACKGROUND).explain(ROWS.drop(columns=["plan"]))

@@ -214,6 +214,7 @@ def test_a_model_that_cannot_be_explained_gets_a_4xx_saying_why(servers, explain
     ({"rows": []}, 400, "instances"),
     ({"instances": [CHURN_ROWS[0]], "class": 1}, 400, "class"),
     ({"instances": [{**CHURN_ROWS[0], "region": "north"}]}, 400, "region"),
+    ({"instances": [{**CHURN_ROWS[0], "contract_type": ""}]}, 422, "unknown categories"),  # found by schemathesis
 ])
 def test_bad_requests_get_a_4xx_naming_the_problem(servers, body, status, words):
     response = requests.post(f"{servers['churn'].url}/explain", json=body, timeout=30)
