@@ -39,6 +39,7 @@ demo: setup
 
 bench: setup $(GHZ)
 	$(PY) -m bench.serving
+	$(PY) -m bench.explain
 
 # Without Go the bench still runs and reports the gRPC rows as skipped, with the reason.
 $(GHZ):

@@ -258,6 +258,17 @@ class FeedbackConfig:
 
 
 @dataclass(frozen=True)
+class ExplainConfig:
+    enabled: bool = key("explain.enabled")
+    background_uri: str = key("explain.backgroundUri")
+    max_background_rows: int = key("explain.maxBackgroundRows", lambda v: _between(v, 1, 10000))
+    max_rows: int = key("explain.maxRows", lambda v: _between(v, 1, 1000))
+    max_concurrency: int = key("explain.maxConcurrency", lambda v: _between(v, 1, 64))
+    max_queue: int = key("explain.maxQueue", lambda v: _between(v, 0, 10000))
+    timeout_seconds: float = key("explain.timeoutSeconds", lambda v: _between(v, 0.001, 600))
+
+
+@dataclass(frozen=True)
 class AlertsConfig:
     error_rate_percent: float = key("alerts.errorRatePercent", lambda v: _between(v, 0.001, 100))
     p95_latency_ms: int = key("alerts.p95LatencyMs", lambda v: _between(v, 1, 600000))
@@ -295,6 +306,7 @@ class StackConfig:
     alerts: AlertsConfig = field(default=None)  # type: ignore[assignment]
     feedback: FeedbackConfig = field(default=None)  # type: ignore[assignment]
     drift: DriftConfig = field(default=None)  # type: ignore[assignment]
+    explain: ExplainConfig = field(default=None)  # type: ignore[assignment]
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -308,7 +320,7 @@ class StackConfig:
 SECTIONS: tuple[type, ...] = (
     ModelConfig, ImageConfig, ServingConfig, GpuConfig, AutoscalingConfig,
     LoadBalancerConfig, TrafficConfig, SeldonConfig, AccessConfig, PlatformConfig, RolloutConfig, MonitoringConfig,
-    AlertsConfig, FeedbackConfig, DriftConfig,
+    AlertsConfig, FeedbackConfig, DriftConfig, ExplainConfig,
 )
 
 
@@ -523,6 +535,7 @@ def parse_config(stack: str, values: Mapping[str, Any], declarations: Mapping[st
         alerts=sections[AlertsConfig],
         feedback=sections[FeedbackConfig],
         drift=sections[DriftConfig],
+        explain=sections[ExplainConfig],
     )
     problems.extend(cross_key_problems(config, bad_keys))
     if problems:

@@ -312,7 +312,37 @@ def build_dashboard(config: StackConfig) -> Dashboard:
             .datasource(datasource)
             .with_target(_query(output_share_query(config, RATE_WINDOW), "{{variant}}: {{output}}"))
         )
+        .with_row(Row("Explanations (/explain), apart from predictions"))
+        .with_panel(
+            _timeseries("Explanation requests per second: answered and refused, by variant",
+                        "Refused: 503 when the explainer processes are busy or too slow, 409 without background data, "
+                        "4xx for bad rows; none of it counts in the prediction series above.", "reqps")
+            .datasource(datasource)
+            .with_target(_query(explain_queries(config)["requests_per_second"], f"{by_variant} all", "A"))
+            .with_target(_query(explain_queries(config)["errors_per_second"], f"{by_variant} {{{{error_type}}}}", "B"))
+        )
+        .with_panel(
+            _timeseries("p95 explanation latency, by variant", "Including the wait for an explainer process.",
+                        "s")
+            .datasource(datasource)
+            .with_target(_query(explain_queries(config)["p95_latency_seconds"], by_variant))
+        )
     )
+
+
+def explain_queries(config: StackConfig, window: str = RATE_WINDOW) -> dict[str, str]:
+    """The explanation panels' PromQL (the model_explain_* series of service/metrics.py)."""
+    selector = model_selector(config)
+    return {
+        "requests_per_second": f"sum by (variant) (rate(model_explain_requests_total{{{selector}}}[{window}]))",
+        "errors_per_second": (
+            f"sum by (variant, error_type) (rate(model_explain_errors_total{{{selector}}}[{window}]))"
+        ),
+        "p95_latency_seconds": (
+            f"histogram_quantile(0.95, sum by (variant, le) "
+            f"(rate(model_explain_latency_seconds_bucket{{{selector}}}[{window}])))"
+        ),
+    }
 
 
 def dashboard_json(config: StackConfig) -> str:

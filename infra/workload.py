@@ -12,6 +12,7 @@ from typing import Any
 
 from infra.config import SecretValue, StackConfig, dns_label
 from service.admission import AdmissionLimits
+from service.explain import ExplainSettings
 from service.names import TELEMETRY_OFF
 from service.prediction_ids import KEY_ENV, MAX_AGE_ENV
 from service.profiles import REFERENCE_URI_ENV
@@ -139,6 +140,7 @@ def container_env(config: StackConfig, variant: str) -> list[Manifest]:
         "HOME": "/tmp",
         **TELEMETRY_OFF,
         **admission_env(config),
+        **explain_env(config),
     }
     if config.drift.reference_uri:  # only when set: stacks without it keep their pod spec unchanged
         env[REFERENCE_URI_ENV] = config.drift.reference_uri
@@ -153,6 +155,20 @@ def admission_env(config: StackConfig) -> dict[str, str]:
         queue_timeout=serving.queue_timeout_seconds, body_timeout=serving.body_timeout_seconds,
     )
     return {AdmissionLimits.ENV[name]: f"{getattr(limits, name):g}" for name in AdmissionLimits.ENV}
+
+
+def explain_env(config: StackConfig) -> dict[str, str]:
+    """The server's /explain settings (service/explain.py) from stack config ``explain.*``."""
+    explain = config.explain
+    settings = ExplainSettings(
+        enabled=explain.enabled, background_uri=explain.background_uri,
+        max_background_rows=explain.max_background_rows, max_rows=explain.max_rows,
+        max_concurrency=explain.max_concurrency, max_queue=explain.max_queue,
+        timeout_seconds=explain.timeout_seconds,
+    )
+    values = {name: getattr(settings, name) for name in ExplainSettings.ENV}
+    return {ExplainSettings.ENV[name]: ("true" if value else "false") if isinstance(value, bool)
+            else value if isinstance(value, str) else f"{value:g}" for name, value in values.items()}
 
 
 def probes(config: StackConfig) -> Manifest:

@@ -30,6 +30,7 @@ from rollout.drift_demo import (
     shift_monthly_charges, watch_drift,
 )
 from rollout.local import LoadGenerator, LocalEnvironment
+from rollout.explanations import explain_rows, mean_absolute_attributions, side_by_side
 from rollout.lock import state_dir
 from rollout.metrics import PrometheusProvider
 from rollout.progress import EXIT_OK, EXIT_STOPPED, Progress, stop_on_signals
@@ -77,6 +78,20 @@ def demo_versions(tracking_uri: str, faulty_challenger: bool, worse_challenger: 
     if versions[CHAMPION] == versions[CHALLENGER]:
         versions = register_demo_models(tracking_uri, **kind)
     return versions
+
+
+def explain_variants(urls: dict[str, str], customers: list[dict]) -> dict[str, dict[str, float]]:
+    """Print both variants' top three reasons for the first customer side by side; return each variant's mean
+    absolute attribution per column over ``customers`` (the report's), or nothing when a variant cannot explain."""
+    try:
+        explanations = {variant: explain_rows(url, customers) for variant, url in urls.items()}
+    except (RuntimeError, OSError) as err:
+        say(f"explanations unavailable: {err}")
+        return {}
+    say(f"why, for one customer ({', '.join(f'{k}={v}' for k, v in customers[0].items())}):")
+    for line in side_by_side({variant: rows[0] for variant, rows in explanations.items()}):
+        say(f"  {line}")
+    return {variant: mean_absolute_attributions(rows) for variant, rows in explanations.items()}
 
 
 def _interrupt(signum, frame) -> None:
@@ -141,6 +156,7 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None, worse_
                 say(f"drift: {INPUT_DRIFT} fired on {sorted(drift.fired_columns) or 'no column'} "
                     f"{drift.fired_after_seconds}s after the rollout ended; PSI by column {drift.scores}")
             stats = load.stop()
+            explained = explain_variants({variant: server.url for variant, server in canary.servers.items()}, instances[:20])
     except KeyboardInterrupt:
         say("interrupted; every process the demo started has been stopped")
         return EXIT_STOPPED
@@ -165,6 +181,7 @@ def run_demo(faulty_challenger: bool = False, report: Path | None = None, worse_
                                                  "psi_by_column": drift.scores},
             "rate_per_second": DEMO_RATE_PER_SECOND, "traffic": traffic,
             "plan": plan.to_dict(),
+            "mean_absolute_attribution": explained,
         }
         report_path, chart = write_report(result, report, context)
         say(f"report {report_path}, chart {chart}")

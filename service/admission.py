@@ -38,7 +38,7 @@ JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv", "application/csv")
 MEDIA_TYPES_BY_PATH: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
     (re.compile(r"^/invocations$"), JSON_TYPES + CSV_TYPES),
-    (re.compile(r"^/(predict|predict_batch|v2/models/[^/]+(/versions/[^/]+)?/infer)$"), JSON_TYPES),
+    (re.compile(r"^/(predict|predict_batch|explain|v2/models/[^/]+(/versions/[^/]+)?/(infer|explain))$"), JSON_TYPES),
 )
 # A token as RFC 9110 section 5.6.2 defines it, for the type and subtype of a media type.
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"

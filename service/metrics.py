@@ -68,6 +68,38 @@ INPUT_SIZE = bentoml.metrics.Histogram(
     buckets=(128, 512, 2048, 8192, 32768, 131072, 524288, 1 << 20, 4 << 20),
 )
 
+# Explanations (/explain, /v2/models/{name}/explain; service.explain_pool): never counted as predictions, so the
+# rollout analysis and the prediction alerts see prediction traffic only.
+EXPLAIN_REQUESTS = bentoml.metrics.Counter(
+    name="model_explain_requests_total",
+    documentation="Explanation requests handled, successful or not",
+    labelnames=MODEL_LABELS,
+)
+EXPLAIN_LATENCY = bentoml.metrics.Histogram(
+    name="model_explain_latency_seconds",
+    documentation="Time to answer an explanation request, including waiting for an explainer",
+    labelnames=MODEL_LABELS,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+EXPLAIN_ROWS = bentoml.metrics.Counter(
+    name="model_explain_rows_total",
+    documentation="Rows explained successfully",
+    labelnames=MODEL_LABELS,
+)
+EXPLAIN_ERRORS = bentoml.metrics.Counter(
+    name="model_explain_errors_total",
+    documentation="Explanation requests that failed, by error_type (invalid_input, no_background, unavailable, "
+    "timeout, model_error, disabled)",
+    labelnames=MODEL_LABELS + ["error_type"],
+)
+EXPLAIN_ACTIVE = bentoml.metrics.Gauge(
+    name="model_explain_active_requests",
+    documentation="Explanation requests in flight, waiting or computing",
+    labelnames=MODEL_LABELS,
+    multiprocess_mode="livesum",
+)
+EXPLAIN_ERROR_TYPES = ("invalid_input", "no_background", "unavailable", "timeout", "model_error", "disabled")
+
 # Ground truth from /feedback (service.feedback), per variant that made the prediction.
 QUALITY = QualityMetrics(bentoml.metrics, MODEL_LABELS[:-1])  # ground truth belongs to no protocol
 # What each variant predicted, per output (service.drift): the rollout's label-free gate compares them.
@@ -83,6 +115,34 @@ def start_series(identity: ModelIdentity, protocols: t.Iterable[str]) -> None:
         PREDICTIONS.labels(**labels)
         for error_type in ERROR_TYPES:
             ERRORS.labels(**labels, error_type=error_type)
+
+
+def start_explain_series(identity: ModelIdentity) -> None:
+    """The model_explain_* counters at 0 for this model (explanations are REST only)."""
+    labels = {**identity.labels, "protocol": REST}
+    EXPLAIN_REQUESTS.labels(**labels)
+    EXPLAIN_ROWS.labels(**labels)
+    for error_type in EXPLAIN_ERROR_TYPES:
+        EXPLAIN_ERRORS.labels(**labels, error_type=error_type)
+
+
+@contextlib.contextmanager
+def track_explain(identity: ModelIdentity) -> t.Iterator[dict[str, t.Any]]:
+    """Measure one explanation request; the caller sets ``rows`` (explained) or ``error_type`` in the yielded dict."""
+    labels = {**identity.labels, "protocol": REST}
+    outcome: dict[str, t.Any] = {"rows": 0, "error_type": "model_error"}
+    started = time.perf_counter()
+    EXPLAIN_ACTIVE.labels(**labels).inc()
+    try:
+        yield outcome
+    finally:
+        EXPLAIN_ACTIVE.labels(**labels).dec()
+        EXPLAIN_REQUESTS.labels(**labels).inc()
+        EXPLAIN_LATENCY.labels(**labels).observe(time.perf_counter() - started)
+        if outcome["error_type"] is None:
+            EXPLAIN_ROWS.labels(**labels).inc(outcome["rows"])
+        else:
+            EXPLAIN_ERRORS.labels(**labels, error_type=outcome["error_type"]).inc()
 
 
 def record(labels: dict[str, str], status: int, seconds: float, size_bytes: int) -> None:

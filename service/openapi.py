@@ -37,6 +37,8 @@ ERRORS = {
     "503": "overloaded: retry after the Retry-After header's seconds",
 }
 
+# /explain and /v2/models/{name}/explain (service.explain_pool) answer 409 when the model has no background data.
+EXPLAIN_CONFLICT = "no background data to explain against: set explain.backgroundUri or log an input example"
 
 ERROR_REF = {"$ref": "#/components/schemas/MlserveError"}
 # A row the model refuses fails the whole merged batch of /predict_batch, and BentoML's batching answers each request
@@ -71,6 +73,9 @@ def document_errors(document: dict[str, t.Any]) -> dict[str, t.Any]:
                 continue
             errors = error_responses(batched=path == "/predict_batch") if prediction else {
                 "404": error_responses()["404"]}
+            if path.endswith("/explain"):
+                errors = {**errors, "409": {"description": EXPLAIN_CONFLICT,
+                                            "content": {"application/json": {"schema": ERROR_REF}}}}
             operation["responses"].update(errors)
     return document
 

@@ -30,6 +30,8 @@ from service import patches
 from service.admission import AdmissionLimits, AdmissionMiddleware, Slots
 from service.drift import drift_observer
 from service.errors import InvalidInput, ModelFailure, ModelLoadError, mlflow_error_body
+from service.explain import ExplainSettings
+from service.explain_pool import ExplainAnswer, ExplainProtocol, explain_openapi
 from service.feedback import handle_feedback, row_predictions
 from service.grpc_server import GrpcServer
 from service.loading import ModelSource, load_model, missing_requirements, resolve_model
@@ -102,6 +104,8 @@ IMAGE = bentoml.images.Image(python_version="3.11", lock_python_packages=False).
     "grpcio==1.85.1",
     "protobuf==6.33.6",
     "tritonclient[grpc]==2.73.0",
+    # /explain (service.explain): SHAP attributions, computed in their own processes.
+    "shap==0.51.0",
 )
 
 def error_response(err: InvalidInput | ModelFailure) -> JSONResponse:
@@ -109,6 +113,10 @@ def error_response(err: InvalidInput | ModelFailure) -> JSONResponse:
     if isinstance(err, InvalidInput):
         return JSONResponse(err.body(), status_code=err.status)
     return JSONResponse({"error": str(err)}, status_code=500)
+
+
+def explain_response(answer: ExplainAnswer) -> JSONResponse:
+    return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
 def build_model_server() -> type:
@@ -125,6 +133,10 @@ def build_model_server() -> type:
         ADMISSION = Slots(AdmissionLimits.from_env())
     except ValueError as err:
         fatal(f"admission limits: {err}", status=2)
+    try:
+        EXPLAIN = ExplainSettings.from_env()
+    except ValueError as err:
+        fatal(f"explanation settings: {err}", status=2)
     patches.apply()
     # A server is always told its model (the CLI and the pods set MODEL_URI): pin it now, so the API's types and the
     # OpenAPI document describe its columns. Without MODEL_URI (`bentoml build`, which imports this module) nothing is
@@ -189,6 +201,7 @@ def build_model_server() -> type:
             if self.signer is None:
                 warn(f"{KEY_ENV} is not set: predictions carry no prediction_ids and /feedback is off")
             self.grpc: GrpcServer | None = None
+            self.explainer = ExplainProtocol(self.model, SETTINGS, self.source, EXPLAIN)
             start_series(identity, (REST, GRPC) if SETTINGS.grpc_port else (REST,))
             if self.model.schema.kind == "none":
                 warn(f"{identity.name} version {identity.version} was logged without a signature: requests are checked "
@@ -227,6 +240,15 @@ def build_model_server() -> type:
         async def stop_grpc(self) -> None:
             if self.grpc is not None:
                 await self.grpc.stop()
+
+        @bentoml.on_startup
+        def start_explainer(self) -> None:
+            """Start the explainer processes now, so the first /explain finds the model loaded (service.explain_pool)."""
+            self.explainer.start()
+
+        @bentoml.on_shutdown
+        def stop_explainer(self) -> None:
+            self.explainer.stop()
 
         async def _predict(self, call: t.Callable[[], Prediction]) -> Prediction:
             """Run one prediction (natively on the event loop, through pyfunc in a thread); raises as the core does."""
@@ -299,6 +321,11 @@ def build_model_server() -> type:
                                      SETTINGS.max_rows)
             return JSONResponse(answer.body, status_code=answer.status)
 
+        @scoring.post("/explain", openapi_extra=explain_openapi(_ROW_SCHEMA, EXPLAIN.max_rows))
+        async def explain(self, request: Request) -> JSONResponse:
+            """SHAP attributions per input column for each row (``service.explain_pool``), in their own processes."""
+            return explain_response(await self.explainer.rest(await request.body()))
+
         @scoring.get("/ping")
         def ping(self) -> JSONResponse:
             """MLflow's health check: 200 once the model is loaded."""
@@ -369,6 +396,15 @@ def build_model_server() -> type:
                 return JSONResponse({"name": name, "ready": self.model_ready(name)})
             except InvalidInput as err:
                 return error_response(err)
+
+        @oip.post("/models/{name}/explain")
+        async def oip_explain(self, name: ModelName, request: Request) -> JSONResponse:
+            """Explanations over OIP v2: input tensors in, prediction/base_value/attributions tensors out."""
+            try:
+                self._check_model(name)
+            except InvalidInput as err:
+                return error_response(err)
+            return explain_response(await self.explainer.oip(await request.body()))
 
         @oip.post("/models/{name}/infer")
         async def oip_infer(self, name: ModelName, request: Request) -> JSONResponse:

@@ -177,8 +177,9 @@ def _train_and_register(tracking_uri: str, kind: str, seed: int) -> str:
         pipeline = _build_pipeline(settings["regularization"], faulty=True)
         pipeline.steps[1:] = healthy.steps
     fault = RowHashFault(FAULT_FRACTION)
-    # The input example must pass even through a faulty model: MLflow scores it while logging.
-    example = features.iloc[[i for i in range(split, len(features)) if not fault.fails_on(matrix[i])][:3]]
+    # The input example must pass even through a faulty model: MLflow scores it while logging. It is also the
+    # background /explain measures attributions against (service/explain.py): 100 held-out customers, not 3.
+    example = features.iloc[[i for i in range(split, len(features)) if not fault.fails_on(matrix[i])][:100]]
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)

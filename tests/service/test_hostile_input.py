@@ -19,7 +19,8 @@ from .test_server import EXAMPLE, metric_value
 
 pytestmark = pytest.mark.integration
 
-ROUTES = ["/predict", "/predict_batch", "/invocations", "/v2/models/{model}/infer"]
+ROUTES = ["/predict", "/predict_batch", "/invocations", "/v2/models/{model}/infer", "/explain",
+          "/v2/models/{model}/explain"]
 ROW_BODY = b'{"instances": [{"tenure": 1}]}'
 # (name, Content-Type, body, expected status, words the error must contain)
 MISTAKES = [

@@ -18,6 +18,8 @@ import pytest
 import requests
 
 from .conftest import start_server, stop_server
+from .explain_models import wait_for_explainer
+from .test_server import EXAMPLE
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +51,7 @@ def other_model_server(registry, tmp_path_factory):
     model = matrix_models.diabetes_regressor()
     server = start_server(registry, tmp_path_factory.mktemp("logs") / "diabetes.log",
                           "--model-uri", f"models:/{model.name}/1")
+    server.explain_row = model.rows[0]
     yield server
     stop_server(server)
 
@@ -65,6 +68,8 @@ def run_schemathesis(url: str, workdir: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("served", ["champion_server", "other_model_server"])
 def test_generated_requests_get_no_server_error_and_no_answer_the_document_does_not_allow(request, served, tmp_path):
     server = request.getfixturevalue(served)
+    # /explain answers 503 until the server's explainer process has loaded the model: wait for it first.
+    wait_for_explainer(server.url, getattr(server, "explain_row", EXAMPLE))
 
     result = run_schemathesis(server.url, tmp_path)
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import threading
 from functools import partial
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
+from http.server import ThreadingHTTPServer
 
 import pytest
 from pulumi.automation import ConfigValue
 
 from tests.engine.conftest import contains, identity
+from tests.rollout.test_cli_stack import HealthyPrometheus
 from tests.engine.pulumi.conftest import ENGINE_SETTINGS
 
 pytestmark = pytest.mark.timeout(900)
@@ -62,24 +62,11 @@ def test_a_weight_edit_previews_as_the_two_traffic_fields_then_applies(project, 
     assert seldon_weights(project) == {"champion": 75, "challenger": 25}
 
 
-class FailingChallengerPrometheus(BaseHTTPRequestHandler):
+class FailingChallengerPrometheus(HealthyPrometheus):
     """Both variants busy; the challenger answers 10% of its calls with a 5xx, the champion none."""
 
-    def do_GET(self):
-        query = parse_qs(urlparse(self.path).query).get("query", [""])[0]
-        if "histogram_quantile" in query:
-            value = "0.02"
-        elif ("errors" in query or 'code=~"5.."' in query):
-            value = "100" if "challenger" in query else "0"
-        else:
-            value = "1000"
-        body = {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [0, value]}]}}
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(json.dumps(body).encode())
-
-    def log_message(self, *args):
-        pass
+    def error_count(self, query: str) -> str:
+        return "100" if "challenger" in query else "0"
 
 
 def test_rollout_start_is_one_update_per_step_and_a_rollback_leaves_weight_zero(project, prod, monkeypatch, tmp_path):
