@@ -165,7 +165,9 @@ def explain_env(config: StackConfig) -> dict[str, str]:
         max_concurrency=explain.max_concurrency, max_queue=explain.max_queue,
         timeout_seconds=explain.timeout_seconds,
     )
-    values = {name: getattr(settings, name) for name in ExplainSettings.ENV}
+    # An empty setting is left out, as its default: the API server drops an env var's empty `value`, so the
+    # object read back would differ from the one applied and every preview would show a change.
+    values = {name: getattr(settings, name) for name in ExplainSettings.ENV if getattr(settings, name) != ""}
     return {ExplainSettings.ENV[name]: ("true" if value else "false") if isinstance(value, bool)
             else value if isinstance(value, str) else f"{value:g}" for name, value in values.items()}
 
