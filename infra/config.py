@@ -35,7 +35,7 @@ ROUTERS = ("service", "seldon")
 SELDON_EXECUTOR_PORTS = (8000, 5001)
 # Keys whose values are secrets (`pulumi config set --secret`): never echoed in a problem.
 SECRET_KEYS = frozenset({"feedback.signingKey"})
-# Artifact stores whose client packages the image can carry (image.artifactStoreClients); pins in infra/image.py.
+# Artifact stores whose client packages the image can carry (image.artifactStoreClients); pins in infra/image_context.py.
 ARTIFACT_STORES = ("s3", "gcs", "azure")
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
