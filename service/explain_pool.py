@@ -2,10 +2,11 @@
 
 Explaining a row costs hundreds of model calls, so it never runs in a server worker: each worker owns
 ``max_concurrency`` explainer processes (``service.explain``), started when the worker starts (they load the model
-on their own time; ``/explain`` answers 503 until then), at the lowest CPU priority (``SCHED_IDLE``, else
-``nice`` +19) with one BLAS/OpenMP thread, so that under contention the kernel schedules predictions first. At most ``max_queue`` requests wait for a process, each
-for at most ``timeout_seconds``; anything beyond is answered 503 with ``Retry-After`` at once. An explanation that
-takes longer than ``timeout_seconds`` is answered 503 too, and its process is killed and replaced.
+on their own time; ``/explain`` answers 503 until then), at the lowest CPU priority from their first instruction
+(``SCHED_IDLE``, else ``nice`` +19) with one BLAS/OpenMP thread, so that under contention the kernel schedules
+predictions first. At most ``max_queue`` requests wait for a process, each for at most ``timeout_seconds``; anything
+beyond is answered 503 with ``Retry-After`` at once. An explanation that takes longer than ``timeout_seconds`` is
+answered 503 too, and its process is killed and a new one started at once.
 
 ``ExplainProtocol.rest(body)`` answers ``POST /explain`` (``{"instances": [rows], "class"?}``, rows validated by the
 same ``RowValidator`` as ``/predict``); ``ExplainProtocol.oip(body)`` answers ``POST /v2/models/{name}/explain``

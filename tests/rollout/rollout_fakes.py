@@ -1,5 +1,6 @@
 """Fakes for rollout unit tests: a router that remembers weights, a scripted measurement source, a model server's
-`/explain` answering as told, and a simulated clock so a whole rollout runs in milliseconds (imported by name; tests/ has no packages)."""
+`/explain` answering as told, and a simulated clock so a whole rollout runs in milliseconds (imported by name;
+tests/ has no packages)."""
 
 from __future__ import annotations
 

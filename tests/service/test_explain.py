@@ -215,7 +215,8 @@ def test_rows_to_explain_come_from_the_background_file_cut_to_the_signature(logg
 
     rows, origin = sample_rows("models:/rows-bare/1", background.as_uri(), 20, logged_rows)
 
-    assert rows == [{"amount": 1.0, "flagged": True, "level": "low"}, {"amount": None, "flagged": False, "level": "high"},
+    assert rows == [{"amount": 1.0, "flagged": True, "level": "low"},
+                    {"amount": None, "flagged": False, "level": "high"},
                     {"amount": 3.0, "flagged": True, "level": "low"}]
     assert origin == f"explain.backgroundUri {background.as_uri()}"
 
