@@ -44,8 +44,9 @@ EXACT_MAX_COLUMNS = 10
 # Tree ensembles TreeExplainer computes exactly (module prefixes of the estimator's class).
 TREE_MODULES = ("sklearn.ensemble._forest", "sklearn.ensemble._gb", "sklearn.tree", "xgboost", "lightgbm")
 # The explainer process runs at the lowest CPU priority (Linux SCHED_IDLE: only when a core would otherwise idle;
-# elsewhere nice +19): predictions first. nice +10 still let 4 /explain clients raise /predict's c=8 p99 by 37% on
-# 2 cores (bench/explain.py, 2026-12-06).
+# elsewhere nice +19) from its first instruction (service.explain_pool starts it from a SCHED_IDLE thread): predictions
+# first. nice +10 still let 4 /explain clients raise /predict's c=8 p99 by 37% on 2 cores, SCHED_IDLE once the model
+# was loaded by 24% (bench/explain.py, 2026-12-06; README "Explain a prediction" has the current run).
 NICE_INCREMENT = 19
 BACKGROUND_HINT = ("set stack config mlserve:explain.backgroundUri (env MLSERVE_EXPLAIN_BACKGROUND_URI) to a CSV, "
                    "Parquet or JSON-records file of typical rows that MLflow can download, or log the model with an "
