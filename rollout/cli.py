@@ -182,10 +182,12 @@ def _explanations(args, config) -> dict | None:
     try:
         rows, rows_from = sample_rows(config.model.champion_uri, config.explain.background_uri, count,
                                       tracking_uri_from_env())
+        print(f"explanations: {len(rows)} rows from {rows_from}, asked of {', '.join(urls)}")
+        section = report_explanations(urls, rows, rows_from)
     except InvalidInput as err:
         return {"note": f"no rows to explain: {err.message}"}
-    print(f"explanations: {len(rows)} rows from {rows_from}, asked of {', '.join(urls)}")
-    section = report_explanations(urls, rows, rows_from)
+    except Exception as err:  # noqa: BLE001 - the rollout has decided; what it could not explain is only noted
+        return {"note": f"explanations failed: {type(err).__name__}: {err}"}
     for variant in VARIANTS:
         if variant not in urls:
             section["notes"][variant] = f"not asked: no --explain-url {variant}=URL"

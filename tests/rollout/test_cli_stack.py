@@ -190,7 +190,9 @@ def test_the_report_shows_how_each_variant_decides_or_why_it_cannot(pulumi_cli, 
 @pytest.mark.parametrize(("extra", "note"), [
     ([], "pass --explain-url champion=URL --explain-url challenger=URL"),
     (["--set", "explain.enabled=false", "--explain-url", "champion=http://127.0.0.1:9"], "explain.enabled: false"),
-])
+    (["--set", "model.championUri=file:///nonexistent/model", "--explain-url", "champion=http://127.0.0.1:9"],
+     "no rows to explain: cannot read file:///nonexistent/model/MLmodel"),
+], ids=["no-urls", "disabled", "no-rows"])
 def test_without_servers_to_ask_the_report_says_so(pulumi_cli, prometheus_url, tmp_path, extra, note):
     report = tmp_path / "run.json"
     code = main(["start", "--stack", "prod", "--set", f"rollout.prometheusUrl={prometheus_url}",
