@@ -19,7 +19,6 @@ import os
 import sys
 import typing as t
 
-import anyio.to_thread
 import bentoml
 import pydantic
 from bentoml.exceptions import BentoMLException
@@ -28,6 +27,7 @@ from fastapi.responses import JSONResponse
 
 from service import patches
 from service.admission import AdmissionLimits, AdmissionMiddleware, Slots
+from service.batching import BatchLimits, ModelRunner
 from service.drift import drift_observer
 from service.errors import InvalidInput, ModelFailure, ModelLoadError, mlflow_error_body
 from service.explain import ExplainSettings
@@ -52,7 +52,7 @@ from service.openapi import DocumentedErrorsMiddleware
 from service.prediction_ids import KEY_ENV, SigningKeyError, signer_from_env
 from service.predictor import PREDICT, Prediction, ServedModel
 from service.protocols import invocation_answer, invocation_rows, oip_infer_response, parse_json
-from service.schema import InputSchema, request_row_type
+from service.schema import Checked, InputSchema, request_row_type
 from service.settings import REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, Settings, parse_model_uri
 
 logger = logging.getLogger("mlserve.service")
@@ -134,6 +134,10 @@ def build_model_server() -> type:
     except ValueError as err:
         fatal(f"admission limits: {err}", status=2)
     try:
+        BATCHING = BatchLimits.from_env()
+    except ValueError as err:
+        fatal(f"batching limits: {err}", status=2)
+    try:
         EXPLAIN = ExplainSettings.from_env()
     except ValueError as err:
         fatal(f"explanation settings: {err}", status=2)
@@ -158,7 +162,7 @@ def build_model_server() -> type:
     Instances = t.Annotated[list[t.Any], pydantic.WithJsonSchema(
         {"type": "array", "items": _ROW_SCHEMA, "minItems": 1, "maxItems": SETTINGS.max_rows}
     )]
-    # /predict_batch rows are validated per request, before BentoML merges them into a batch.
+    # /predict_batch's rows are typed, so BentoML checks them (and words its refusals) as it always has.
     BatchInstances = t.Annotated[list[_ROW], pydantic.Field(min_length=1, max_length=SETTINGS.max_rows)]
 
     oip = FastAPI(title="Open Inference Protocol v2")
@@ -198,6 +202,9 @@ def build_model_server() -> type:
             QUALITY.start(identity.labels)
             OUTPUTS.start(identity.labels, self.model.classes)
             self.model.on_prediction = drift_observer(self.model, self.source, OUTPUTS, INPUTS, warn)
+            # Every protocol's predictions go through this worker's one model thread, merged into batches
+            # (service.batching); the requests the admission slots hold are the ones that may join a batch.
+            self.runner = ModelRunner(self.model, BATCHING, expected=lambda: ADMISSION.in_flight)
             if self.signer is None:
                 warn(f"{KEY_ENV} is not set: predictions carry no prediction_ids and /feedback is off")
             self.grpc: GrpcServer | None = None
@@ -250,49 +257,42 @@ def build_model_server() -> type:
         def stop_explainer(self) -> None:
             self.explainer.stop()
 
-        async def _predict(self, call: t.Callable[[], Prediction]) -> Prediction:
-            """Run one prediction (natively on the event loop, through pyfunc in a thread); raises as the core does."""
-            if self.model.serving_path == "pyfunc":
-                return await anyio.to_thread.run_sync(call)
-            return call()
+        @bentoml.on_shutdown
+        def stop_runner(self) -> None:
+            self.runner.close()
 
-        async def _answer(self, call: t.Callable[[], Prediction]) -> Prediction | JSONResponse:
-            """``_predict`` with its errors as responses."""
+        async def _answer(self, check: t.Callable[[], Checked], output: str | None = None) -> Prediction | JSONResponse:
+            """Check a request on the event loop, then score it in the model thread with whatever requests are
+            waiting (``service.batching``); its errors as responses."""
             try:
-                return await self._predict(call)
+                return await self.runner.predict(check(), output)
             except InvalidInput as err:
                 return error_response(err)
             except ModelFailure as err:
                 logger.exception("%s", err)
                 return error_response(err)
 
-        # The handlers are async on purpose: validating and scoring a request natively takes well under a
-        # millisecond, less than handing the call to a worker thread and back, so they run on the event loop.
+        # The handlers are async and never call the model themselves: they read and check the request on the event
+        # loop and await the model thread, so the loop stays free to accept, check, shed and answer probes.
         @bentoml.api(route="/predict")
         async def predict(self, instances: Instances) -> dict[str, t.Any]:
             """Predictions for each row of ``instances``, with the model name, version and variant."""
-            answer = await self._answer(lambda: self.model.predict_rows(instances))
+            answer = await self._answer(lambda: self.model.check_rows(instances))
             if isinstance(answer, JSONResponse):
                 return answer
             identity = answer.identity
             return {"predictions": answer.values, **self._prediction_ids(answer), "model_name": identity.name,
                     "model_version": identity.version, "variant": identity.variant}
 
-        # max_latency_ms is also BentoML's shedding threshold: a queued request expected to wait longer is answered
-        # 503. 50 ms shed requests at concurrency 64 on a busy 2-core machine; the dispatcher learns the real wait
-        # from its own timings, so a higher ceiling adds no delay at low concurrency.
-        @bentoml.api(route="/predict_batch", batchable=True, max_batch_size=512, max_latency_ms=250)
+        # Kept for the clients of the earlier batching endpoint: every route is batched now, and this one answers
+        # the bare list of predictions, its rows typed and refused by BentoML as before.
+        @bentoml.api(route="/predict_batch")
         async def predict_batch(self, instances: BatchInstances) -> list[t.Any]:
-            """Predictions for typed rows; concurrent requests are merged into one batch adaptively.
-
-            A row the model itself refuses (a category it never saw, say) fails the batch it was merged into:
-            /predict scores each request on its own.
-            """
+            """Predictions for typed rows, batched with every other request as ``/predict`` is; only the list."""
+            check = ((lambda: self.model.validator.checked_rows(instances)) if SCHEMA.columns
+                     else (lambda: self.model.check_rows(instances)))
             try:
-                if SCHEMA.columns:
-                    prediction = self.model.predict_input(self.model.validator.frame(instances))
-                else:
-                    prediction = self.model.predict_rows(instances)
+                prediction = await self.runner.predict(check())
             except InvalidInput as err:
                 raise BentoMLException(err.message, error_code=HTTPStatus(err.status)) from None
             return prediction.values
@@ -303,7 +303,7 @@ def build_model_server() -> type:
             body = await request.body()
             try:
                 rows = invocation_rows(body, request.headers.get("content-type", ""), self.model.schema)
-                answer = await self._predict(lambda: self.model.predict_rows(rows, output=PREDICT, mlflow=True))
+                answer = await self.runner.predict(self.model.check_rows(rows, mlflow=True), PREDICT)
                 return JSONResponse({**invocation_answer(answer), **self._prediction_ids(answer)})
             except InvalidInput as err:
                 # MLflow's error_code and message, which its clients read, beside our detail.
@@ -361,7 +361,7 @@ def build_model_server() -> type:
             self._check_model(name, version)
             if not isinstance(payload, dict):
                 raise InvalidInput("an infer request is a JSON object with an 'inputs' list of tensors")
-            prediction = await self._predict(lambda: self.model.predict_tensors(payload.get("inputs")))
+            prediction = await self.runner.predict(self.model.check_tensors(payload.get("inputs")))
             body = oip_infer_response(prediction, payload.get("id"))
             body["parameters"].update(self._prediction_ids(prediction))
             return body
