@@ -21,6 +21,7 @@ import typing as t
 
 import bentoml
 import pydantic
+from bentoml import get_current_service
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse
@@ -108,6 +109,18 @@ IMAGE = bentoml.images.Image(python_version="3.11", lock_python_packages=False).
     "shap==0.51.0",
 )
 
+# BentoML records an OpenTelemetry span for every request even with tracing off (its sampler always records, for the
+# trace ids in its logs: bentoml/_internal/utils/telemetry.py, ParentBasedTraceIdRatio), five of them per prediction,
+# which cost more of a worker's CPU than the batched model call. No exporter is configured for them, so nothing reads
+# them: the prediction routes and the probes are left out (OpenTelemetry's ExcludeList searches the full URL).
+TRACING_EXCLUDED_URLS = [r"/(predict|predict_batch|invocations|livez|readyz|metrics)(\?|$)", r"/v2/"]
+
+
+async def current_service() -> t.Any:
+    """The service instance of this worker (``bentoml.get_current_service``), without a thread hop."""
+    return get_current_service()
+
+
 def error_response(err: InvalidInput | ModelFailure) -> JSONResponse:
     """The JSON answer to a request that failed: 4xx naming the client's mistake, 500 for the model's."""
     if isinstance(err, InvalidInput):
@@ -167,6 +180,11 @@ def build_model_server() -> type:
 
     oip = FastAPI(title="Open Inference Protocol v2")
     scoring = FastAPI(title="MLflow scoring protocol")
+    for app in (oip, scoring):
+        # BentoML hands each route its `self` through FastAPI's Depends(get_current_service)
+        # (_bentoml_sdk/_internals.py, make_fastapi_class_views), a plain function, which FastAPI runs in a worker
+        # thread on every request; the same lookup as a coroutine runs on the event loop instead.
+        app.dependency_overrides[get_current_service] = current_service
     ModelName = t.Annotated[str, Path(description="the served model's registered name",
                                       json_schema_extra={"enum": [SOURCE.name]} if SOURCE is not None else None)]
 
@@ -179,6 +197,7 @@ def build_model_server() -> type:
         # BentoML's per-request access log halved throughput in bench/serving.py (the line is formatted in the worker
         # and copied again by the arbiter); off unless MLSERVE_ACCESS_LOG asks for it.
         logging={"access": {"enabled": SETTINGS.access_log}},
+        tracing={"excluded_urls": TRACING_EXCLUDED_URLS},
     )
     @bentoml.asgi_app(oip, path="/v2")
     @bentoml.asgi_app(scoring, path="/")
@@ -369,6 +388,19 @@ def build_model_server() -> type:
         def track(self, protocol: str, size_bytes: int) -> t.ContextManager[RequestOutcome]:
             return track(self.model.identity, protocol, size_bytes)
 
+        # The infer route first: FastAPI tries routes in order, and it is the one under load.
+        @oip.post("/models/{name}/infer")
+        async def oip_infer(self, name: ModelName, request: Request) -> JSONResponse:
+            """OIP v2 inference: one tensor per column (or per input tensor) in, output tensors out."""
+            try:
+                self._check_model(name)
+                return JSONResponse(await self.infer(name, "", parse_json(await request.body())))
+            except InvalidInput as err:
+                return error_response(err)
+            except ModelFailure as err:
+                logger.exception("%s", err)
+                return error_response(err)
+
         @oip.get("/")
         def oip_server_metadata(self) -> dict[str, t.Any]:
             return self.server_metadata()
@@ -405,19 +437,6 @@ def build_model_server() -> type:
             except InvalidInput as err:
                 return error_response(err)
             return explain_response(await self.explainer.oip(await request.body()))
-
-        @oip.post("/models/{name}/infer")
-        async def oip_infer(self, name: ModelName, request: Request) -> JSONResponse:
-            """OIP v2 inference: one tensor per column (or per input tensor) in, output tensors out."""
-            try:
-                self._check_model(name)
-                return JSONResponse(await self.infer(name, "", parse_json(await request.body())))
-            except InvalidInput as err:
-                return error_response(err)
-            except ModelFailure as err:
-                logger.exception("%s", err)
-                return error_response(err)
-
 
     # Added first, so it is the outer one: it refuses, sheds and times out bodies before the traffic middleware reads them.
     ModelServer.add_asgi_middleware(AdmissionMiddleware, limits=ADMISSION.limits, on_reject=count_refused, slots=ADMISSION)
