@@ -32,6 +32,7 @@ import re
 import typing as t
 
 from service.errors import route_error_body
+from service.settings import limits_from_env
 
 # Paths this middleware guards and the media types each accepts; the MLflow scoring protocol also takes CSV.
 JSON_TYPES = ("application/json",)
@@ -81,37 +82,6 @@ class AdmissionLimits:
     def retry_after(self) -> int:
         """Seconds a shed client should wait: one queue budget, so the queue has turned over."""
         return max(1, math.ceil(self.queue_timeout))
-
-
-Limits = t.TypeVar("Limits")
-
-
-def limits_from_env(cls: type[Limits], environ: t.Mapping[str, str] | None = None,
-                    minimums: t.Mapping[str, float] | None = None) -> Limits:
-    """A frozen dataclass of numeric limits read from the environment: each field from the variable its ``ENV``
-    names, its ``DEFAULTS`` value when unset; integers at least 1, durations at least 0.001 unless ``minimums``
-    (or the class's ``MINIMUMS``) says otherwise. Every bad variable is reported at once, with what is allowed."""
-    environ = os.environ if environ is None else environ
-    minimums = {**getattr(cls, "MINIMUMS", {}), **(minimums or {})}
-    values: dict[str, float] = {}
-    problems = []
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        name, default = cls.ENV[field.name], cls.DEFAULTS[field.name]  # type: ignore[attr-defined]
-        raw = environ.get(name, "")
-        want_int = field.type == "int"
-        try:
-            value = (int(raw) if want_int else float(raw)) if raw else default
-        except ValueError:
-            value = math.nan
-        minimum = minimums.get(field.name, 1 if want_int else 0.001)
-        if not (value >= minimum and math.isfinite(value)):
-            unit = "milliseconds" if field.name.endswith("_ms") else "seconds"
-            kind = "an integer" if want_int else f"a number of {unit}"
-            problems.append(f"{name}={raw!r} must be {kind} of at least {minimum:g}")
-        values[field.name] = value
-    if problems:
-        raise ValueError("; ".join(problems))
-    return cls(**values)
 
 
 def accepted_media_types(path: str) -> tuple[str, ...] | None:

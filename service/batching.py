@@ -29,31 +29,10 @@ import concurrent.futures
 import dataclasses
 import typing as t
 
-from service.admission import limits_from_env
 from service.errors import ModelFailure
 from service.predictor import Prediction, ServedModel
 from service.schema import Checked
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchLimits:
-    """How large a merged model call may grow, and how long a request may wait for others to join it."""
-
-    max_batch_size: int
-    max_wait_ms: float
-
-    ENV: t.ClassVar[dict[str, str]] = {
-        "max_batch_size": "MLSERVE_MAX_BATCH_SIZE",
-        "max_wait_ms": "MLSERVE_MAX_BATCH_WAIT_MS",
-    }
-    # The same defaults as Pulumi.yaml's serving.* keys (measured with bench/serving.py; README "Performance").
-    DEFAULTS: t.ClassVar[dict[str, float]] = {"max_batch_size": 64, "max_wait_ms": 2.0}
-    MINIMUMS: t.ClassVar[dict[str, float]] = {"max_batch_size": 1, "max_wait_ms": 0.0}
-
-    @classmethod
-    def from_env(cls, environ: t.Mapping[str, str] | None = None) -> BatchLimits:
-        """Read the limits; every bad variable is reported at once, with its value and what is allowed."""
-        return limits_from_env(cls, environ)
+from service.settings import BatchLimits
 
 
 @dataclasses.dataclass

@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 
 from service.admission import AdmissionLimits
-from service.batching import BatchLimits, ModelRunner
+from service.batching import ModelRunner
 from service.errors import InvalidInput, ModelFailure
 from service.predictor import ModelIdentity, ServedModel, split_rows
 from service.schema import InputSchema
+from service.settings import BatchLimits
 
 SCHEMA = InputSchema.from_signature([{"name": "x", "type": "double"}])
 IDENTITY = ModelIdentity("m", "1", "champion", "models:/m/1")
