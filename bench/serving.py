@@ -1,4 +1,4 @@
-"""Serving benchmark: our BentoML service against mlflow, MLServer and a bare server, side by side on loopback.
+"""Serving benchmark: our BentoML service against mlflow, MLServer, KServe and a bare server, side by side on loopback.
 
 ``make bench`` (``python -m bench.serving``) registers the demo churn model in a private registry
 (``build/bench/home``), then starts each server in turn on 127.0.0.1 and times how long it takes to be ready
@@ -6,24 +6,31 @@
 the 1-row JSON POST body) at concurrency 1, then 8, then 64, one round per concurrency so that the servers
 compared at one concurrency are measured close together in time on a shared machine. Servers:
 
-- ``mlserve /predict``, ``mlserve /predict_batch`` and ``mlserve gRPC ModelInfer``: ``python -m service serve
-  --grpc-port G`` with one worker per core; the gRPC point is loaded by ``ghz`` (Go, built by ``make bench`` with
-  ``go install``; skipped with the reason when Go is missing) with the same 1-row request, one connection per
-  concurrent caller as ``wrk`` opens, and reported in the same columns;
+- ``mlserve``: ``python -m service serve --grpc-port G`` with one worker per core, on every protocol it serves:
+  ``/predict``, ``/invocations`` (``dataframe_records``), OIP REST infer and gRPC ``ModelInfer``; the gRPC point is
+  loaded by ``ghz`` (Go, built by ``make bench`` with ``go install``; skipped with the reason when Go is missing) with
+  the same 1-row request, one connection per concurrent caller as ``wrk`` opens, and reported in the same columns;
 - ``mlflow models serve``: the same registered model through the pyfunc flavour, one worker per core;
 - ``MLServer``: Seldon's MLServer 1.7 with its scikit-learn runtime (its own virtualenv, ``build/venv-mlserver``,
   pins in ``bench/requirements-mlserver.txt``), the model exported with joblib, one parallel worker per core;
+- ``KServe``: KServe 0.21's Python model server with the sklearnserver-style ``Model`` subclass
+  (``bench/kserve_server.py``; its own virtualenv ``build/venv-kserve``, pins in ``bench/requirements-kserve.txt``),
+  one worker per core;
 - ``reference``: ``bench.reference_server``, one uvicorn process calling ``predict_proba`` per request.
 
-It then runs our service alone for ``BENCH_RSS_DURATION`` seconds (default 120) at concurrency 8, sampling the
-resident memory of its process tree, and reports the growth after warm-up. Results go to ``bench/results/``:
-``serving.json``, ``serving.md`` (table and the issue's targets, met or not) and ``serving.png``.
+Then our ``/predict`` alone: driven open-loop with ``vegeta`` (built like ghz) at twice its c=64 throughput for
+``BENCH_OVERLOAD_DURATION`` seconds (default 120; the soak's 2x overload point), counting what was accepted, what was
+shed with 503 (how fast, and with ``Retry-After`` or not) and anything else, and sampling its RSS; and for
+``BENCH_RSS_DURATION`` seconds (default 120) at concurrency 8, the RSS growth after warm-up. Results go to
+``bench/results/``: ``serving.json``, ``serving.md`` (table, the targets met or not, the load average) and
+``serving.png``. A server that refuses the benchmark's request or answers errors under load fails the run (exit 1,
+named in the report): no ratio is computed against it.
 
 Environment: ``BENCH_DURATION`` (seconds per run, default 10), ``BENCH_REPEATS`` (runs per point, median kept,
-default 3), ``BENCH_WARMUP`` (default 3),
-``BENCH_RSS_DURATION`` (default 120), ``BENCH_SERVERS`` (comma-separated subset of server keys).
-``--quick`` is a short smoke run (one 2 s run per point, 20 s memory run) that writes ``serving-quick.*``.
-Every load run is bounded by its duration; every server is stopped (its process group) in a ``finally``.
+default 3), ``BENCH_WARMUP`` (default 3), ``BENCH_RSS_DURATION`` (default 120), ``BENCH_OVERLOAD_DURATION`` (default
+120), ``BENCH_SERVERS`` (comma-separated subset of server keys). ``--quick`` is a short smoke run (one 2 s run per
+point, 20 s memory run, 10 s overload) that writes ``serving-quick.*``. Every load run is bounded by its duration;
+every server is stopped (its process group) in a ``finally``.
 """
 
 from __future__ import annotations

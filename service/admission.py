@@ -8,7 +8,8 @@ parsing or scoring, whether a prediction request gets in:
   the route parses the body as JSON and says so when it is not.
 - **Overload.** At most ``max_concurrency`` requests are handled at once per worker and at most ``max_queue`` wait
   for a slot, each for at most ``queue_timeout`` seconds (the latency budget). Anything beyond that is answered
-  at once with 503 and ``Retry-After`` instead of being left to time out. BentoML's own ``traffic.max_concurrency``
+  at once with 503 and ``Retry-After`` instead of being left to time out; so is every request that arrives while
+  the worker's event loop itself runs later than ``queue_timeout`` (``LoopLag``: the backlog no count sees). BentoML's own ``traffic.max_concurrency``
   (bentoml/_internal/server/http/traffic.py, ``MaxConcurrencyMiddleware``) answers 429 with no ``Retry-After`` and
   no queue: 429 tells the client *it* sent too many requests (RFC 6585), while overload is the server's state,
   which RFC 9110 section 15.6.4 spells 503 + ``Retry-After``; gateways and clients retry 503 on another replica,

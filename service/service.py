@@ -4,12 +4,14 @@ Importing this module does nothing: ``build_model_server``, called once per proc
 ``ModelServer``, reads the settings, pins the model URI to one version and reads its signature
 (``service.loading.resolve_model``), so the API's input types and the OpenAPI document describe that model's columns;
 each worker then loads it in ``__init__``. Endpoints: ``POST /predict`` (``{"instances": [rows]}`` -> ``{"predictions", "model_name",
-"model_version", "variant"}`` plus ``X-Model-*`` headers), ``POST /predict_batch`` (adaptive batching; a list of
+"model_version", "variant"}`` plus ``X-Model-*`` headers), ``POST /predict_batch`` (the same rows, typed; the list of
 predictions), ``POST /invocations`` (the MLflow scoring protocol, JSON or CSV; what ``mlflow models serve``
 answers), the Open Inference Protocol v2 REST routes under ``/v2``, and BentoML's ``/livez``, ``/readyz``,
 ``/metrics``; with ``MLSERVE_GRPC_PORT`` set, each worker also serves the OIP v2 over gRPC on that port
-(``service.grpc_server``), answering from the same methods as the ``/v2`` routes. Settings: ``service.settings``;
-the protocol-independent core: ``service.predictor``.
+(``service.grpc_server``), answering from the same methods as the ``/v2`` routes. Every prediction route checks its
+request on the event loop and then awaits the worker's ``service.batching.ModelRunner``, which merges concurrent
+requests into one call on the worker's model thread. Settings: ``service.settings``; the protocol-independent core:
+``service.predictor``.
 """
 
 import gc

@@ -8,7 +8,8 @@ Environment: ``MODEL_URI`` (default ``models:/customer-churn-classifier@champion
 ``predict_proba``: how a classifier answers, default ``auto``), ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` (MLflow's own
 switch for model files that run code when loaded: pickle, cloudpickle, skops; unset means MLflow's default, ``true``),
 ``MLSERVE_GRPC_PORT`` (the port every worker serves OIP v2 over gRPC on; unset: no gRPC) and ``MLSERVE_GRPC_HOST``
-(default ``0.0.0.0``).
+(default ``0.0.0.0``). ``BatchLimits`` reads ``MLSERVE_MAX_BATCH_SIZE`` and ``MLSERVE_MAX_BATCH_WAIT_MS``
+(``service.batching``); ``limits_from_env`` reads such numeric limits (``service.admission.AdmissionLimits`` too).
 """
 
 from __future__ import annotations
