@@ -28,7 +28,6 @@ import asyncio
 import dataclasses
 import json
 import math
-import os
 import re
 import typing as t
 

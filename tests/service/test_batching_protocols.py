@@ -10,9 +10,7 @@ depends on the machine's speed. The demo model answers, so the expected answers 
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
-import contextlib
 import csv
 import io
 import threading
