@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 # ghz loads the gRPC endpoint in `make bench`; built from the Go module proxy when a Go toolchain is present.
 GHZ_VERSION := v0.120.0
 GHZ := build/bin/ghz
+# vegeta drives the open-loop 2x overload point in `make bench` (requests on a schedule, answered or not).
+VEGETA_VERSION := v12.12.0
+VEGETA := build/bin/vegeta
 GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -37,7 +40,7 @@ cluster-down: setup
 demo: setup
 	$(PY) -m rollout demo --report .mlserve/demo-report.json
 
-bench: setup $(GHZ)
+bench: setup $(GHZ) $(VEGETA)
 	$(PY) -m bench.serving
 	$(PY) -m bench.explain
 
@@ -46,6 +49,12 @@ $(GHZ):
 	@if [ -x "$(GO)" ]; then GOBIN=$(CURDIR)/build/bin GOFLAGS=-mod=mod "$(GO)" install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION) \
 	  || echo "bench: building ghz failed; the gRPC rows will be skipped" >&2; \
 	else echo "bench: no Go toolchain to build ghz; the gRPC rows will be skipped" >&2; fi
+
+# Without Go the bench still runs and reports the overload point as skipped, with the reason.
+$(VEGETA):
+	@if [ -x "$(GO)" ]; then GOBIN=$(CURDIR)/build/bin GOFLAGS=-mod=mod "$(GO)" install github.com/tsenart/vegeta/v12@$(VEGETA_VERSION) \
+	  || echo "bench: building vegeta failed; the overload point will be skipped" >&2; \
+	else echo "bench: no Go toolchain to build vegeta; the overload point will be skipped" >&2; fi
 
 bench-rollout: setup
 	$(PY) -m bench.rollout

@@ -1,4 +1,4 @@
-"""Serving benchmark: our BentoML service against mlflow, MLServer and a bare server, side by side on loopback.
+"""Serving benchmark: our BentoML service against mlflow, MLServer, KServe and a bare server, side by side on loopback.
 
 ``make bench`` (``python -m bench.serving``) registers the demo churn model in a private registry
 (``build/bench/home``), then starts each server in turn on 127.0.0.1 and times how long it takes to be ready
@@ -6,24 +6,31 @@
 the 1-row JSON POST body) at concurrency 1, then 8, then 64, one round per concurrency so that the servers
 compared at one concurrency are measured close together in time on a shared machine. Servers:
 
-- ``mlserve /predict``, ``mlserve /predict_batch`` and ``mlserve gRPC ModelInfer``: ``python -m service serve
-  --grpc-port G`` with one worker per core; the gRPC point is loaded by ``ghz`` (Go, built by ``make bench`` with
-  ``go install``; skipped with the reason when Go is missing) with the same 1-row request, one connection per
-  concurrent caller as ``wrk`` opens, and reported in the same columns;
+- ``mlserve``: ``python -m service serve --grpc-port G`` with one worker per core, on every protocol it serves:
+  ``/predict``, ``/invocations`` (``dataframe_records``), OIP REST infer and gRPC ``ModelInfer``; the gRPC point is
+  loaded by ``ghz`` (Go, built by ``make bench`` with ``go install``; skipped with the reason when Go is missing) with
+  the same 1-row request, one connection per concurrent caller as ``wrk`` opens, and reported in the same columns;
 - ``mlflow models serve``: the same registered model through the pyfunc flavour, one worker per core;
 - ``MLServer``: Seldon's MLServer 1.7 with its scikit-learn runtime (its own virtualenv, ``build/venv-mlserver``,
   pins in ``bench/requirements-mlserver.txt``), the model exported with joblib, one parallel worker per core;
+- ``KServe``: KServe 0.21's Python model server with the sklearnserver-style ``Model`` subclass
+  (``bench/kserve_server.py``; its own virtualenv ``build/venv-kserve``, pins in ``bench/requirements-kserve.txt``),
+  one worker per core;
 - ``reference``: ``bench.reference_server``, one uvicorn process calling ``predict_proba`` per request.
 
-It then runs our service alone for ``BENCH_RSS_DURATION`` seconds (default 120) at concurrency 8, sampling the
-resident memory of its process tree, and reports the growth after warm-up. Results go to ``bench/results/``:
-``serving.json``, ``serving.md`` (table and the issue's targets, met or not) and ``serving.png``.
+Then our ``/predict`` alone: driven open-loop with ``vegeta`` (built like ghz) at twice its c=64 throughput for
+``BENCH_OVERLOAD_DURATION`` seconds (default 120; the soak's 2x overload point), counting what was accepted, what was
+shed with 503 (how fast, and with ``Retry-After`` or not) and anything else, and sampling its RSS; and for
+``BENCH_RSS_DURATION`` seconds (default 120) at concurrency 8, the RSS growth after warm-up. Results go to
+``bench/results/``: ``serving.json``, ``serving.md`` (table, the targets met or not, the load average) and
+``serving.png``. A server that refuses the benchmark's request or answers errors under load fails the run (exit 1,
+named in the report): no ratio is computed against it.
 
 Environment: ``BENCH_DURATION`` (seconds per run, default 10), ``BENCH_REPEATS`` (runs per point, median kept,
-default 3), ``BENCH_WARMUP`` (default 3),
-``BENCH_RSS_DURATION`` (default 120), ``BENCH_SERVERS`` (comma-separated subset of server keys).
-``--quick`` is a short smoke run (one 2 s run per point, 20 s memory run) that writes ``serving-quick.*``.
-Every load run is bounded by its duration; every server is stopped (its process group) in a ``finally``.
+default 3), ``BENCH_WARMUP`` (default 3), ``BENCH_RSS_DURATION`` (default 120), ``BENCH_OVERLOAD_DURATION`` (default
+120), ``BENCH_SERVERS`` (comma-separated subset of server keys). ``--quick`` is a short smoke run (one 2 s run per
+point, 20 s memory run, 10 s overload) that writes ``serving-quick.*``. Every load run is bounded by its duration;
+every server is stopped (its process group) in a ``finally``.
 """
 
 from __future__ import annotations
@@ -62,10 +69,13 @@ BUILD = REPO_ROOT / "build" / "bench"
 RESULTS = REPO_ROOT / "bench" / "results"
 MLSERVER_VENV = REPO_ROOT / "build" / "venv-mlserver"
 MLSERVER_REQUIREMENTS = REPO_ROOT / "bench" / "requirements-mlserver.txt"
+KSERVE_VENV = REPO_ROOT / "build" / "venv-kserve"
+KSERVE_REQUIREMENTS = REPO_ROOT / "bench" / "requirements-kserve.txt"
 MODEL_URI = f"models:/{MODEL_NAME}@champion"
 CONCURRENCIES = (1, 8, 64)
 READY_TIMEOUT_SECONDS = 180
 GHZ = REPO_ROOT / "build" / "bin" / "ghz"  # `make bench` builds it (GHZ_VERSION in the Makefile)
+VEGETA = REPO_ROOT / "build" / "bin" / "vegeta"  # open-loop load for the overload point (VEGETA_VERSION in the Makefile)
 MODEL_INFER = "inference.GRPCInferenceService.ModelInfer"
 ROW = {
     "tenure": 12.0,
@@ -75,13 +85,13 @@ ROW = {
     "payment_method": "Electronic check",
 }
 
-# The issue's targets, as ratios within one run.
-TARGET_RATIO_REFERENCE = 2.0
-TARGET_RATIO_MLFLOW = 10.0
-TARGET_P99_C1_MS = 5.0
-TARGET_P99_C64_MS = 50.0
+# The targets (issue #27), as ratios within one run: each protocol of ours at c=64 against each anchor.
+OUR_PROTOCOLS = ("mlserve_predict", "mlserve_invocations", "mlserve_oip", "mlserve_grpc")
+TARGET_RATIOS = (("mlflow", 4.0), ("mlserver", 2.0), ("kserve", 2.0), ("reference", 2.0))
+TARGET_P99_OF_MLFLOW = 1 / 3  # /predict's p99 at c=64 against mlflow's
+TARGET_SHED_MS = 100.0  # every request beyond capacity answered 503 + Retry-After within this
+TARGET_OVERLOAD_P99_FACTOR = 2.0  # accepted requests' p99 under 2x overload against the c=64 p99 without it
 TARGET_RSS_GROWTH_PERCENT = 5.0
-TARGET_COLD_START_S = 3.0
 
 WRK_SCRIPT = r"""
 local body_file = io.open(os.getenv("BENCH_BODY_FILE"), "rb")
@@ -289,8 +299,6 @@ def run_load(endpoint: Endpoint, url: str, concurrency: int, duration_s: float, 
 def check_endpoint(endpoint: Endpoint, url: str) -> None:
     """Fail early, with the server's answer, when an endpoint does not accept the benchmark's body."""
     if endpoint.grpc_address:
-        if not GHZ.exists():
-            raise RuntimeError(f"ghz is not built ({GHZ.relative_to(REPO_ROOT)}; `make bench` builds it with Go)")
         with grpc.insecure_channel(endpoint.grpc_address) as channel:
             request = json_format.ParseDict(endpoint.body, pb.ModelInferRequest())
             try:
@@ -320,7 +328,7 @@ def measure_point(endpoint: Endpoint, url: str, process: subprocess.Popen, cold_
 
 
 def measure_all(specs: list[ServerSpec], duration_s: float, warmup_s: float, repeats: int, workdir: Path,
-                skipped: dict[str, str], startups: dict[str, Startup]) -> list[Point]:
+                skipped: dict[str, str], startups: dict[str, Startup], refused: dict[str, str]) -> list[Point]:
     """Start the servers in turn (each cold start timed alone), then load them round by round.
 
     Each round runs one concurrency against every endpoint back to back, ``repeats`` times, and keeps each
@@ -343,11 +351,16 @@ def measure_all(specs: list[ServerSpec], duration_s: float, warmup_s: float, rep
                 child = "" if startup.first_child_s is None else f" (first worker started at {startup.first_child_s:.2f}s)"
                 print(f"  {spec.label}: ready in {cold_start:.2f}s{child}", flush=True)
                 for endpoint in spec.endpoints:
+                    if endpoint.grpc_address and not GHZ.exists():
+                        reason = f"ghz is not built ({GHZ.relative_to(REPO_ROOT)}; `make bench` builds it with Go)"
+                        print(f"  {endpoint.label}: skipped, {reason}", flush=True)
+                        skipped[endpoint.label] = reason
+                        continue
                     try:
                         check_endpoint(endpoint, url)
-                    except RuntimeError as err:  # one endpoint of a server that is up: skip that one
-                        print(f"  {endpoint.label}: skipped, {err}", flush=True)
-                        skipped[endpoint.label] = str(err)
+                    except RuntimeError as err:  # a server that is up but answers the benchmark's request wrongly
+                        print(f"  {endpoint.label}: REFUSED the benchmark request, {err}", flush=True)
+                        refused[endpoint.label] = str(err)
                         continue
                     targets.append((endpoint, url, process, cold_start))
             except (RuntimeError, subprocess.SubprocessError, requests.RequestException) as err:
@@ -417,6 +430,92 @@ def measure_rss_flatness(spec: ServerSpec, duration_s: float, workdir: Path) -> 
     }
 
 
+def run_vegeta(url: str, body: dict, rate: float, duration_s: float, workdir: Path) -> t.Iterator[dict[str, t.Any]]:
+    """An open-loop run (requests start on schedule, answered or not: what overload is) with ``vegeta``; yields
+    each result as ``vegeta encode`` writes it (``code``, ``latency`` in ns, ``headers``, ``error``)."""
+    body_file = workdir / "overload-body.json"
+    body_file.write_text(json.dumps(body))
+    targets = workdir / "overload.targets"
+    targets.write_text(f"POST {url}\nContent-Type: application/json\n@{body_file}\n")
+    results = workdir / "overload.bin"
+    subprocess.run([str(VEGETA), "attack", f"-rate={max(1, round(rate))}/s", f"-duration={max(1, round(duration_s))}s",
+                    "-timeout=10s", "-max-workers=4096", f"-targets={targets}", f"-output={results}"],
+                   check=True, timeout=duration_s + 60, capture_output=True)
+    encoded = subprocess.Popen([str(VEGETA), "encode", "--to", "json", str(results)], stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        for line in encoded.stdout:
+            yield json.loads(line)
+    finally:
+        encoded.wait(timeout=60)
+
+
+def overload_summary(results: t.Iterable[dict[str, t.Any]]) -> dict[str, t.Any]:
+    """What a server answered at 2x its capacity: accepted (2xx) and shed (503) counts and latencies, 503s without
+    ``Retry-After``, and anything else (other statuses, timeouts, connection errors)."""
+    accepted: list[float] = []
+    shed: list[float] = []
+    without_retry_after = other = 0
+    for result in results:
+        latency_ms = result["latency"] / 1e6
+        if 200 <= result["code"] < 300:
+            accepted.append(latency_ms)
+        elif result["code"] == 503:
+            shed.append(latency_ms)
+            headers = {name.lower() for name in (result.get("headers") or {})}
+            without_retry_after += "retry-after" not in headers
+        else:
+            other += 1
+    accepted.sort()
+    shed.sort()
+    return {
+        "requests": len(accepted) + len(shed) + other, "accepted": len(accepted), "shed": len(shed), "other": other,
+        "shed_without_retry_after": without_retry_after,
+        "accepted_p50_ms": round(percentile(accepted, 50), 2), "accepted_p99_ms": round(percentile(accepted, 99), 2),
+        "shed_p50_ms": round(percentile(shed, 50), 2), "shed_p99_ms": round(percentile(shed, 99), 2),
+        "shed_max_ms": round(shed[-1], 2) if shed else None,
+        "shed_over_target": sum(ms > TARGET_SHED_MS for ms in shed),
+    }
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The q-th percentile of already sorted values (0 for none)."""
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q / 100))]
+
+
+def measure_overload(spec: ServerSpec, rate: float, duration_s: float, workdir: Path) -> dict[str, t.Any]:
+    """Our service's first endpoint driven open-loop at ``rate`` (twice its c=64 throughput) for ``duration_s``,
+    sampling its RSS; what it answered (``overload_summary``) and its RSS growth after the first fifth."""
+    endpoint = spec.endpoints[0]
+    samples: list[tuple[float, int]] = []
+    with running(spec, workdir) as (url, process, _):
+        run_wrk(url + endpoint.path, endpoint.body, 8, 3, workdir)  # warm, as the rounds were
+        stop_sampling = threading.Event()
+
+        def sample() -> None:
+            started = time.monotonic()
+            while not stop_sampling.wait(1.0):
+                samples.append((time.monotonic() - started, tree_rss_bytes(process.pid)))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            summary = overload_summary(run_vegeta(url + endpoint.path, endpoint.body, rate, duration_s, workdir))
+        finally:
+            stop_sampling.set()
+            sampler.join(timeout=5)
+    after_warmup = [rss for at, rss in samples if at >= duration_s / 5]
+    growth = None
+    if len(after_warmup) >= 4:
+        window = max(1, min(5, len(after_warmup) // 4))
+        first, last = statistics.median(after_warmup[:window]), statistics.median(after_warmup[-window:])
+        growth = 100 * (last - first) / first
+    return {"endpoint": endpoint.label, "rate_rps": round(rate, 1), "duration_s": duration_s, **summary,
+            "rss_growth_percent": growth, "peak_mb": round(max((rss for _, rss in samples), default=0) / 2**20, 1)}
+
+
 # ---------------------------------------------------------------- the servers under test
 
 
@@ -452,20 +551,25 @@ def time_model_alone(tracking_uri: str, calls: int = 2000) -> dict[str, float]:
     return {"calls": calls, "p50_ms": round(cuts[49], 3), "p99_ms": round(cuts[98], 3)}
 
 
-def prepare_mlserver(tracking_uri: str, model_dir: Path) -> str | None:
-    """Own virtualenv with pinned MLServer, and the champion exported with joblib; a reason if impossible."""
-    python = MLSERVER_VENV / "bin" / "python"
-    stamp = MLSERVER_VENV / ".installed"
-    if not stamp.exists() or stamp.read_text() != MLSERVER_REQUIREMENTS.read_text():
-        print(f"installing MLServer into {MLSERVER_VENV} (pins: {MLSERVER_REQUIREMENTS.name})", flush=True)
+def install_venv(venv: Path, requirements: Path, what: str) -> str | None:
+    """A virtualenv of its own with ``requirements`` (exact pins) installed; a reason if that is impossible."""
+    python = venv / "bin" / "python"
+    stamp = venv / ".installed"
+    if not stamp.exists() or stamp.read_text() != requirements.read_text():
+        print(f"installing {what} into {venv} (pins: {requirements.name})", flush=True)
         try:
             if not python.exists():
-                subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
-            subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(MLSERVER_REQUIREMENTS)],
+                subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(requirements)],
                            check=True, timeout=900)
         except (subprocess.SubprocessError, OSError) as err:
-            return f"cannot install MLServer: {err}"
-        stamp.write_text(MLSERVER_REQUIREMENTS.read_text())
+            return f"cannot install {what}: {err}"
+        stamp.write_text(requirements.read_text())
+    return None
+
+
+def export_joblib(tracking_uri: str, model_dir: Path) -> None:
+    """The champion's scikit-learn pipeline as ``model_dir/model.joblib``, what the anchors' runtimes load."""
     import joblib
     import mlflow
     import mlflow.sklearn
@@ -474,6 +578,21 @@ def prepare_mlserver(tracking_uri: str, model_dir: Path) -> str | None:
     mlflow.set_registry_uri(tracking_uri)
     model_dir.mkdir(parents=True, exist_ok=True)
     joblib.dump(mlflow.sklearn.load_model(MODEL_URI), model_dir / "model.joblib")
+
+
+def prepare_kserve(tracking_uri: str, model_dir: Path) -> str | None:
+    """Own virtualenv with pinned KServe, and the champion exported with joblib; a reason if impossible."""
+    if reason := install_venv(KSERVE_VENV, KSERVE_REQUIREMENTS, "KServe"):
+        return reason
+    export_joblib(tracking_uri, model_dir)
+    return None
+
+
+def prepare_mlserver(tracking_uri: str, model_dir: Path) -> str | None:
+    """Own virtualenv with pinned MLServer, and the champion exported with joblib; a reason if impossible."""
+    if reason := install_venv(MLSERVER_VENV, MLSERVER_REQUIREMENTS, "MLServer"):
+        return reason
+    export_joblib(tracking_uri, model_dir)
     (model_dir / "model-settings.json").write_text(json.dumps({
         "name": "churn",
         "implementation": "mlserver_sklearn.SKLearnModel",
@@ -505,6 +624,14 @@ def mlserver_body() -> dict[str, t.Any]:
     }
 
 
+def oip_infer_body() -> dict[str, t.Any]:
+    """The benchmark's row as an OIP v2 REST infer body: one 1-row tensor per column."""
+    return {"inputs": [
+        {"name": name, "shape": [1], "datatype": "BYTES" if isinstance(value, str) else "FP64", "data": [value]}
+        for name, value in ROW.items()
+    ]}
+
+
 def model_infer_body() -> dict[str, t.Any]:
     """The benchmark's row as a ModelInferRequest (protobuf JSON): one typed tensor per column."""
     return {
@@ -521,6 +648,7 @@ def model_infer_body() -> dict[str, t.Any]:
 def server_specs(tracking_uri: str, workers: int) -> list[ServerSpec]:
     registry_env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}
     mlserver_root = BUILD / "mlserver"
+    kserve_root = BUILD / "kserve"
     rows = {"instances": [ROW]}
     grpc_port = free_port()
     return [
@@ -530,7 +658,8 @@ def server_specs(tracking_uri: str, workers: int) -> list[ServerSpec]:
                           "--grpc-port", str(grpc_port)],
             "/readyz",
             [Endpoint("mlserve_predict", "mlserve /predict", "/predict", rows),
-             Endpoint("mlserve_predict_batch", "mlserve /predict_batch", "/predict_batch", rows),
+             Endpoint("mlserve_invocations", "mlserve /invocations", "/invocations", {"dataframe_records": [ROW]}),
+             Endpoint("mlserve_oip", "mlserve OIP REST infer", f"/v2/models/{MODEL_NAME}/infer", oip_infer_body()),
              Endpoint("mlserve_grpc", "mlserve gRPC ModelInfer", MODEL_INFER, model_infer_body(),
                       grpc_address=f"127.0.0.1:{grpc_port}")],
             env=registry_env,
@@ -551,6 +680,15 @@ def server_specs(tracking_uri: str, workers: int) -> list[ServerSpec]:
             prepare=lambda: prepare_mlserver(tracking_uri, mlserver_root / "churn"),
         ),
         ServerSpec(
+            "kserve", "KServe (sklearn Model)",
+            lambda port: [str(KSERVE_VENV / "bin" / "python"), str(REPO_ROOT / "bench" / "kserve_server.py"),
+                          "--model_dir", str(kserve_root), "--model_name", "churn", "--http_port", str(port),
+                          "--grpc_port", str(free_port()), "--workers", str(workers)],
+            "/v1/models/churn",
+            [Endpoint("kserve", "KServe (sklearn Model)", "/v1/models/churn:predict", rows)],
+            prepare=lambda: prepare_kserve(tracking_uri, kserve_root),
+        ),
+        ServerSpec(
             "reference", "reference (uvicorn+Starlette)",
             lambda port: [sys.executable, "-m", "bench.reference_server", "--port", str(port),
                           "--model-uri", MODEL_URI],
@@ -564,54 +702,88 @@ def server_specs(tracking_uri: str, workers: int) -> list[ServerSpec]:
 # ---------------------------------------------------------------- report
 
 
-def evaluate_targets(points: list[Point], rss: dict[str, t.Any] | None) -> list[dict[str, t.Any]]:
-    """The issue's targets, each with the measured value and whether it is met."""
+def evaluate_targets(points: list[Point], rss: dict[str, t.Any] | None, overload: dict[str, t.Any] | None = None,
+                     startups: dict[str, Startup] | None = None) -> list[dict[str, t.Any]]:
+    """The targets, each with the measured value and whether it is met (None: not measured in this run)."""
     at = {(p.endpoint, p.concurrency): p for p in points}
-    ours = [key for key in ("mlserve_predict", "mlserve_predict_batch") if (key, 64) in at]
-    best64 = max((at[(key, 64)] for key in ours), key=lambda p: p.rps, default=None)
     targets = []
 
     def add(name: str, value: float | None, goal: str, met: bool | None) -> None:
         targets.append({"target": name, "measured": value, "goal": goal, "met": met})
 
-    if best64:
-        for other, ratio, name in (("reference", TARGET_RATIO_REFERENCE, "bare reference"),
-                                   ("mlflow", TARGET_RATIO_MLFLOW, "mlflow models serve")):
+    for ours in OUR_PROTOCOLS:
+        if (ours, 64) not in at:
+            continue
+        mine = at[(ours, 64)]
+        for other, ratio in TARGET_RATIOS:
             if (other, 64) in at:
-                measured = best64.rps / at[(other, 64)].rps
-                add(f"c=64 throughput ({best64.label}) / {name}", round(measured, 2), f">= {ratio:g}x",
+                anchor = at[(other, 64)]
+                if anchor.errors or mine.errors:
+                    add(f"c=64 throughput, {mine.label} / {anchor.label}", None, f">= {ratio:g}x (not computed: "
+                        "errors under load)", None)
+                    continue
+                measured = mine.rps / anchor.rps
+                add(f"c=64 throughput, {mine.label} / {anchor.label}", round(measured, 2), f">= {ratio:g}x",
                     measured >= ratio)
-        if ("mlserver", 64) in at:
-            measured = best64.rps / at[("mlserver", 64)].rps
-            add(f"c=64 throughput ({best64.label}) / MLServer", round(measured, 2), "> 1x", measured > 1)
-    if ("mlserve_predict", 1) in at:
-        p99 = at[("mlserve_predict", 1)].p99_ms
-        add("p99 at c=1, mlserve /predict (ms)", p99, f"<= {TARGET_P99_C1_MS:g}", p99 <= TARGET_P99_C1_MS)
-    if best64:
-        add(f"p99 at c=64, {best64.label} (ms)", best64.p99_ms, f"<= {TARGET_P99_C64_MS:g}",
-            best64.p99_ms <= TARGET_P99_C64_MS)
-    our_errors = sum(p.errors for p in points if p.endpoint.startswith("mlserve_"))
-    add("errors, mlserve (all points)", our_errors, "0", our_errors == 0)
+    if ("mlserve_predict", 64) in at and ("mlflow", 64) in at:
+        ours_p99, mlflow_p99 = at[("mlserve_predict", 64)].p99_ms, at[("mlflow", 64)].p99_ms
+        add(f"p99 at c=64, mlserve /predict / mlflow's ({ours_p99:.1f} / {mlflow_p99:.1f} ms)",
+            round(ours_p99 / mlflow_p99, 2), f"<= {TARGET_P99_OF_MLFLOW:.2f}", ours_p99 <= TARGET_P99_OF_MLFLOW * mlflow_p99)
+    errors = sum(p.errors for p in points)
+    add("errors, every server (all points)", errors, "0", errors == 0)
+    if overload:
+        clean = overload["other"] == 0 and overload["shed_without_retry_after"] == 0
+        shed_ms = overload["shed_p99_ms"]
+        add(f"2x overload: beyond capacity answered 503 + Retry-After, shed p99 (ms; {overload['shed']} shed, "
+            f"{overload['shed_without_retry_after']} without Retry-After, {overload['other']} other failures)",
+            shed_ms, f"<= {TARGET_SHED_MS:g}", clean and (overload["shed"] == 0 or shed_ms <= TARGET_SHED_MS))
+        if overload.get("baseline_p99_ms"):
+            factor = overload["accepted_p99_ms"] / overload["baseline_p99_ms"]
+            add(f"2x overload: accepted p99 / c=64 p99 without overload ({overload['accepted_p99_ms']:.1f} / "
+                f"{overload['baseline_p99_ms']:.1f} ms)", round(factor, 2), f"<= {TARGET_OVERLOAD_P99_FACTOR:g}",
+                factor <= TARGET_OVERLOAD_P99_FACTOR)
+        if overload.get("rss_growth_percent") is not None:
+            growth = overload["rss_growth_percent"]
+            add("2x overload: RSS growth (%)", round(growth, 2), f"< {TARGET_RSS_GROWTH_PERCENT:g}",
+                growth < TARGET_RSS_GROWTH_PERCENT)
     if rss:
-        add(f"RSS growth after warm-up over {rss['duration_s']:g}s (%)", round(rss["growth_percent"], 2),
+        add(f"RSS growth after warm-up over {rss['duration_s']:g}s at c=8 (%)", round(rss["growth_percent"], 2),
             f"< {TARGET_RSS_GROWTH_PERCENT:g}", rss["growth_percent"] < TARGET_RSS_GROWTH_PERCENT)
-    if ours:
-        cold = at[(ours[0], 1)].cold_start_s
-        add("cold start to ready, mlserve (s)", cold, f"<= {TARGET_COLD_START_S:g}", cold <= TARGET_COLD_START_S)
+    if startups:
+        ours = {label: startup for label, startup in startups.items() if label.startswith("mlserve")}
+        others = {label: startup for label, startup in startups.items() if label not in ours}
+        if ours and others:
+            mine = min(startup.ready_s for startup in ours.values())
+            fastest, their = min(((startup.ready_s, label) for label, startup in others.items()))
+            add(f"cold start to ready, mlserve (s) against the fastest other ({their}, {fastest:.2f} s)",
+                round(mine, 2), f"< {fastest:.2f}", mine < fastest)
     return targets
+
+
+def failures(points: list[Point], refused: dict[str, str]) -> list[str]:
+    """Why this run cannot be trusted: any server answering errors under load, or refusing the benchmark's request
+    before it. No ratio is computed against a failing server (its rows are marked)."""
+    problems = [f"{label} refused the benchmark request: {reason}" for label, reason in refused.items()]
+    problems += [f"{p.label} at c={p.concurrency}: {p.errors} errors ({p.non_2xx} non-2xx, {p.socket_errors} socket)"
+                 for p in points if p.errors]
+    return problems
 
 
 def markdown_report(meta: dict[str, t.Any], points: list[Point], targets: list[dict[str, t.Any]],
                     rss: dict[str, t.Any] | None, skipped: dict[str, str], startups: dict[str, Startup] | None = None,
-                    model_alone: dict[str, float] | None = None) -> str:
+                    model_alone: dict[str, float] | None = None, overload: dict[str, t.Any] | None = None,
+                    problems: list[str] | None = None) -> str:
     lines = [
         "# Serving benchmark",
         "",
         f"{meta['date']} on {meta['machine']}; wrk, 1 thread, 1-row JSON POST (gRPC: ghz, the same row as a "
         f"ModelInferRequest, one connection per caller), {meta['duration_s']:g} s per run "
         f"after a {meta['warmup_s']:g} s warm-up; per concurrency, {meta.get('repeats', 1)} rounds over all servers, "
-        "each row the median-throughput run of its point (errors summed over all runs); mlserve, mlflow and "
-        f"MLServer with {meta['workers']} workers, the reference server with one process. Reproduce: `make bench`.",
+        "each row the median-throughput run of its point (errors summed over all runs); mlserve, mlflow, "
+        f"MLServer and KServe with {meta['workers']} workers, the reference server with one process. "
+        + (f"Load average when the run began: {meta['load_before']}, when it ended: {meta['load_after']} "
+           "(other work on the machine shares its cores). " if meta.get("load_before") else "")
+        + "Reproduce: `make bench`.",
         "",
         "| server | c | rps | p50 ms | p99 ms | errors | cold start s | RSS MiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -623,6 +795,18 @@ def markdown_report(meta: dict[str, t.Any], points: list[Point], targets: list[d
         lines.append(f"| {key} | | skipped: {reason} | | | | | |")
     lines += ["", "errors = non-2xx answers + socket errors (connect, read, write, timeout). RSS: the server's whole "
               "process tree (psutil) right after that point's run.", ""]
+    if overload:
+        lines += [
+            f"2x overload: {overload['endpoint']} driven open-loop (vegeta) at {overload['rate_rps']:.0f} requests/s, "
+            f"twice its c=64 throughput, for {overload['duration_s']:g} s: {overload['requests']} requests, "
+            f"{overload['accepted']} accepted (p50 {overload['accepted_p50_ms']} ms, p99 {overload['accepted_p99_ms']} "
+            f"ms), {overload['shed']} shed with 503 (p50 {overload['shed_p50_ms']} ms, p99 {overload['shed_p99_ms']} "
+            f"ms, max {overload['shed_max_ms']} ms; {overload['shed_over_target']} slower than {TARGET_SHED_MS:g} ms; "
+            f"{overload['shed_without_retry_after']} without Retry-After), {overload['other']} other failures; "
+            f"RSS growth {overload['rss_growth_percent'] if overload['rss_growth_percent'] is None else round(overload['rss_growth_percent'], 2)}%"
+            f", peak {overload['peak_mb']} MiB.",
+            "",
+        ]
     if rss:
         lines += [
             f"Memory under load: {rss['endpoint']} at c=8 for {rss['duration_s']:g} s "
@@ -649,6 +833,8 @@ def markdown_report(meta: dict[str, t.Any], points: list[Point], targets: list[d
                 lines.append(f"| {label} | {startup.ready_s:.2f} | {startup.first_child_s:.2f} | "
                              f"{startup.ready_s - startup.first_child_s:.2f} |")
         lines.append("")
+    if problems:
+        lines += ["## This run FAILED", "", *[f"- {problem}" for problem in problems], ""]
     lines += ["## Targets", "", "| target | measured | goal | met |", "|---|---:|---:|---|"]
     for target in targets:
         met = {True: "yes", False: "**no**", None: "n/a"}[target["met"]]
@@ -697,6 +883,7 @@ def main(argv: list[str] | None = None) -> int:
     duration = float(os.environ.get("BENCH_DURATION") or (2 if args.quick else 10))
     warmup = float(os.environ.get("BENCH_WARMUP") or (1 if args.quick else 3))
     rss_duration = float(os.environ.get("BENCH_RSS_DURATION") or (20 if args.quick else 120))
+    overload_duration = float(os.environ.get("BENCH_OVERLOAD_DURATION") or (10 if args.quick else 120))
     repeats = int(os.environ.get("BENCH_REPEATS") or (1 if args.quick else 3))
     workers = os.cpu_count() or 1
     chosen = [key for key in (os.environ.get("BENCH_SERVERS") or "").split(",") if key]
@@ -713,9 +900,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  the model alone, in-process: p50 {model_alone['p50_ms']:.2f} ms, p99 {model_alone['p99_ms']:.2f} ms",
           flush=True)
     startups: dict[str, Startup] = {}
-    points = measure_all(specs, duration, warmup, repeats, workdir, skipped, startups)
-    rss = None
+    refused: dict[str, str] = {}
+    load_before = " ".join(f"{value:.1f}" for value in os.getloadavg())
+    points = measure_all(specs, duration, warmup, repeats, workdir, skipped, startups, refused)
+    rss = overload = None
     ours = next((spec for spec in specs if spec.key == "mlserve"), None)
+    capacity = next((p.rps for p in points if (p.endpoint, p.concurrency) == ("mlserve_predict", 64)), None)
+    if ours and capacity and overload_duration > 0:
+        if VEGETA.exists():
+            print(f"  2x overload: {ours.endpoints[0].label} open-loop at {2 * capacity:.0f}/s for "
+                  f"{overload_duration:g}s", flush=True)
+            overload = measure_overload(ours, 2 * capacity, overload_duration, workdir)
+            overload["baseline_p99_ms"] = next(p.p99_ms for p in points
+                                               if (p.endpoint, p.concurrency) == ("mlserve_predict", 64))
+            print(f"    accepted {overload['accepted']} (p99 {overload['accepted_p99_ms']} ms), shed "
+                  f"{overload['shed']} (p99 {overload['shed_p99_ms']} ms), other {overload['other']}", flush=True)
+        else:
+            skipped["2x overload"] = f"vegeta is not built ({VEGETA.relative_to(REPO_ROOT)}; `make bench` builds it)"
     if ours and rss_duration > 0:
         print(f"  memory run: {ours.endpoints[0].label} at c=8 for {rss_duration:g}s", flush=True)
         rss = measure_rss_flatness(ours, rss_duration, workdir)
@@ -726,19 +927,26 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
                    f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
         "duration_s": duration, "warmup_s": warmup, "repeats": repeats, "workers": workers, "quick": args.quick,
+        "load_before": load_before, "load_after": " ".join(f"{value:.1f}" for value in os.getloadavg()),
     }
-    targets = evaluate_targets(points, rss)
+    targets = evaluate_targets(points, rss, overload, startups)
+    problems = failures(points, refused)
     stem = "serving-quick" if args.quick else "serving"
     (RESULTS / f"{stem}.json").write_text(json.dumps({
-        "meta": meta, "points": [dataclasses.asdict(p) for p in points], "rss": rss, "targets": targets,
-        "skipped": skipped, "model_alone": model_alone,
+        "meta": meta, "points": [dataclasses.asdict(p) for p in points], "rss": rss, "overload": overload,
+        "targets": targets, "skipped": skipped, "refused": refused, "failures": problems, "model_alone": model_alone,
         "startups": {label: dataclasses.asdict(startup) for label, startup in startups.items()},
     }, indent=2) + "\n")
-    report = markdown_report(meta, points, targets, rss, skipped, startups=startups, model_alone=model_alone)
+    report = markdown_report(meta, points, targets, rss, skipped, startups=startups, model_alone=model_alone,
+                             overload=overload, problems=problems)
     (RESULTS / f"{stem}.md").write_text(report)
     if points:
         chart(points, RESULTS / f"{stem}.png")
     print(report)
+    if problems:
+        print("bench: FAILED, servers answered errors; no ratio is computed against them:\n  " + "\n  ".join(problems),
+              file=sys.stderr)
+        return 1
     return 0
 
 

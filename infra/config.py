@@ -131,6 +131,8 @@ class ServingConfig:
     max_queue: int = key("serving.maxQueue", lambda v: _between(v, 0, 100000))
     queue_timeout_seconds: float = key("serving.queueTimeoutSeconds", lambda v: _between(v, 0.001, 600))
     body_timeout_seconds: float = key("serving.bodyTimeoutSeconds", lambda v: _between(v, 0.001, 600))
+    max_batch_size: int = key("serving.maxBatchSize", lambda v: _between(v, 1, 100000))
+    max_batch_wait_ms: float = key("serving.maxBatchWaitMs", lambda v: _between(v, 0, 10000))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from service.explain import ExplainSettings
 from service.names import TELEMETRY_OFF
 from service.prediction_ids import KEY_ENV, MAX_AGE_ENV
 from service.profiles import REFERENCE_URI_ENV
+from service.settings import BatchLimits
 
 PORT_NAME = "http"
 GRPC_PORT_NAME = "grpc"  # the name Seldon's operator looks for (operator/constants: GrpcPortName)
@@ -140,6 +141,7 @@ def container_env(config: StackConfig, variant: str) -> list[Manifest]:
         "HOME": "/tmp",
         **TELEMETRY_OFF,
         **admission_env(config),
+        **batching_env(config),
         **explain_env(config),
     }
     if config.drift.reference_uri:  # only when set: stacks without it keep their pod spec unchanged
@@ -155,6 +157,13 @@ def admission_env(config: StackConfig) -> dict[str, str]:
         queue_timeout=serving.queue_timeout_seconds, body_timeout=serving.body_timeout_seconds,
     )
     return {AdmissionLimits.ENV[name]: f"{getattr(limits, name):g}" for name in AdmissionLimits.ENV}
+
+
+def batching_env(config: StackConfig) -> dict[str, str]:
+    """The server's adaptive batching bounds (service/batching.py) from stack config ``serving.*``."""
+    serving = config.serving
+    limits = BatchLimits(max_batch_size=serving.max_batch_size, max_wait_ms=serving.max_batch_wait_ms)
+    return {BatchLimits.ENV[name]: f"{getattr(limits, name):g}" for name in BatchLimits.ENV}
 
 
 def explain_env(config: StackConfig) -> dict[str, str]:

@@ -2,8 +2,9 @@
 
 - ``service.service``: the BentoML 1.4 service (``ModelServer``) serving the registered MLflow model named by
   ``MODEL_URI``; ``service.settings`` lists the environment it reads.
-- ``service.predictor``: the protocol-independent core every protocol calls (``ServedModel.predict_rows``,
-  ``predict_tensors``); ``service.schema`` validates requests against the model's signature; ``service.loading``
+- ``service.predictor``: the protocol-independent core every protocol calls (``ServedModel.check_rows``,
+  ``check_tensors`` and ``score``, or ``predict_rows`` in one step); ``service.batching`` merges concurrent requests
+  into one model call on the worker's model thread; ``service.schema`` validates requests against the model's signature; ``service.loading``
   resolves and loads the model; ``service.protocols`` reads the MLflow scoring and OIP wire formats;
   ``service.metrics`` the model_* metrics; ``service.patches`` two BentoML fixes.
 - ``service.train``: trains and registers the demo ``customer-churn-classifier`` with ``champion``/``challenger``

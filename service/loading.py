@@ -11,11 +11,13 @@ everything else. Both paths give ``mlflow.pyfunc.load_model(uri).predict``'s ans
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import typing as t
+import urllib.parse
 from pathlib import Path
 
 from service.errors import ModelLoadError
@@ -85,9 +87,57 @@ def resolve_model(settings: Settings) -> ModelSource:
         source = ModelSource.from_json(inherited.split("\n", 1)[1])
         if (source.local_path / "MLmodel").is_file():
             return source
-    source = _resolve_from_registry(settings)
+    source = _resolve_from_sqlite(settings) or _resolve_from_registry(settings)
     os.environ[RESOLVED_MODEL_ENV] = f"{key}\n{source.to_json()}"
     return source
+
+
+def _resolve_from_sqlite(settings: Settings) -> ModelSource | None:
+    """The registry lookup without importing MLflow, for the registry the server usually meets at start-up: MLflow's
+    SQLite store (``MLSERVE_HOME``'s embedded registry) with the version's artifacts on local disk. ``import mlflow``
+    and its SQLite store (alembic included) took about 2 s of every cold start, before BentoML starts the first
+    worker; this reads the same rows MLflow's ``SqlAlchemyStore`` reads (``registered_model_aliases``,
+    ``model_versions``) and the ``MLmodel`` file MLflow's ``Model.load`` reads. None whenever anything is not plainly
+    that (another store, remote artifacts, a missing alias or version, a version not READY, an unexpected schema), so
+    MLflow itself resolves it and words its errors."""
+    if not settings.tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(settings.tracking_uri[len("sqlite:///"):])
+    name, alias, version = parse_model_uri(settings.model_uri)
+    if not database.is_file():
+        return None
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as registry:
+            if alias is not None:
+                rows = registry.execute("SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?",
+                                        (name, alias)).fetchall()
+                if len(rows) != 1:
+                    return None
+                version = str(rows[0][0])
+            rows = registry.execute("SELECT storage_location, status FROM model_versions WHERE name = ? AND version = ?",
+                                    (name, int(version))).fetchall()
+    except (sqlite3.Error, ValueError):
+        return None
+    if len(rows) != 1 or rows[0][1] != "READY" or not rows[0][0]:
+        return None
+    location = urllib.parse.urlparse(rows[0][0])
+    if location.scheme not in ("", "file") or location.netloc not in ("", "localhost"):
+        return None
+    local_path = Path(urllib.parse.unquote(location.path))
+    try:
+        import yaml
+
+        meta = yaml.safe_load((local_path / "MLmodel").read_text())
+        signature = meta.get("signature") or {}
+        inputs = json.loads(signature["inputs"]) if signature.get("inputs") else None
+        outputs = json.loads(signature["outputs"]) if signature.get("outputs") else None
+        flavors = meta["flavors"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):
+        return None
+    return ModelSource(name=name, version=version, source_uri=settings.model_uri, local_path=local_path,
+                       flavors=flavors, signature_inputs=inputs, signature_outputs=outputs)
 
 
 def _resolve_from_registry(settings: Settings) -> ModelSource:

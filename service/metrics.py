@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import re
 import time
 import typing as t
 
 import bentoml
+from bentoml import get_current_service
 from starlette.responses import JSONResponse
 
 from service.drift import InputMetrics, OutputMetrics
@@ -145,11 +147,35 @@ def track_explain(identity: ModelIdentity) -> t.Iterator[dict[str, t.Any]]:
             EXPLAIN_ERRORS.labels(**labels, error_type=outcome["error_type"]).inc()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Series:
+    """The labelled series one (model, protocol) writes on every request, looked up once (``labels()`` sorts and
+    hashes the label values on every call, a measurable share of a request's CPU)."""
+
+    predictions: t.Any
+    latency: t.Any
+    input_size: t.Any
+    active: t.Any
+
+
+@functools.lru_cache(maxsize=64)
+def _series(labels: tuple[tuple[str, str], ...]) -> _Series:
+    named = dict(labels)
+    return _Series(PREDICTIONS.labels(**named), LATENCY.labels(**named), INPUT_SIZE.labels(**named),
+                   ACTIVE.labels(**named))
+
+
+def series(labels: dict[str, str]) -> _Series:
+    """The model_* series of one label set (model name, version, variant, protocol)."""
+    return _series(tuple(labels.items()))
+
+
 def record(labels: dict[str, str], status: int, seconds: float, size_bytes: int) -> None:
     """Count one answered prediction request: its latency, its size, and its error type if it failed."""
-    PREDICTIONS.labels(**labels).inc()
-    LATENCY.labels(**labels).observe(seconds)
-    INPUT_SIZE.labels(**labels).observe(size_bytes)
+    counted = series(labels)
+    counted.predictions.inc()
+    counted.latency.observe(seconds)
+    counted.input_size.observe(size_bytes)
     if (error_type := error_type_for(status)) is not None:
         ERRORS.labels(**labels, error_type=error_type).inc()
 
@@ -167,11 +193,12 @@ def track(identity: ModelIdentity, protocol: str, size_bytes: int) -> t.Iterator
     labels = {**identity.labels, "protocol": protocol}
     outcome = RequestOutcome()
     started = time.perf_counter()
-    ACTIVE.labels(**labels).inc()
+    active = series(labels).active
+    active.inc()
     try:
         yield outcome
     finally:
-        ACTIVE.labels(**labels).dec()
+        active.dec()
         record(labels, outcome.status, time.perf_counter() - started, size_bytes)
 
 
@@ -216,7 +243,8 @@ class PredictionTrafficMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
-        ACTIVE.labels(**labels).inc()
+        active = series(labels).active
+        active.inc()
         body_size = 0
         disconnected = False
         try:
@@ -233,7 +261,7 @@ class PredictionTrafficMiddleware:
                 return
             await self.app(scope, _replay(body, receive), send_with_headers)
         finally:
-            ACTIVE.labels(**labels).dec()
+            active.dec()
             # A client that left before finishing its request asked nothing of the model: not counted.
             if not disconnected:
                 record(labels, status, time.perf_counter() - started, body_size)
@@ -285,7 +313,7 @@ def _replay(body: bytes, receive: t.Callable) -> t.Callable:
 
 def _current_identity() -> ModelIdentity | None:
     try:
-        instance = bentoml.get_current_service()
+        instance = get_current_service()
     except Exception:  # no service instance in this process yet
         return None
     model = getattr(instance, "model", None)

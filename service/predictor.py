@@ -23,7 +23,7 @@ import typing as t
 import numpy as np
 
 from service.errors import InvalidInput, ModelFailure
-from service.schema import OIP_DATATYPES, InputSchema, RowValidator, rows_from_tensors
+from service.schema import OIP_DATATYPES, Checked, InputSchema, RowValidator, rows_from_tensors
 
 MODEL_HEADERS = ("X-Model-Name", "X-Model-Version", "X-Model-Variant")
 # How a model's answers are produced: predict (labels or values), the positive class's probability (binary
@@ -112,6 +112,41 @@ class ServedModel:
         """Validate OIP input tensors against the signature and predict; raises InvalidInput."""
         return self.predict_rows(rows_from_tensors(self.schema, inputs), output)
 
+    def check_rows(self, instances: t.Any, *, mlflow: bool = False) -> Checked:
+        """``instances`` checked against the signature on their own, for ``score``; raises InvalidInput."""
+        return self.validator.check_rows(instances, mlflow=mlflow)
+
+    def check_tensors(self, inputs: t.Any) -> Checked:
+        """OIP input tensors checked against the signature on their own, for ``score``; raises InvalidInput."""
+        return self.validator.check_rows(rows_from_tensors(self.schema, inputs))
+
+    def score(self, parts: t.Sequence[Checked], output: str | None = None) -> list[Prediction | Exception]:
+        """Answer several checked requests with one model call; per request its Prediction, or the InvalidInput or
+        ModelFailure that request alone would get.
+
+        The parts are merged into one input (``RowValidator.merge``) and the model's answer is cut back into one
+        piece per request. When the merged call fails (a row the model refuses, a faulty model), the parts are
+        scored again in halves, down to single requests, so one bad request fails alone and its neighbours get
+        exactly what they would have got on their own.
+        """
+        output = output or self.output
+        if len(parts) == 1:
+            try:
+                return [self.predict_input(self.validator.merge(parts), output)]
+            except (InvalidInput, ModelFailure) as err:
+                return [err]
+        try:
+            model_input = self.validator.merge(parts)
+            raw = self._scorers[output](model_input)
+            pieces = split_rows(raw, [part.rows for part in parts])
+        except Exception:
+            half = len(parts) // 2
+            return self.score(parts[:half], output) + self.score(parts[half:], output)
+        classes = self.classes if output != PREDICT else ()
+        if self.on_prediction is not None:
+            self.on_prediction(model_input, Prediction(raw, output, classes, self.identity))
+        return [Prediction(piece, output, classes, self.identity) for piece in pieces]
+
     def predict_input(self, model_input: t.Any, output: str | None = None) -> Prediction:
         """Predict on an already validated input; a model failure raises ModelFailure (ValueError: InvalidInput)."""
         output = output or self.output
@@ -175,6 +210,24 @@ class ServedModel:
         if outputs.columns:
             return [{"name": PREDICT, "datatype": outputs.columns[0].oip_datatype, "shape": [-1]}]
         return [{"name": PREDICT, "datatype": "BYTES", "shape": [-1]}]
+
+
+def split_rows(raw: t.Any, sizes: t.Sequence[int]) -> list[t.Any]:
+    """A model's answer to merged requests, cut into one piece per request of ``sizes`` rows each (its first
+    dimension is the row); ValueError when the answer does not have one entry per row (a model answering one value
+    for a whole input), which ``ServedModel.score`` takes as a reason to score the requests apart."""
+    total = sum(sizes)
+    if isinstance(raw, dict):
+        columns = {name: split_rows(value, sizes) for name, value in raw.items()}
+        return [{name: pieces[index] for name, pieces in columns.items()} for index in range(len(sizes))]
+    if not hasattr(raw, "__len__") or isinstance(raw, (str, bytes)) or len(raw) != total:
+        raise ValueError(f"the model answered {type(raw).__name__} for {total} rows, not one entry per row")
+    cut = (lambda start, stop: raw.iloc[start:stop]) if hasattr(raw, "iloc") else (lambda start, stop: raw[start:stop])
+    pieces, start = [], 0
+    for size in sizes:
+        pieces.append(cut(start, start + size))
+        start += size
+    return pieces
 
 
 def to_json_values(raw: t.Any) -> t.Any:

@@ -206,6 +206,15 @@ def _tensor_row_type(tensor: Tensor) -> t.Any:
     return row
 
 
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """One request's rows, checked against the signature: ``rows`` of them, ``data`` what ``RowValidator.merge``
+    builds the model's input from (validated rows of columns, a tensor array or a dict of them, or a DataFrame)."""
+
+    rows: int
+    data: t.Any
+
+
 class RowValidator:
     """Validates request rows against a schema and builds the model's input from them."""
 
@@ -232,6 +241,12 @@ class RowValidator:
         (mlflow/models/utils.py, ``_enforce_schema``): inputs the signature does not name are dropped ("Any extra
         columns are ignored"), and ``null`` is a missing value in the columns that can hold one (``NULLABLE_TYPES``).
         """
+        return self.merge([self.check_rows(instances, mlflow=mlflow)])
+
+    def check_rows(self, instances: t.Any, *, mlflow: bool = False) -> Checked:
+        """``instances`` checked on their own (``validate_rows``'s rules and refusals), not yet the model's input:
+        ``merge`` builds that from one or more checked requests, so concurrent requests share one model call while
+        a bad one is refused alone, before merging."""
         if not isinstance(instances, list):
             raise InvalidInput(f"'instances' must be a list of rows, got {type(instances).__name__}")
         self.check_count(len(instances))
@@ -242,15 +257,43 @@ class RowValidator:
             instances = [{name: value for name, value in row.items() if name in known} if isinstance(row, dict)
                          else row for row in instances]
         if self.schema.columns:
-            return self._columns_frame(instances, mlflow, ignored)
+            return Checked(len(instances), self._column_rows(instances, mlflow, ignored))
         if self.schema.tensors:
-            return self._tensor_input(instances)
-        return self._unchecked_frame(instances)
+            return Checked(len(instances), self._tensor_input(instances))
+        return Checked(len(instances), self._unchecked_frame(instances))
+
+    def checked_rows(self, rows: list[t.Any]) -> Checked:
+        """Rows already validated against ``row_type`` (BentoML validated ``/predict_batch``'s typed body)."""
+        self.check_count(len(rows))
+        return Checked(len(rows), rows)
+
+    def merge(self, parts: t.Sequence[Checked]) -> t.Any:
+        """The model input for checked requests taken together, their rows in order: one DataFrame of the
+        signature's columns and dtypes, one array per tensor, or one DataFrame of a model without a signature.
+
+        Raises ValueError when the parts cannot share one input (tensors of different free dimensions, frames of
+        different columns); the caller then scores them apart.
+        """
+        if self.schema.columns:
+            rows = parts[0].data if len(parts) == 1 else [row for part in parts for row in part.data]
+            return self.frame(rows)
+        if len(parts) == 1:
+            return parts[0].data
+        first = parts[0].data
+        if isinstance(first, np.ndarray):
+            return np.concatenate([part.data for part in parts])
+        if isinstance(first, dict):
+            return {name: np.concatenate([part.data[name] for part in parts]) for name in first}
+        import pandas as pd
+
+        if any(list(part.data.columns) != list(first.columns) for part in parts):
+            raise ValueError("requests name different columns")
+        return pd.concat([part.data for part in parts], ignore_index=True)
 
     # ---- columns
 
-    def _columns_frame(self, instances: list[t.Any], mlflow: bool = False,
-                       ignored: t.Sequence[str] = ()) -> t.Any:
+    def _column_rows(self, instances: list[t.Any], mlflow: bool = False,
+                     ignored: t.Sequence[str] = ()) -> list[dict[str, t.Any]]:
         for index, row in enumerate(instances):
             if not isinstance(row, dict):
                 raise InvalidInput(f"row {index} must be an object of columns ({self._expected}), "
@@ -268,7 +311,7 @@ class RowValidator:
                 if ignored:
                     message += f"; ignored {', '.join(map(repr, ignored))}, which the signature does not name"
             raise InvalidInput(message, detail=detail, error_code=code) from None
-        return self.frame(rows)
+        return rows
 
     def frame(self, rows: list[dict[str, t.Any]]) -> t.Any:
         """Validated rows as a DataFrame with the signature's column order and dtypes (what MLflow's pyfunc makes)."""

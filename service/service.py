@@ -4,12 +4,14 @@ Importing this module does nothing: ``build_model_server``, called once per proc
 ``ModelServer``, reads the settings, pins the model URI to one version and reads its signature
 (``service.loading.resolve_model``), so the API's input types and the OpenAPI document describe that model's columns;
 each worker then loads it in ``__init__``. Endpoints: ``POST /predict`` (``{"instances": [rows]}`` -> ``{"predictions", "model_name",
-"model_version", "variant"}`` plus ``X-Model-*`` headers), ``POST /predict_batch`` (adaptive batching; a list of
+"model_version", "variant"}`` plus ``X-Model-*`` headers), ``POST /predict_batch`` (the same rows, typed; the list of
 predictions), ``POST /invocations`` (the MLflow scoring protocol, JSON or CSV; what ``mlflow models serve``
 answers), the Open Inference Protocol v2 REST routes under ``/v2``, and BentoML's ``/livez``, ``/readyz``,
 ``/metrics``; with ``MLSERVE_GRPC_PORT`` set, each worker also serves the OIP v2 over gRPC on that port
-(``service.grpc_server``), answering from the same methods as the ``/v2`` routes. Settings: ``service.settings``;
-the protocol-independent core: ``service.predictor``.
+(``service.grpc_server``), answering from the same methods as the ``/v2`` routes. Every prediction route checks its
+request on the event loop and then awaits the worker's ``service.batching.ModelRunner``, which merges concurrent
+requests into one call on the worker's model thread. Settings: ``service.settings``; the protocol-independent core:
+``service.predictor``.
 """
 
 import gc
@@ -20,16 +22,16 @@ import pathlib
 import sys
 import typing as t
 
-import anyio.to_thread
 import bentoml
 import pydantic
+from bentoml import get_current_service
 from bentoml.exceptions import BentoMLException
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse
 
 from service import patches
 from service.admission import AdmissionLimits, AdmissionMiddleware, Slots
-from service.profiles import drift_observer
+from service.batching import BatchLimits, ModelRunner
 from service.errors import InvalidInput, ModelFailure, ModelLoadError, mlflow_error_body
 from service.explain import ExplainSettings
 from service.explain_pool import ExplainAnswer, ExplainProtocol, explain_openapi
@@ -52,8 +54,9 @@ from service.names import DEMO_MODEL_NAME
 from service.openapi import DocumentedErrorsMiddleware
 from service.prediction_ids import KEY_ENV, SigningKeyError, signer_from_env
 from service.predictor import PREDICT, Prediction, ServedModel
+from service.profiles import drift_observer
 from service.protocols import invocation_answer, invocation_rows, oip_infer_response, parse_json
-from service.schema import InputSchema, request_row_type
+from service.schema import Checked, InputSchema, request_row_type
 from service.settings import REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, Settings, parse_model_uri
 
 logger = logging.getLogger("mlserve.service")
@@ -103,6 +106,18 @@ def server_pins(path: pathlib.Path = SERVER_REQUIREMENTS) -> list[str]:
 IMAGE = bentoml.images.Image(python_version="3.11", lock_python_packages=False).python_packages(*server_pins())
 
 
+# BentoML records an OpenTelemetry span for every request even with tracing off (its sampler always records, for the
+# trace ids in its logs: bentoml/_internal/utils/telemetry.py, ParentBasedTraceIdRatio), five of them per prediction,
+# which cost more of a worker's CPU than the batched model call. No exporter is configured for them, so nothing reads
+# them: the prediction routes and the probes are left out (OpenTelemetry's ExcludeList searches the full URL).
+TRACING_EXCLUDED_URLS = [r"/(predict|predict_batch|invocations|livez|readyz|metrics)(\?|$)", r"/v2/"]
+
+
+async def current_service() -> t.Any:
+    """The service instance of this worker (``bentoml.get_current_service``), without a thread hop."""
+    return get_current_service()
+
+
 def error_response(err: InvalidInput | ModelFailure) -> JSONResponse:
     """The JSON answer to a request that failed: 4xx naming the client's mistake, 500 for the model's."""
     if isinstance(err, InvalidInput):
@@ -129,6 +144,10 @@ def build_model_server() -> type:
     except ValueError as err:
         fatal(f"admission limits: {err}", status=2)
     try:
+        BATCHING = BatchLimits.from_env()
+    except ValueError as err:
+        fatal(f"batching limits: {err}", status=2)
+    try:
         EXPLAIN = ExplainSettings.from_env()
     except ValueError as err:
         fatal(f"explanation settings: {err}", status=2)
@@ -153,11 +172,16 @@ def build_model_server() -> type:
     Instances = t.Annotated[list[t.Any], pydantic.WithJsonSchema(
         {"type": "array", "items": _ROW_SCHEMA, "minItems": 1, "maxItems": SETTINGS.max_rows}
     )]
-    # /predict_batch rows are validated per request, before BentoML merges them into a batch.
+    # /predict_batch's rows are typed, so BentoML checks them (and words its refusals) as it always has.
     BatchInstances = t.Annotated[list[_ROW], pydantic.Field(min_length=1, max_length=SETTINGS.max_rows)]
 
     oip = FastAPI(title="Open Inference Protocol v2")
     scoring = FastAPI(title="MLflow scoring protocol")
+    for app in (oip, scoring):
+        # BentoML hands each route its `self` through FastAPI's Depends(get_current_service)
+        # (_bentoml_sdk/_internals.py, make_fastapi_class_views), a plain function, which FastAPI runs in a worker
+        # thread on every request; the same lookup as a coroutine runs on the event loop instead.
+        app.dependency_overrides[get_current_service] = current_service
     ModelName = t.Annotated[str, Path(description="the served model's registered name",
                                       json_schema_extra={"enum": [SOURCE.name]} if SOURCE is not None else None)]
 
@@ -170,6 +194,7 @@ def build_model_server() -> type:
         # BentoML's per-request access log halved throughput in bench/serving.py (the line is formatted in the worker
         # and copied again by the arbiter); off unless MLSERVE_ACCESS_LOG asks for it.
         logging={"access": {"enabled": SETTINGS.access_log}},
+        tracing={"excluded_urls": TRACING_EXCLUDED_URLS},
     )
     @bentoml.asgi_app(oip, path="/v2")
     @bentoml.asgi_app(scoring, path="/")
@@ -193,6 +218,9 @@ def build_model_server() -> type:
             QUALITY.start(identity.labels)
             OUTPUTS.start(identity.labels, self.model.classes)
             self.model.on_prediction = drift_observer(self.model, self.source, OUTPUTS, INPUTS, warn)
+            # Every protocol's predictions go through this worker's one model thread, merged into batches
+            # (service.batching); the requests the admission slots hold are the ones that may join a batch.
+            self.runner = ModelRunner(self.model, BATCHING, expected=lambda: ADMISSION.in_flight)
             if self.signer is None:
                 warn(f"{KEY_ENV} is not set: predictions carry no prediction_ids and /feedback is off")
             self.grpc: GrpcServer | None = None
@@ -245,49 +273,42 @@ def build_model_server() -> type:
         def stop_explainer(self) -> None:
             self.explainer.stop()
 
-        async def _predict(self, call: t.Callable[[], Prediction]) -> Prediction:
-            """Run one prediction (natively on the event loop, through pyfunc in a thread); raises as the core does."""
-            if self.model.serving_path == "pyfunc":
-                return await anyio.to_thread.run_sync(call)
-            return call()
+        @bentoml.on_shutdown
+        def stop_runner(self) -> None:
+            self.runner.close()
 
-        async def _answer(self, call: t.Callable[[], Prediction]) -> Prediction | JSONResponse:
-            """``_predict`` with its errors as responses."""
+        async def _answer(self, check: t.Callable[[], Checked], output: str | None = None) -> Prediction | JSONResponse:
+            """Check a request on the event loop, then score it in the model thread with whatever requests are
+            waiting (``service.batching``); its errors as responses."""
             try:
-                return await self._predict(call)
+                return await self.runner.predict(check(), output)
             except InvalidInput as err:
                 return error_response(err)
             except ModelFailure as err:
                 logger.exception("%s", err)
                 return error_response(err)
 
-        # The handlers are async on purpose: validating and scoring a request natively takes well under a
-        # millisecond, less than handing the call to a worker thread and back, so they run on the event loop.
+        # The handlers are async and never call the model themselves: they read and check the request on the event
+        # loop and await the model thread, so the loop stays free to accept, check, shed and answer probes.
         @bentoml.api(route="/predict")
         async def predict(self, instances: Instances) -> dict[str, t.Any]:
             """Predictions for each row of ``instances``, with the model name, version and variant."""
-            answer = await self._answer(lambda: self.model.predict_rows(instances))
+            answer = await self._answer(lambda: self.model.check_rows(instances))
             if isinstance(answer, JSONResponse):
                 return answer
             identity = answer.identity
             return {"predictions": answer.values, **self._prediction_ids(answer), "model_name": identity.name,
                     "model_version": identity.version, "variant": identity.variant}
 
-        # max_latency_ms is also BentoML's shedding threshold: a queued request expected to wait longer is answered
-        # 503. 50 ms shed requests at concurrency 64 on a busy 2-core machine; the dispatcher learns the real wait
-        # from its own timings, so a higher ceiling adds no delay at low concurrency.
-        @bentoml.api(route="/predict_batch", batchable=True, max_batch_size=512, max_latency_ms=250)
+        # Kept for the clients of the earlier batching endpoint: every route is batched now, and this one answers
+        # the bare list of predictions, its rows typed and refused by BentoML as before.
+        @bentoml.api(route="/predict_batch")
         async def predict_batch(self, instances: BatchInstances) -> list[t.Any]:
-            """Predictions for typed rows; concurrent requests are merged into one batch adaptively.
-
-            A row the model itself refuses (a category it never saw, say) fails the batch it was merged into:
-            /predict scores each request on its own.
-            """
+            """Predictions for typed rows, batched with every other request as ``/predict`` is; only the list."""
+            check = ((lambda: self.model.validator.checked_rows(instances)) if SCHEMA.columns
+                     else (lambda: self.model.check_rows(instances)))
             try:
-                if SCHEMA.columns:
-                    prediction = self.model.predict_input(self.model.validator.frame(instances))
-                else:
-                    prediction = self.model.predict_rows(instances)
+                prediction = await self.runner.predict(check())
             except InvalidInput as err:
                 raise BentoMLException(err.message, error_code=HTTPStatus(err.status)) from None
             return prediction.values
@@ -298,7 +319,7 @@ def build_model_server() -> type:
             body = await request.body()
             try:
                 rows = invocation_rows(body, request.headers.get("content-type", ""), self.model.schema)
-                answer = await self._predict(lambda: self.model.predict_rows(rows, output=PREDICT, mlflow=True))
+                answer = await self.runner.predict(self.model.check_rows(rows, mlflow=True), PREDICT)
                 return JSONResponse({**invocation_answer(answer), **self._prediction_ids(answer)})
             except InvalidInput as err:
                 # MLflow's error_code and message, which its clients read, beside our detail.
@@ -356,13 +377,26 @@ def build_model_server() -> type:
             self._check_model(name, version)
             if not isinstance(payload, dict):
                 raise InvalidInput("an infer request is a JSON object with an 'inputs' list of tensors")
-            prediction = await self._predict(lambda: self.model.predict_tensors(payload.get("inputs")))
+            prediction = await self.runner.predict(self.model.check_tensors(payload.get("inputs")))
             body = oip_infer_response(prediction, payload.get("id"))
             body["parameters"].update(self._prediction_ids(prediction))
             return body
 
         def track(self, protocol: str, size_bytes: int) -> t.ContextManager[RequestOutcome]:
             return track(self.model.identity, protocol, size_bytes)
+
+        # The infer route first: FastAPI tries routes in order, and it is the one under load.
+        @oip.post("/models/{name}/infer")
+        async def oip_infer(self, name: ModelName, request: Request) -> JSONResponse:
+            """OIP v2 inference: one tensor per column (or per input tensor) in, output tensors out."""
+            try:
+                self._check_model(name)
+                return JSONResponse(await self.infer(name, "", parse_json(await request.body())))
+            except InvalidInput as err:
+                return error_response(err)
+            except ModelFailure as err:
+                logger.exception("%s", err)
+                return error_response(err)
 
         @oip.get("/")
         def oip_server_metadata(self) -> dict[str, t.Any]:
@@ -400,19 +434,6 @@ def build_model_server() -> type:
             except InvalidInput as err:
                 return error_response(err)
             return explain_response(await self.explainer.oip(await request.body()))
-
-        @oip.post("/models/{name}/infer")
-        async def oip_infer(self, name: ModelName, request: Request) -> JSONResponse:
-            """OIP v2 inference: one tensor per column (or per input tensor) in, output tensors out."""
-            try:
-                self._check_model(name)
-                return JSONResponse(await self.infer(name, "", parse_json(await request.body())))
-            except InvalidInput as err:
-                return error_response(err)
-            except ModelFailure as err:
-                logger.exception("%s", err)
-                return error_response(err)
-
 
     # Added first, so it is the outer one: it refuses, sheds and times out bodies before the traffic middleware reads them.
     ModelServer.add_asgi_middleware(AdmissionMiddleware, limits=ADMISSION.limits, on_reject=count_refused, slots=ADMISSION)

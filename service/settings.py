@@ -8,13 +8,16 @@ Environment: ``MODEL_URI`` (default ``models:/customer-churn-classifier@champion
 ``predict_proba``: how a classifier answers, default ``auto``), ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` (MLflow's own
 switch for model files that run code when loaded: pickle, cloudpickle, skops; unset means MLflow's default, ``true``),
 ``MLSERVE_GRPC_PORT`` (the port every worker serves OIP v2 over gRPC on; unset: no gRPC) and ``MLSERVE_GRPC_HOST``
-(default ``0.0.0.0``).
+(default ``0.0.0.0``). ``BatchLimits`` reads ``MLSERVE_MAX_BATCH_SIZE`` and ``MLSERVE_MAX_BATCH_WAIT_MS``
+(``service.batching``); ``limits_from_env`` reads such numeric limits (``service.admission.AdmissionLimits`` too).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import typing as t
 
 from service.errors import ModelLoadError
 from service.names import CHAMPION, DEMO_MODEL_NAME, VARIANTS, mlserve_home, parse_registry_uri
@@ -107,3 +110,55 @@ class Settings:
             grpc_port=_port_env("MLSERVE_GRPC_PORT"),
             grpc_host=os.environ.get("MLSERVE_GRPC_HOST") or "0.0.0.0",
         )
+
+
+Limits = t.TypeVar("Limits")
+
+
+def limits_from_env(cls: type[Limits], environ: t.Mapping[str, str] | None = None,
+                    minimums: t.Mapping[str, float] | None = None) -> Limits:
+    """A frozen dataclass of numeric limits read from the environment: each field from the variable its ``ENV``
+    names, its ``DEFAULTS`` value when unset; integers at least 1, durations at least 0.001 unless ``minimums``
+    (or the class's ``MINIMUMS``) says otherwise. Every bad variable is reported at once, with what is allowed."""
+    environ = os.environ if environ is None else environ
+    minimums = {**getattr(cls, "MINIMUMS", {}), **(minimums or {})}
+    values: dict[str, float] = {}
+    problems = []
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name, default = cls.ENV[field.name], cls.DEFAULTS[field.name]  # type: ignore[attr-defined]
+        raw = environ.get(name, "")
+        want_int = field.type == "int"
+        try:
+            value = (int(raw) if want_int else float(raw)) if raw else default
+        except ValueError:
+            value = math.nan
+        minimum = minimums.get(field.name, 1 if want_int else 0.001)
+        if not (value >= minimum and math.isfinite(value)):
+            unit = "milliseconds" if field.name.endswith("_ms") else "seconds"
+            kind = "an integer" if want_int else f"a number of {unit}"
+            problems.append(f"{name}={raw!r} must be {kind} of at least {minimum:g}")
+        values[field.name] = value
+    if problems:
+        raise ValueError("; ".join(problems))
+    return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLimits:
+    """How large a merged model call may grow, and how long a request may wait for others to join it."""
+
+    max_batch_size: int
+    max_wait_ms: float
+
+    ENV: t.ClassVar[dict[str, str]] = {
+        "max_batch_size": "MLSERVE_MAX_BATCH_SIZE",
+        "max_wait_ms": "MLSERVE_MAX_BATCH_WAIT_MS",
+    }
+    # The same defaults as Pulumi.yaml's serving.* keys (measured with bench/serving.py; README "Performance").
+    DEFAULTS: t.ClassVar[dict[str, float]] = {"max_batch_size": 64, "max_wait_ms": 2.0}
+    MINIMUMS: t.ClassVar[dict[str, float]] = {"max_batch_size": 1, "max_wait_ms": 0.0}
+
+    @classmethod
+    def from_env(cls, environ: t.Mapping[str, str] | None = None) -> BatchLimits:
+        """Read the limits; every bad variable is reported at once, with its value and what is allowed."""
+        return limits_from_env(cls, environ)

@@ -6,7 +6,16 @@ import re
 
 import pytest
 
-from bench.serving import WRK_SCRIPT, Point, evaluate_targets, markdown_report
+from bench.serving import (
+    OUR_PROTOCOLS,
+    WRK_SCRIPT,
+    Point,
+    Startup,
+    evaluate_targets,
+    failures,
+    markdown_report,
+    overload_summary,
+)
 
 
 def point(endpoint: str, concurrency: int, rps: float, p99_ms: float = 1.0, errors: int = 0,
@@ -16,39 +25,67 @@ def point(endpoint: str, concurrency: int, rps: float, p99_ms: float = 1.0, erro
                  cold_start_s=cold_start_s, rss_mb=100.0)
 
 
-def run(ours64: float = 4000, p99_c1: float = 3, p99_c64: float = 40, errors: int = 0, growth: float = 1.0,
-        cold: float = 2.0) -> dict[str, bool]:
-    points = [
-        point("mlserve_predict", 1, 900, p99_c1, cold_start_s=cold),
-        point("mlserve_predict", 64, ours64 / 2, 90, cold_start_s=cold),
-        point("mlserve_predict_batch", 1, 800, 4, cold_start_s=cold),
-        point("mlserve_predict_batch", 64, ours64, p99_c64, errors, cold_start_s=cold),
-        point("reference", 64, 1900), point("mlflow", 64, 130), point("mlserver", 64, 1000),
-    ]
+ANCHORS64 = {"mlflow": 250.0, "mlserver": 200.0, "kserve": 300.0, "reference": 400.0}
+
+
+def run(ours64: float = 1200, p99_c64: float = 60, mlflow_p99: float = 600, errors: int = 0, growth: float = 1.0,
+        cold: float = 2.0, shed_p99: float = 20, accepted_p99: float = 100, no_retry_after: int = 0) -> dict[str, bool]:
+    points = [point(key, 64, ours64, p99_c64 if key == "mlserve_predict" else 50) for key in OUR_PROTOCOLS]
+    points += [point(key, 64, rps, mlflow_p99 if key == "mlflow" else 300) for key, rps in ANCHORS64.items()]
+    points.append(point("mlserve_grpc", 1, 400, 3, errors))
     rss = {"duration_s": 120, "growth_percent": growth}
-    return {re.sub(r" \([^)]*\)", "", target["target"]): target["met"] for target in evaluate_targets(points, rss)}
+    overload = {"requests": 1000, "accepted": 600, "shed": 400, "other": 0, "shed_without_retry_after": no_retry_after,
+                "shed_p99_ms": shed_p99, "accepted_p99_ms": accepted_p99, "baseline_p99_ms": p99_c64,
+                "rss_growth_percent": 0.5}
+    startups = {"mlserve (BentoML)": Startup(cold, 1.0), "mlflow models serve": Startup(3.0, 1.0),
+                "reference": Startup(2.5, None)}
+    return {re.sub(r" \([^)]*\)", "", target["target"]): target["met"]
+            for target in evaluate_targets(points, rss, overload, startups)}
 
 
 def test_every_target_met_when_the_numbers_are_good():
     verdicts = run()
-    assert len(verdicts) == 8 and all(verdicts.values()), verdicts
+    # 4 protocols x 4 anchors, the p99 against mlflow's, errors, 3 overload targets, RSS, cold start.
+    assert len(verdicts) == 16 + 7 and all(verdicts.values()), verdicts
 
 
 @pytest.mark.parametrize(
-    ("change", "failed_target"),
+    ("change", "failed_targets"),
     [
-        ({"ours64": 3000}, "c=64 throughput / bare reference"),  # 1.6x the reference
-        ({"p99_c1": 6}, "p99 at c=1, mlserve /predict"),
-        ({"p99_c64": 80}, "p99 at c=64, mlserve_predict_batch"),
-        ({"errors": 3}, "errors, mlserve"),
-        ({"growth": 7.5}, "RSS growth after warm-up over 120s"),
-        ({"cold": 4.0}, "cold start to ready, mlserve"),
+        ({"ours64": 900}, 4),  # 3.6x mlflow on each of the four protocols (and still 2x or more the others)
+        ({"p99_c64": 250}, 1),  # more than a third of mlflow's 600 ms (and 100 <= 2 x 250 still holds)
+        ({"errors": 3}, 1),
+        ({"growth": 7.5}, 1),
+        ({"cold": 2.6}, 1),  # slower than the reference's 2.5 s
+        ({"shed_p99": 150}, 1),
+        ({"no_retry_after": 1}, 1),
+        ({"accepted_p99": 130}, 1),  # over twice the c=64 p99 of 60 ms
     ],
 )
-def test_a_missed_target_is_reported_as_missed(change, failed_target):
+def test_a_missed_target_is_reported_as_missed(change, failed_targets):
     verdicts = run(**change)
-    assert verdicts[failed_target] is False
-    assert sum(not met for met in verdicts.values()) == 1, verdicts
+    assert sum(not met for met in verdicts.values()) == failed_targets, verdicts
+
+
+def test_no_ratio_is_computed_against_an_anchor_that_answered_errors():
+    points = [point("mlserve_predict", 64, 1200), point("mlflow", 64, 250, errors=12)]
+    ratios = [target for target in evaluate_targets(points, None) if target["target"].startswith("c=64 throughput")]
+
+    assert [(target["measured"], target["met"]) for target in ratios] == [(None, None)]
+    assert failures(points, {"KServe": "answered 500"}) == [
+        "KServe refused the benchmark request: answered 500", "mlflow at c=64: 12 errors (12 non-2xx, 0 socket)"]
+
+
+def test_overload_results_split_into_accepted_shed_and_other():
+    results = [{"code": 200, "latency": 80e6, "headers": {}}, {"code": 200, "latency": 120e6, "headers": {}},
+               {"code": 503, "latency": 2e6, "headers": {"Retry-After": ["1"]}},
+               {"code": 503, "latency": 150e6, "headers": {}}, {"code": 0, "latency": 10e9, "headers": {}}]
+
+    summary = overload_summary(results)
+
+    assert (summary["accepted"], summary["shed"], summary["other"]) == (2, 2, 1)
+    assert summary["shed_without_retry_after"] == 1 and summary["shed_over_target"] == 1
+    assert summary["accepted_p99_ms"] == 120.0
 
 
 def test_report_has_a_row_per_point_and_names_skipped_servers():

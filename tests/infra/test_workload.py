@@ -155,3 +155,20 @@ def test_a_server_started_without_a_deployment_uses_the_declared_defaults():
     env = {item["name"]: item["value"] for item in workload.container_env(stack_config("dev"), "champion")}
 
     assert AdmissionLimits.from_env({}) == AdmissionLimits.from_env(env)
+
+
+def test_batching_bounds_reach_the_server_as_the_server_reads_them():
+    from service.settings import BatchLimits
+
+    config = stack_config("dev", **{"serving.maxBatchSize": 16, "serving.maxBatchWaitMs": "0.5"})
+    env = {item["name"]: item["value"] for item in workload.model_container(config, "champion", IMAGE)["env"]}
+
+    assert BatchLimits.from_env(env) == BatchLimits(max_batch_size=16, max_wait_ms=0.5)
+
+
+def test_a_server_started_without_a_deployment_batches_with_the_declared_defaults():
+    from service.settings import BatchLimits
+
+    env = {item["name"]: item["value"] for item in workload.container_env(stack_config("dev"), "champion")}
+
+    assert BatchLimits.from_env({}) == BatchLimits.from_env(env)

@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
-from service.admission import AdmissionLimits, AdmissionMiddleware, accepted_media_types, content_type_problem
+from service.admission import (
+    AdmissionLimits,
+    AdmissionMiddleware,
+    Slots,
+    accepted_media_types,
+    content_type_problem,
+)
 
 LIMITS = AdmissionLimits(max_concurrency=2, max_queue=1, queue_timeout=30.0, body_timeout=30.0)
 
@@ -265,3 +272,25 @@ def test_every_bad_limit_is_reported_at_once_and_defaults_fill_the_rest():
     limits = AdmissionLimits.from_env({"MLSERVE_MAX_QUEUE": "0", "MLSERVE_QUEUE_TIMEOUT_SECONDS": "0.5"})
     assert (limits.max_queue, limits.queue_timeout, limits.retry_after) == (0, 0.5, 1)
     assert limits.max_concurrency == AdmissionLimits.DEFAULTS["max_concurrency"]
+
+
+def test_requests_are_shed_at_once_while_the_event_loop_runs_later_than_the_budget():
+    """A saturated loop (here: blocked for 0.3 s) sheds new requests without queueing them; once the loop keeps up
+    again, requests are admitted. The margins are wide: the budget is 0.1 s, the block three times that."""
+    slots = Slots(AdmissionLimits(max_concurrency=8, max_queue=8, queue_timeout=0.1, body_timeout=30.0))
+
+    async def scenario() -> tuple[bool, str, bool]:
+        assert await slots.acquire()
+        slots.release()
+        time.sleep(0.3)  # the loop is busy: the lag timer fires 0.3 s late
+        await asyncio.sleep(0.001)  # the late timer runs first (it was due first)
+        saturated = await slots.acquire()
+        told = slots.overloaded()
+        await asyncio.sleep(0.5)  # quiet ticks: the measured lag decays
+        recovered = await slots.acquire()
+        return saturated, told, recovered
+
+    saturated, told, recovered = asyncio.run(scenario())
+
+    assert saturated is False and "over the 0.1s budget" in told
+    assert recovered is True

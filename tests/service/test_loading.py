@@ -80,3 +80,47 @@ def test_native_loading_reads_the_file_mlflow_wrote(serialization, tmp_path):
     loaded = _load_sklearn(source, allow_pickle=True)
 
     np.testing.assert_array_equal(loaded.predict_proba([[0.5], [2.5]]), BINARY.predict_proba([[0.5], [2.5]]))
+
+
+def resolved(registry, model_uri: str):
+    from service.settings import Settings
+
+    return dataclasses.replace(Settings.from_env(), model_uri=model_uri, tracking_uri=registry.tracking_uri)
+
+
+@pytest.mark.parametrize("model_uri", ["models:/customer-churn-classifier@champion",
+                                       "models:/customer-churn-classifier/1"])
+def test_the_sqlite_registry_is_read_without_mlflow_to_the_same_source_mlflow_resolves(registry, model_uri):
+    """The cold-start fast path (``_resolve_from_sqlite``) pins the same version, folder, flavours and signature as
+    MLflow's client and ``Model.load`` do (compared as the JSON the server hands its workers)."""
+    import json
+
+    from service.loading import _resolve_from_registry, _resolve_from_sqlite
+
+    settings = resolved(registry, model_uri)
+    fast = _resolve_from_sqlite(settings)
+
+    assert fast is not None
+    assert json.loads(fast.to_json()) == json.loads(_resolve_from_registry(settings).to_json())
+
+
+@pytest.mark.parametrize("model_uri", ["models:/customer-churn-classifier@nobody", "models:/no-such-model/1",
+                                       "models:/customer-churn-classifier/99"])
+def test_what_the_fast_path_cannot_find_is_left_to_mlflow_and_its_words(registry, model_uri):
+    from service.loading import _resolve_from_sqlite
+
+    assert _resolve_from_sqlite(resolved(registry, model_uri)) is None
+
+
+def test_the_fast_path_imports_no_mlflow(registry):
+    import subprocess
+    import sys
+
+    code = ("import sys; from service.loading import resolve_model; from service.settings import Settings; "
+            "source = resolve_model(Settings.from_env()); print(source.version, 'mlflow' in sys.modules)")
+    env = {**registry.env(), "MODEL_URI": "models:/customer-churn-classifier@champion"}
+    env.pop("MLSERVE_RESOLVED_MODEL", None)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                            cwd=Path(__file__).resolve().parents[2])
+
+    assert result.stdout.split() == [registry.champion, "False"], result.stderr
