@@ -651,9 +651,10 @@ def gateway_problems(traffic: TrafficConfig, valid: Callable[..., bool]) -> list
     for name, value, shown in only_gateway:
         if value and not on_gateway and valid(name):
             problems.append(f"{name}: {shown} needs traffic.router gateway (got {traffic.router!r})")
-    if traffic.shadow_percent != 100 and traffic.router == "seldon" and valid("traffic.shadowPercent"):
-        problems.append(f"traffic.shadowPercent: {traffic.shadow_percent} needs traffic.router gateway; "
-                        "Seldon mirrors every request to a shadow (use 100, or traffic.router: gateway)")
+    if traffic.shadow_percent != 100 and not on_gateway and valid("traffic.shadowPercent"):
+        why = "Seldon mirrors every request to a shadow" if traffic.router == "seldon" else "a plain Service mirrors nothing"
+        problems.append(f"traffic.shadowPercent: {traffic.shadow_percent} needs traffic.router gateway; {why} "
+                        "(use 100, or traffic.router: gateway)")
     if not on_gateway:
         return problems
     if not traffic.gateway and valid("traffic.gateway"):

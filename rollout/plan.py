@@ -408,11 +408,13 @@ def review_warnings(base: StackConfig | None, head: StackConfig, preview: Rollou
             + f"; `python -m rollout start --stack {stack}` steps it and rolls back on failure "
             "(`--config-only` writes one judged step per pull request)"
         )
-    if head.traffic.router == "gateway" and head.traffic.sticky and head.model.has_challenger and not head.traffic.shadow:
+    newly_sticky = base is None or not (base.traffic.router == "gateway" and base.traffic.sticky)
+    if (head.traffic.router == "gateway" and head.traffic.sticky and head.model.has_challenger and not head.traffic.shadow
+            and (newly_sticky or implies_rollout(base, head))):
         found.append("traffic.sticky is on: a client keeps the variant it was first sent to, so each rollout step moves "
                      "only clients new to the stack, and a lowered weight moves nobody back until it reaches 0 "
                      "(Gateway API GEP-1619: a persistent session outranks the weights)")
-        if base is None or not (base.traffic.router == "gateway" and base.traffic.sticky):
+        if newly_sticky:
             found.append("traffic.sticky needs the Gateway API experimental channel CRDs (HTTPRoute "
                          "sessionPersistence) and a gateway that implements session persistence; on the standard "
                          "channel the API server refuses the route")
