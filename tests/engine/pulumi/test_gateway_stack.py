@@ -17,7 +17,7 @@ import pytest
 from pulumi.automation import ConfigValue
 
 from rollout.router import StackConfigRouter
-from tests.engine.conftest import contains, identity
+from tests.engine.conftest import contains, identity, quantities_as_stored
 from tests.engine.pulumi.conftest import ENGINE_SETTINGS
 
 pytestmark = pytest.mark.timeout(900)
@@ -60,7 +60,8 @@ def test_up_creates_what_render_writes_with_restricted_pods(project, gateway):
     problems = []
     for manifest in rendered:
         api_version, kind, namespace, name = identity(manifest)
-        problems += [f"{kind}/{name}{where}" for where in contains(project.api.get(api_version, kind, name, namespace), manifest)]
+        stored = project.api.get(api_version, kind, name, namespace)
+        problems += [f"{kind}/{name}{where}" for where in contains(stored, quantities_as_stored(manifest))]
     assert not problems, "\n".join(problems)
     assert route_weights(project) == {"HTTPRoute": {"champion": 90, "challenger": 10},
                                       "GRPCRoute": {"champion": 90, "challenger": 10}}
