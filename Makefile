@@ -16,7 +16,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt scripts/requirements-checkov.txt policy/requirements.txt scripts/setup.sh
+$(STAMP): requirements.txt service/requirements.txt scripts/requirements-checkov.txt policy/requirements.txt scripts/setup.sh
 	bash scripts/setup.sh $(VENV)
 	touch $(STAMP)
 

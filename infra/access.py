@@ -6,7 +6,7 @@ and go into one Kubernetes Secret, as Pulumi secrets, so they are encrypted in t
 template and no rendered file carries one. The pods run as their own ServiceAccount whose annotations
 (`access.serviceAccountAnnotations`) bind it to a cloud identity: EKS IRSA (`eks.amazonaws.com/role-arn`) or
 GKE Workload Identity (`iam.gke.io/gcp-service-account`), the way to reach S3 or GCS without keys at all.
-The artifact-store client packages themselves are in the image (`image.artifactStoreClients`, infra/image.py);
+The artifact-store client packages themselves are in the image (`image.artifactStoreClients`, infra/image_context.py);
 the pod side (environment by reference, the ServiceAccount's name) is built in infra/workload.py.
 """
 

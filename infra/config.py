@@ -37,7 +37,7 @@ _GATEWAY_DURATION = re.compile(r"^([0-9]{1,5}(h|m|s|ms)){1,4}$")
 SELDON_EXECUTOR_PORTS = (8000, 5001)
 # Keys whose values are secrets (`pulumi config set --secret`): never echoed in a problem.
 SECRET_KEYS = frozenset({"feedback.signingKey"})
-# Artifact stores whose client packages the image can carry (image.artifactStoreClients); pins in infra/image.py.
+# Artifact stores whose client packages the image can carry (image.artifactStoreClients); pins in infra/image_context.py.
 ARTIFACT_STORES = ("s3", "gcs", "azure")
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")

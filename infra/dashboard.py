@@ -18,6 +18,8 @@ from grafana_foundation_sdk.models.common import GraphTresholdsStyleMode, Legend
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, Threshold, ThresholdsMode
 
 from infra.config import StackConfig
+from infra.drift import output_share_query, worst_columns_query
+from infra.selectors import model_errors_selector, model_selector
 # The metrics the model server exports (service/metrics.py), each labelled model_name, model_version, variant.
 from service.names import ACTIVE_METRIC, CLIENT_ERROR_TYPES, ERRORS_METRIC, LATENCY_METRIC, PREDICTIONS_METRIC
 from service.quality import FEEDBACK_METRICS, FEEDBACK_REJECTED_METRIC
@@ -28,20 +30,6 @@ DATASOURCE_VARIABLE = "datasource"
 RATE_WINDOW = "$__rate_interval"
 # Ground truth trickles in: quality is averaged over a long window so a few rows do not swing it.
 QUALITY_WINDOW = "1h"
-
-
-def model_selector(config: StackConfig) -> str:
-    """PromQL label matchers (no braces) for this stack's model pods: their namespace and scrape job.
-
-    The PodMonitor names the job after the pods' `app.kubernetes.io/name` label, so this matches the
-    plain Deployments and Seldon's predictor pods alike.
-    """
-    return f'namespace="{config.namespace}",job="{config.app_name}"'
-
-
-def model_errors_selector(config: StackConfig) -> str:
-    """`model_selector` narrowed to errors that are the model's fault (client 4xx left out)."""
-    return f'{model_selector(config)},error_type!~"{"|".join(CLIENT_ERROR_TYPES)}"'
 
 
 def dashboard_uid(config: StackConfig) -> str:
@@ -158,9 +146,6 @@ def _with_alert_line(panel: Timeseries, limit: float) -> Timeseries:
 def build_dashboard(config: StackConfig) -> Dashboard:
     """The dashboard builder: per-variant traffic, latency, errors and load, and the challenger's share."""
     queries = dashboard_queries(config)
-    # infra.drift reads model_selector from here; imported at call time so neither module needs the other first.
-    from infra.drift import output_share_query, worst_columns_query
-
     datasource = DataSourceRef(type_val="prometheus", uid=f"${{{DATASOURCE_VARIABLE}}}")
     by_variant = "{{variant}}"
     return (

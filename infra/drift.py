@@ -18,7 +18,7 @@ when a column's score stays above `alerts.drift.psiThreshold` for `alerts.drift.
 from __future__ import annotations
 
 from infra.config import StackConfig
-from infra.dashboard import model_selector
+from infra.selectors import model_selector
 from infra.workload import Manifest
 from service.drift import INPUT_BINS_METRIC, OUTPUTS_METRIC, REFERENCE_SHARE_METRIC
 

@@ -20,7 +20,8 @@ These builders are pure and return plain Kubernetes data or Helm values; `infra.
 from __future__ import annotations
 
 from infra.config import StackConfig
-from infra.dashboard import DASHBOARD_KEY_SUFFIX, dashboard_json, model_errors_selector, model_selector
+from infra.dashboard import DASHBOARD_KEY_SUFFIX, dashboard_json
+from infra.selectors import model_errors_selector, model_selector
 from infra.drift import drift_rule_group
 from infra.seldon_specs import (
     SELDON_EXECUTOR_CONTAINER, SELDON_EXECUTOR_METRICS_PATH, SELDON_EXECUTOR_METRICS_PORT, executor_error_selector,

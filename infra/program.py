@@ -11,7 +11,7 @@ import pulumi
 
 from infra.config import load_from_pulumi
 from infra.errors import ConfigError, ImageBuildError
-from infra.image import prepare_image
+from infra.image_context import prepare_image
 from infra.stack import build_stack
 
 

@@ -4,7 +4,7 @@ Runs the same `build_stack` as `pulumi up`, under Pulumi's mocks, with the defau
 then Pulumi.STACK.yaml, then the `--set` overrides, and writes every Kubernetes object exactly as it
 would be applied (apiVersion, kind, metadata, spec; integers as integers) to DIR/KIND-NAME.yaml. Pulumi
 resources that are not Kubernetes objects (the Docker image, Helm releases) go to DIR/_pulumi/ as JSON.
-The image gets the content-addressed tag `pulumi up` would push (`infra.image.prepare_image`: it reads
+The image gets the content-addressed tag `pulumi up` would push (`infra.image_context.prepare_image`: it reads
 the served models' requirements from the registry and builds the context once per set of inputs).
 Values known only after deployment are written as a marked placeholder, never a made-up real value.
 Invalid config exits 2 with every problem listed; an image that cannot be prepared (registry unreachable,
@@ -31,7 +31,7 @@ import yaml
 
 from infra.config import StackConfig, load_stack_config, parse_override
 from infra.errors import ConfigError, ImageBuildError
-from infra.image import REGISTRY_ENV, DockerContext, prepare_image
+from infra.image_context import REGISTRY_ENV, DockerContext, prepare_image
 from infra.stack import build_stack
 
 UNKNOWN_DIGEST = "<digest known after pulumi up>"

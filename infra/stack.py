@@ -10,7 +10,8 @@ from infra.access import ModelAccess, ModelAccessArgs
 from infra.config import StackConfig
 from infra.feedback import Feedback, FeedbackArgs
 from infra.gateway import GatewayTraffic, GatewayTrafficArgs
-from infra.image import BentoImage, BentoImageArgs, DockerContext
+from infra.image import BentoImage, BentoImageArgs
+from infra.image_context import DockerContext
 from infra.monitoring import Monitoring, MonitoringArgs
 from infra.platform import Platform, PlatformArgs
 from infra.seldon import SeldonTraffic, SeldonTrafficArgs

@@ -23,7 +23,7 @@ GRPC_PORT_NAME = "grpc"  # the name Seldon's operator looks for (operator/consta
 # entrypoint runs `bentoml serve` without --port, so this variable alone decides where the server listens.
 BENTOML_PORT_ENV = "BENTOML_PORT"
 VARIANT_LABEL = "mlserve.io/variant"
-# The BentoML image runs as the `bentoml` user it creates; infra/image.py gives it this uid/gid (BentoML's own
+# The BentoML image runs as the `bentoml` user it creates; infra/image_context.py gives it this uid/gid (BentoML's own
 # default, 1034, is below 10000, where it may collide with a host's users: checkov CKV_K8S_40). A numeric id lets
 # the kubelet enforce runAsNonRoot.
 BENTO_UID = 10001

@@ -3,7 +3,8 @@
 Every stack command reads the stack's typed config (`infra.config.load_stack_config`): invalid config,
 like a bad argument, exits 2 with every problem named. `start` holds the stack's rollout lock, prints
 each decision as it happens and, with `--report FILE.json`, writes the run and a chart beside it.
-`plan` explains a config change for its pull request (`rollout.plan`).
+`plan` explains a config change for its pull request (`rollout.plan`). With `--explain-url VARIANT=URL` for each
+variant's model server, the report also shows how each variant decides (`rollout.explanations`).
 
 Exit codes: 0 promoted (or, in config-only mode, a change written), 1 rolled back, 2 bad arguments or
 config, 3 refused (another rollout holds the lock, or the router failed), 130 stopped by the operator.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from rollout.analysis import ready_pods_query
 from rollout.errors import PlanError, RolloutError, RolloutLockedError, UsageError
+from rollout.explanations import REPORT_ROWS, report_explanations, strongest_columns
 from rollout.lock import RolloutLock, lock_holder, lock_path, state_dir
 from rollout.metrics import PrometheusProvider
 from rollout.progress import (
@@ -39,6 +41,7 @@ from rollout.promotion import make_promotion
 from rollout.report import write_report
 from rollout.router import ROUTER_TYPES, make_router
 from rollout.scheduler import RolloutPlan, Scheduler, Verdict, measure, plan_from_config
+from service.names import VARIANTS
 
 
 def stack_metric_sources(config, router_type: str = "stack") -> dict[str, str]:
@@ -130,6 +133,7 @@ def cmd_start(args) -> int:
             checks = _checks_file(args.stack)
             before = json.loads(checks.read_text())["failed_checks"] if checks.exists() else 0
             result, failed = scheduler.run_once(before)
+            explanations = _explanations(args, config)
             _promote_if_passed(result, promotion)
             if result.verdict is None:
                 checks.write_text(json.dumps({"failed_checks": failed}))
@@ -140,6 +144,7 @@ def cmd_start(args) -> int:
             previous = stop_on_signals(stop)
             try:
                 result = scheduler.run()
+                explanations = _explanations(args, config)  # before a promotion changes what each variant serves
                 _promote_if_passed(result, promotion)
             except RolloutError as err:
                 # The router failed mid-rollout (e.g. `pulumi up`): keep what happened so far in the report.
@@ -149,7 +154,7 @@ def cmd_start(args) -> int:
                 raise
             finally:
                 restore_signals(previous)
-    _write_report(args, config, plan, result)
+    _write_report(args, config, plan, result, explanations)
     verdict = result.verdict.value if result.verdict else "in progress"
     print(f"verdict: {verdict}" + (f" ({result.reason})" if result.reason else ""))
     return {Verdict.PROMOTED: EXIT_OK, Verdict.ROLLED_BACK: EXIT_ROLLED_BACK, Verdict.ABORTED: EXIT_STOPPED}.get(
@@ -157,9 +162,47 @@ def cmd_start(args) -> int:
     )
 
 
-def _write_report(args, config, plan: RolloutPlan, result) -> None:
+def _explanations(args, config) -> dict | None:
+    """For the report (only with --report): each variant's mean absolute attribution per column, asked of its model
+    server (``--explain-url``) on the same rows (``service.explain.sample_rows``: the stack's explain background, else
+    the champion's logged input example); a note in place of whatever cannot be had. Never fails the rollout."""
+    if not args.report:
+        return None
+    if not config.explain.enabled:
+        return {"note": "explanations are off on this stack (explain.enabled: false)"}
+    urls = dict(args.explain_url)
+    if not urls:
+        return {"note": "no model server was given to ask: pass --explain-url champion=URL --explain-url "
+                        "challenger=URL (each variant's server, e.g. through kubectl port-forward)"}
+    from service.errors import InvalidInput
+    from service.explain import sample_rows
+    from service.settings import tracking_uri_from_env
+
+    count = min(REPORT_ROWS, config.explain.max_rows)
+    try:
+        rows, rows_from = sample_rows(config.model.champion_uri, config.explain.background_uri, count,
+                                      tracking_uri_from_env())
+        print(f"explanations: {len(rows)} rows from {rows_from}, asked of {', '.join(urls)}")
+        section = report_explanations(urls, rows, rows_from)
+    except InvalidInput as err:
+        return {"note": f"no rows to explain: {err.message}"}
+    except Exception as err:  # noqa: BLE001 - the rollout has decided; what it could not explain is only noted
+        return {"note": f"explanations failed: {type(err).__name__}: {err}"}
+    for variant in VARIANTS:
+        if variant not in urls:
+            section["notes"][variant] = f"not asked: no --explain-url {variant}=URL"
+    for variant, means in section["mean_absolute_attribution"].items():
+        print(f"  {variant} leans most on: {strongest_columns(means)}")
+    for variant, note in section["notes"].items():
+        print(f"  {variant}: {note}")
+    return section
+
+
+def _write_report(args, config, plan: RolloutPlan, result, explanations: dict | None = None) -> None:
     if args.report:
         context = {"stack": args.stack, "challenger_uri": config.model.challenger_uri, "plan": plan.to_dict()}
+        if explanations is not None:
+            context["explanations"] = explanations
         report, chart = write_report(result, Path(args.report), context)
         print(f"report: {report} (chart {chart})")
 
@@ -242,6 +285,14 @@ def _report_path(value: str) -> str:
     return value
 
 
+def _variant_url(value: str) -> tuple[str, str]:
+    variant, _, url = value.partition("=")
+    if variant not in VARIANTS or not url.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{value!r} is not VARIANT=URL with VARIANT one of {', '.join(VARIANTS)} and "
+                                         "an http(s) URL, e.g. challenger=http://127.0.0.1:3001")
+    return variant, url.rstrip("/")
+
+
 def _positive_rate(value: str) -> float:
     try:
         rate = float(value)
@@ -271,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--report", type=_report_path, help="write the run as JSON (and a PNG chart beside it)")
     start.add_argument("--config-only", action="store_true",
                        help="make one decision, write it to Pulumi.STACK.yaml and stop (apply via pull request)")
+    start.add_argument("--explain-url", type=_variant_url, action="append", default=[], metavar="VARIANT=URL",
+                       help="a variant's model server (e.g. through kubectl port-forward): the report then carries its "
+                            "mean absolute attribution per column from /explain; give one per variant")
     stack_command("status", "show weights, models, whether a rollout runs, and the last interval's analysis")
     stack_command("promote", "make the challenger the champion now (weight back to 0)")
     abort = stack_command("abort", "stop a running rollout and set the challenger's weight to 0")

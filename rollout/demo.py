@@ -30,6 +30,7 @@ from rollout.drift_demo import (
     shift_monthly_charges, watch_drift,
 )
 from rollout.local import LoadGenerator, LocalEnvironment
+from rollout.errors import ExplanationError
 from rollout.explanations import explain_rows, mean_absolute_attributions, side_by_side
 from rollout.lock import state_dir
 from rollout.metrics import PrometheusProvider
@@ -85,7 +86,7 @@ def explain_variants(urls: dict[str, str], customers: list[dict]) -> dict[str, d
     absolute attribution per column over ``customers`` (the report's), or nothing when a variant cannot explain."""
     try:
         explanations = {variant: explain_rows(url, customers) for variant, url in urls.items()}
-    except (RuntimeError, OSError) as err:
+    except ExplanationError as err:
         say(f"explanations unavailable: {err}")
         return {}
     say(f"why, for one customer ({', '.join(f'{k}={v}' for k, v in customers[0].items())}):")

@@ -46,3 +46,8 @@ class LocalEnvironmentError(RolloutError):
 
 class PlanError(RolloutError):
     """`rollout plan` could not read one side of the change (a git ref, a stack file, invalid config)."""
+
+
+class ExplanationError(RolloutError):
+    """A variant's model server did not explain: refused (409 no background, 404 explanations off, 4xx), still busy or
+    starting after the wait (503), or unreachable. The report notes it; the rollout goes on."""

@@ -29,7 +29,7 @@ import requests
 
 from rollout.errors import LocalEnvironmentError
 from rollout.lock import REPO_ROOT
-from service.names import CHALLENGER, CHAMPION, TELEMETRY_OFF, free_port, registry_uri
+from service.names import CHALLENGER, CHAMPION, MLSERVE_HOME_ENV, TELEMETRY_OFF, free_port, registry_uri
 from service.prediction_ids import KEY_ENV
 
 
@@ -153,7 +153,7 @@ class LocalEnvironment:
                  "--model-uri", model_uri],
                 # The server keeps its BentoML home (metrics files) under MLSERVE_HOME/servers/<port>: here, so
                 # it goes away with the environment.
-                env={"MLFLOW_TRACKING_URI": self.tracking_uri, "MLSERVE_HOME": str(self.workdir),
+                env={"MLFLOW_TRACKING_URI": self.tracking_uri, MLSERVE_HOME_ENV: str(self.workdir),
                      KEY_ENV: self.signing_key},
             )
             launched.append((LocalModelServer(name, variant, model_uri, port), started))

@@ -157,34 +157,3 @@ class InputMetrics:
                 logger.debug("could not count the input bins of a request", exc_info=True)
 
         return observe
-
-
-def drift_observer(model: t.Any, source: t.Any, outputs: OutputMetrics, inputs: InputMetrics,
-                   warn: t.Callable[[str], None]) -> t.Callable[[t.Any, t.Any], None]:
-    """The loaded model's `on_prediction` hook: count every answer's outputs, and its input rows in the reference
-    profile's bins when the version has one (`service.profiles.load_reference_profile`)."""
-    from service.profiles import load_reference_profile
-
-    labels = model.identity.labels
-    count_outputs = outputs.observer(labels)
-    try:
-        import mlflow
-
-        run_id = mlflow.MlflowClient().get_model_version(source.name, source.version).run_id
-    except Exception:  # a registry that does not say: the profile comes from the reference data or input example
-        run_id = None
-    try:
-        profile = load_reference_profile(model, source, run_id)
-    except Exception as err:  # drift is monitoring: never a reason not to serve
-        warn(f"no reference profile for input drift: {err}")
-        profile = None
-    if profile is None:
-        return count_outputs
-    inputs.start(labels, profile)
-    count_inputs = inputs.observer(labels, profile)
-
-    def observe(model_input: t.Any, prediction: t.Any) -> None:
-        count_outputs(model_input, prediction)
-        count_inputs(model_input, prediction)
-
-    return observe

@@ -44,8 +44,9 @@ EXACT_MAX_COLUMNS = 10
 # Tree ensembles TreeExplainer computes exactly (module prefixes of the estimator's class).
 TREE_MODULES = ("sklearn.ensemble._forest", "sklearn.ensemble._gb", "sklearn.tree", "xgboost", "lightgbm")
 # The explainer process runs at the lowest CPU priority (Linux SCHED_IDLE: only when a core would otherwise idle;
-# elsewhere nice +19): predictions first. nice +10 still let 4 /explain clients raise /predict's c=8 p99 by 37% on
-# 2 cores (bench/explain.py, 2026-12-06).
+# elsewhere nice +19) from its first instruction (service.explain_pool starts it from a SCHED_IDLE thread): predictions
+# first. nice +10 still let 4 /explain clients raise /predict's c=8 p99 by 37% on 2 cores, SCHED_IDLE once the model
+# was loaded by 24% (bench/explain.py, 2026-12-06; README "Explain a prediction" has the current run).
 NICE_INCREMENT = 19
 BACKGROUND_HINT = ("set stack config mlserve:explain.backgroundUri (env MLSERVE_EXPLAIN_BACKGROUND_URI) to a CSV, "
                    "Parquet or JSON-records file of typical rows that MLflow can download, or log the model with an "
@@ -383,14 +384,19 @@ def load_background(source: t.Any, limits: ExplainSettings) -> t.Any:
 
 
 def _input_example(source: t.Any) -> t.Any | None:
+    return _input_example_at(source.local_path, f"{source.name} version {source.version}")
+
+
+def _input_example_at(model_dir: t.Any, label: str) -> t.Any | None:
+    """The input example logged with the model whose MLmodel file is in ``model_dir``, as a DataFrame, or None."""
     import pandas as pd
     from mlflow.models import Model
 
     try:
-        model = Model.load(source.local_path)
-        example = model.load_input_example(str(source.local_path)) if model.saved_input_example_info else None
+        model = Model.load(model_dir)
+        example = model.load_input_example(str(model_dir)) if model.saved_input_example_info else None
     except Exception as err:
-        logger.warning("cannot read the input example of %s version %s: %s", source.name, source.version, err)
+        logger.warning("cannot read the input example of %s: %s", label, err)
         return None
     if example is None:
         return None
@@ -400,6 +406,53 @@ def _input_example(source: t.Any) -> t.Any | None:
         return example if isinstance(example, pd.DataFrame) else pd.DataFrame(example)
     except ValueError:
         return None
+
+
+def sample_rows(model_uri: str, background_uri: str, count: int, tracking_uri: str
+                ) -> tuple[list[dict[str, t.Any]], str]:
+    """Up to ``count`` rows to explain outside a server, as JSON request rows, and where they came from.
+
+    A rollout has no traffic of its own to explain, and the rows must be ones both variants accept and that look
+    like production: so they are the servers' own background, ``background_uri`` (the stack's
+    ``explain.backgroundUri``) when set, else the input example logged with ``model_uri`` (the champion's), cut to
+    the columns of its signature. Only the model's MLmodel file and example are downloaded, not the model. A fixed
+    sample (the same rows every run, for both variants) keeps the work bounded. InvalidInput (409) when there is
+    neither, or they cannot be read."""
+    import tempfile
+
+    import mlflow
+    from mlflow.models import Model
+
+    # As service.loading does: models:/ URIs resolve through the registry, logged models through the tracking store.
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="mlserve-example-") as folder:
+        try:
+            meta_path = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/MLmodel", dst_path=folder))
+            meta = Model.load(meta_path)
+            info = meta.saved_input_example_info
+            if info and not background_uri:
+                mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri}/{info['artifact_path']}",
+                                                    dst_path=folder)
+        except Exception as err:
+            raise InvalidInput(f"cannot read {model_uri}/MLmodel: {err}", status=409) from err
+        if background_uri:
+            frame, origin = _read_background_uri(background_uri), f"explain.backgroundUri {background_uri}"
+        else:
+            frame = _input_example_at(meta_path.parent, model_uri) if info else None
+            origin = f"the input example logged with {model_uri}"
+            if frame is None:
+                raise InvalidInput(f"{model_uri} was logged without an input example and no explain.backgroundUri "
+                                   f"is set, so there are no rows to explain; {BACKGROUND_HINT}", status=409)
+    inputs = meta.signature.inputs if meta.signature is not None else None
+    columns = [name for name in (inputs.input_names() if inputs is not None and inputs.has_input_names() else [])
+               if name in frame.columns]
+    if columns:
+        frame = frame[columns]
+    if len(frame) > count:
+        frame = frame.sample(n=count, random_state=0)
+    rows = [{str(key): _plain(value) for key, value in row.items()} for row in frame.to_dict(orient="records")]
+    return rows, origin
 
 
 def _read_background_uri(uri: str) -> t.Any:
@@ -449,12 +502,9 @@ def _plain(value: t.Any) -> t.Any:
     return value
 
 
-def serve_explanations(connection: t.Any, settings: t.Any, source: t.Any, limits: ExplainSettings) -> None:
-    """The explainer process: build the explainer once, then answer ``(frame, class)`` requests until the pipe closes.
-
-    Replies are tuples, never exceptions (ours do not pickle with their status): ``("ok", explanations)``,
-    ``("invalid", (message, status, detail))`` or ``("failed", message)``; the first reply says whether it is ready.
-    """
+def lowest_priority() -> None:
+    """Put the calling thread (and the processes it starts) at the lowest CPU priority: Linux ``SCHED_IDLE`` (runs
+    only when a core would otherwise idle), elsewhere ``nice`` +NICE_INCREMENT."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
@@ -462,11 +512,23 @@ def serve_explanations(connection: t.Any, settings: t.Any, source: t.Any, limits
             os.nice(NICE_INCREMENT)
         except OSError:
             pass
+
+
+def serve_explanations(connection: t.Any, settings: t.Any, source: t.Any, limits: ExplainSettings) -> None:
+    """The explainer process: build the explainer once, then answer ``(frame, class)`` requests until the pipe closes.
+
+    Replies are tuples, never exceptions (ours do not pickle with their status): ``("ok", explanations)``,
+    ``("invalid", (message, status, detail))`` or ``("failed", message)``; the first reply says whether it is ready.
+    """
+    lowest_priority()  # already inherited from the thread that started this process; elsewhere than Linux, nice
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
     try:
         explainer = build_explainer(settings, source, limits)
+        # Again: the model's own libraries (scipy's OpenBLAS, scikit-learn's and LightGBM's OpenMP) were loaded by
+        # build_explainer, after the first call, and would otherwise run a thread per core.
+        threadpool_limits(1)
         connection.send(("ready", None))
     except InvalidInput as err:
         explainer, refusal = None, ("invalid", (err.message, err.status, err.detail))

@@ -2,10 +2,11 @@
 
 Explaining a row costs hundreds of model calls, so it never runs in a server worker: each worker owns
 ``max_concurrency`` explainer processes (``service.explain``), started when the worker starts (they load the model
-on their own time; ``/explain`` answers 503 until then), at the lowest CPU priority (``SCHED_IDLE``, else
-``nice`` +19) with one BLAS/OpenMP thread, so that under contention the kernel schedules predictions first. At most ``max_queue`` requests wait for a process, each
-for at most ``timeout_seconds``; anything beyond is answered 503 with ``Retry-After`` at once. An explanation that
-takes longer than ``timeout_seconds`` is answered 503 too, and its process is killed and replaced.
+on their own time; ``/explain`` answers 503 until then), at the lowest CPU priority from their first instruction
+(``SCHED_IDLE``, else ``nice`` +19) with one BLAS/OpenMP thread, so that under contention the kernel schedules
+predictions first. At most ``max_queue`` requests wait for a process, each for at most ``timeout_seconds``; anything
+beyond is answered 503 with ``Retry-After`` at once. An explanation that takes longer than ``timeout_seconds`` is
+answered 503 too, and its process is killed and a new one started at once.
 
 ``ExplainProtocol.rest(body)`` answers ``POST /explain`` (``{"instances": [rows], "class"?}``, rows validated by the
 same ``RowValidator`` as ``/predict``); ``ExplainProtocol.oip(body)`` answers ``POST /v2/models/{name}/explain``
@@ -18,13 +19,14 @@ import asyncio
 import dataclasses
 import logging
 import multiprocessing
+import threading
 import time
 import typing as t
 
 import anyio.to_thread
 
 from service.errors import InvalidInput, ModelLoadError
-from service.explain import ExplainSettings, serve_explanations
+from service.explain import ExplainSettings, lowest_priority, serve_explanations
 from service.metrics import start_explain_series, track_explain
 from service.protocols import parse_json
 from service.schema import rows_from_tensors
@@ -79,7 +81,12 @@ class _ExplainerProcess:
         parent, child = context.Pipe()
         self._process = context.Process(target=serve_explanations, args=(child, *self._args), daemon=True,
                                         name="mlserve-explainer")
-        self._process.start()
+        # Started from a thread of its own that first drops to the lowest CPU priority: the child inherits it from
+        # the forking thread, so its interpreter start, imports and model load (seconds of CPU, again after every
+        # timeout) never compete with predictions; the worker's own threads keep their priority.
+        starter = threading.Thread(target=_start_idle, args=(self._process,), name="mlserve-explainer-start")
+        starter.start()
+        starter.join()
         child.close()
         self._connection = parent
         self._started_at = time.monotonic()
@@ -105,6 +112,7 @@ class _ExplainerProcess:
             self._connection.send((frame, output_class))
             if not self._connection.poll(timeout):
                 self.stop()
+                self.start()  # the replacement loads the model while the client waits out Retry-After
                 raise TimedOut(f"the explanation took longer than {timeout:g}s")
             return self._connection.recv()
         except (EOFError, OSError) as err:
@@ -118,6 +126,12 @@ class _ExplainerProcess:
             self._process.kill()
             self._process.join(timeout=10)
         self._process = self._connection = self._startup = None
+
+
+def _start_idle(process: t.Any) -> None:
+    """Start ``process`` from this (throwaway) thread after dropping the thread to ``lowest_priority``."""
+    lowest_priority()
+    process.start()
 
 
 class ExplainPool:

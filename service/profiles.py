@@ -27,6 +27,8 @@ import sys
 import typing as t
 from pathlib import Path
 
+from service.drift import InputMetrics, OutputMetrics, predicted_outputs
+
 PROFILE_ARTIFACT = "mlserve/reference_profile.json"
 REFERENCE_URI_ENV = "MLSERVE_DRIFT_REFERENCE_URI"
 DEFAULT_BINS = 10
@@ -138,8 +140,6 @@ def build_profile(frame: t.Any, outputs: dict[str, int] | None = None, source: s
 
 def profile_for_model(model: t.Any, frame: t.Any, source: str) -> ReferenceProfile:
     """Profile `frame` and what the loaded `ServedModel` predicts on it (class outputs only)."""
-    from service.drift import predicted_outputs
-
     outputs = None
     try:
         prediction = model.predict_input(model.validator.frame(frame.to_dict(orient="records")))
@@ -202,6 +202,35 @@ def load_reference_profile(model: t.Any, source: t.Any, run_id: str | None) -> R
     except OSError:  # a read-only home only costs a recomputation at the next start
         pass
     return profile
+
+
+def drift_observer(model: t.Any, source: t.Any, outputs: OutputMetrics, inputs: InputMetrics,
+                   warn: t.Callable[[str], None]) -> t.Callable[[t.Any, t.Any], None]:
+    """The loaded model's `on_prediction` hook: count every answer's outputs, and its input rows in the reference
+    profile's bins when the version has one (`load_reference_profile`)."""
+    labels = model.identity.labels
+    count_outputs = outputs.observer(labels)
+    try:
+        import mlflow
+
+        run_id = mlflow.MlflowClient().get_model_version(source.name, source.version).run_id
+    except Exception:  # a registry that does not say: the profile comes from the reference data or input example
+        run_id = None
+    try:
+        profile = load_reference_profile(model, source, run_id)
+    except Exception as err:  # drift is monitoring: never a reason not to serve
+        warn(f"no reference profile for input drift: {err}")
+        profile = None
+    if profile is None:
+        return count_outputs
+    inputs.start(labels, profile)
+    count_inputs = inputs.observer(labels, profile)
+
+    def observe(model_input: t.Any, prediction: t.Any) -> None:
+        count_outputs(model_input, prediction)
+        count_inputs(model_input, prediction)
+
+    return observe
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import gc
 from http import HTTPStatus
 import logging
 import os
+import pathlib
 import sys
 import typing as t
 
@@ -28,7 +29,7 @@ from fastapi.responses import JSONResponse
 
 from service import patches
 from service.admission import AdmissionLimits, AdmissionMiddleware, Slots
-from service.drift import drift_observer
+from service.profiles import drift_observer
 from service.errors import InvalidInput, ModelFailure, ModelLoadError, mlflow_error_body
 from service.explain import ExplainSettings
 from service.explain_pool import ExplainAnswer, ExplainProtocol, explain_openapi
@@ -89,24 +90,18 @@ def resolve_at_start(settings: Settings) -> ModelSource:
     return resolve_model(settings)
 
 
-IMAGE = bentoml.images.Image(python_version="3.11", lock_python_packages=False).python_packages(
-    "mlflow==3.17.2",
-    "scikit-learn==1.9.1",
-    "scipy==1.17.1",
-    "pandas==3.1.1",
-    "numpy==2.4.6",
-    "skops==0.16.0",
-    "fastapi==0.165.0",
-    "prometheus-client==0.26.0",
-    # Signs and checks prediction ids (service.prediction_ids).
-    "itsdangerous==2.2.0",
-    # OIP v2 over gRPC: grpcio and the compiled inference.GRPCInferenceService stubs (requirements.txt).
-    "grpcio==1.85.1",
-    "protobuf==6.33.6",
-    "tritonclient[grpc]==2.73.0",
-    # /explain (service.explain): SHAP attributions, computed in their own processes.
-    "shap==0.51.0",
-)
+# The image's packages: the pins of service/requirements.txt (the bento includes it; requirements.txt includes it too).
+SERVER_REQUIREMENTS = pathlib.Path(__file__).with_name("requirements.txt")
+
+
+def server_pins(path: pathlib.Path = SERVER_REQUIREMENTS) -> list[str]:
+    """The requirement lines of `path`, without comments and blank lines, in file order."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+IMAGE = bentoml.images.Image(python_version="3.11", lock_python_packages=False).python_packages(*server_pins())
+
 
 def error_response(err: InvalidInput | ModelFailure) -> JSONResponse:
     """The JSON answer to a request that failed: 4xx naming the client's mistake, 500 for the model's."""

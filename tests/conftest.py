@@ -15,7 +15,7 @@ install_mocks()
 def pytest_sessionstart(session):
     """Every render (in-process or a `python -m infra.render` / `rollout plan` child) reads the served models'
     requirements from the test registry, made once per session, as a deployer would set MLSERVE_MODEL_REGISTRY_URI."""
-    from infra.image import REGISTRY_ENV
+    from infra.image_context import REGISTRY_ENV
     from tests.infra.registry import infra_registry
 
     os.environ[REGISTRY_ENV] = infra_registry().uri

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import pytest
 
 from infra.config import PROJECT_DIR, StackConfig, load_stack_config
-from infra.image import DockerContext, prepare_image
+from infra.image_context import DockerContext, prepare_image
 from infra.render import RenderedResource, render_resources
 
 # MLSERVE_CRD_DIR (as engine.cluster reads it) wins; else ../shared/schemas/crds beside the checkout.

@@ -10,7 +10,7 @@ import pytest
 
 from infra import workload
 from infra.errors import ImageBuildError
-from infra.image import (
+from infra.image_context import (
     BUILD_DIR, CONTEXT_ROOT, FIXED_CREATION_TIME, export_docker_context, image_inputs, prepare_image, source_files,
 )
 from infra.requirements import RequirementConflict, check_requirements, model_packages

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from infra.image import REGISTRY_ENV
+from infra.image_context import REGISTRY_ENV
 
 from .conftest import PROJECT_DIR
 

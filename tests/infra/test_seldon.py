@@ -11,7 +11,7 @@ import yaml
 
 from infra import workload
 from infra.errors import ConfigError
-from infra.image import image_inputs
+from infra.image_context import image_inputs
 from infra.helm import SELDON_CHART_VERSION
 from tests.infra.conftest import KUBERNETES_VERSION, manifests, run_render, stack_config
 from tests.infra.crd import validate_against_crd

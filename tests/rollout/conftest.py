@@ -1,5 +1,5 @@
-"""Shared fixtures for rollout unit tests: default limits, the default five-step plan, and a recording
-stand-in for the `pulumi` executable first on PATH."""
+"""Shared fixtures for rollout unit tests: default limits, the default five-step plan, a recording stand-in for
+the `pulumi` executable first on PATH, and fake model servers answering `/explain`."""
 
 from __future__ import annotations
 
@@ -58,3 +58,19 @@ def pulumi_cli(tmp_path, monkeypatch):
                 for line in log.read_text().splitlines()]
 
     return project, state, calls
+
+
+@pytest.fixture
+def explainer_url():
+    """Start fake model servers' /explain (rollout_fakes.FakeExplainer) answering as given; returns their URLs."""
+    from rollout_fakes import serve_explainer
+
+    servers = []
+
+    def start(*answers: tuple[int, dict, dict]) -> str:
+        servers.append(serve_explainer(*answers))
+        return f"http://127.0.0.1:{servers[-1].server_port}"
+
+    yield start
+    for server in servers:
+        server.shutdown()

@@ -32,6 +32,7 @@ def state_home(tmp_path, monkeypatch):
         (["start", "--stack", "prod", "--set", "rollout.intervalSeconds=soon"], "rollout.intervalSeconds"),
         (["start", "--stack", "prod", "--set", "nonsense"], "is not KEY.PATH=VALUE"),
         (["start", "--stack", "prod", "--router", "haproxy"], "needs --haproxy-socket"),
+        (["start", "--stack", "prod", "--explain-url", "canary=http://127.0.0.1:3000"], "is not VARIANT=URL"),
         (["promote", "--stack", "dev"], "no model.challengerUri to promote"),
     ],
 )

@@ -137,3 +137,66 @@ def test_a_failed_update_stops_the_rollout_and_keeps_the_report(pulumi_cli, prom
     written = json.loads(report.read_text())
     assert written["verdict"] == "aborted" and "cluster is unreachable" in written["reason"]
     assert not lock_path("prod").exists()
+
+
+@pytest.fixture
+def saved_champion(tmp_path):
+    """A champion saved with an input example (the rows its report explains), as a file:// model URI."""
+    import mlflow
+    import pandas as pd
+
+    from tests.service.explain_models import RiskScore
+
+    frame = pd.DataFrame({"amount": [10.0 * i for i in range(40)], "flagged": [i % 3 == 0 for i in range(40)],
+                          "level": ["low", "high", "medium", "low"] * 10})
+    path = tmp_path / "champion-model"
+    mlflow.pyfunc.save_model(path, python_model=RiskScore(), input_example=frame, pip_requirements=["mlflow"],
+                             signature=mlflow.models.infer_signature(frame, RiskScore().predict(None, frame)))
+    return path.as_uri()
+
+
+def test_the_report_shows_how_each_variant_decides_or_why_it_cannot(pulumi_cli, prometheus_url, saved_champion,
+                                                                   tmp_path, capsys):
+    from rollout_fakes import serve_explainer
+
+    champion = serve_explainer((200, {}, {}))
+    challenger = serve_explainer((409, {"error": "no background data to explain against"}, {}))
+    report = tmp_path / "run.json"
+    try:
+        code = main(["start", "--stack", "prod", "--set", f"rollout.prometheusUrl={prometheus_url}",
+                     "--set", "rollout.intervalSeconds=1", "--set", "rollout.steps=[100]",
+                     "--set", f"model.championUri={saved_champion}", "--set", "explain.maxRows=8",
+                     "--explain-url", f"champion=http://127.0.0.1:{champion.server_port}/",
+                     "--explain-url", f"challenger=http://127.0.0.1:{challenger.server_port}",
+                     "--report", str(report)])
+    finally:
+        champion.shutdown()
+        challenger.shutdown()
+
+    assert code == 0, capsys.readouterr()
+    data = json.loads(report.read_text())
+    assert data["verdict"] == "promoted", "a variant that cannot explain does not fail the rollout"
+    section = data["context"]["explanations"]
+    assert section["rows"] == 8 and section["rows_from"] == f"the input example logged with {saved_champion}"
+    asked = champion.RequestHandlerClass.seen
+    assert asked == challenger.RequestHandlerClass.seen and len(asked[0]) == 8, "the same bounded rows for both"
+    assert set(asked[0][0]) == {"amount", "flagged", "level"}
+    assert section["mean_absolute_attribution"] == {"champion": pytest.approx({"tenure": 0.45, "plan": 0.1})}
+    assert "no background data" in section["notes"]["challenger"] and "409" in section["notes"]["challenger"]
+    out = capsys.readouterr().out
+    assert "champion leans most on: tenure 0.45, plan 0.1" in out
+
+
+@pytest.mark.parametrize(("extra", "note"), [
+    ([], "pass --explain-url champion=URL --explain-url challenger=URL"),
+    (["--set", "explain.enabled=false", "--explain-url", "champion=http://127.0.0.1:9"], "explain.enabled: false"),
+    (["--set", "model.championUri=file:///nonexistent/model", "--explain-url", "champion=http://127.0.0.1:9"],
+     "no rows to explain: cannot read file:///nonexistent/model/MLmodel"),
+], ids=["no-urls", "disabled", "no-rows"])
+def test_without_servers_to_ask_the_report_says_so(pulumi_cli, prometheus_url, tmp_path, extra, note):
+    report = tmp_path / "run.json"
+    code = main(["start", "--stack", "prod", "--set", f"rollout.prometheusUrl={prometheus_url}",
+                 "--set", "rollout.intervalSeconds=1", "--set", "rollout.steps=[100]", "--report", str(report), *extra])
+
+    assert code == 0
+    assert note in json.loads(report.read_text())["context"]["explanations"]["note"]

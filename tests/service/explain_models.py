@@ -44,6 +44,18 @@ class SlowScore(mlflow.pyfunc.PythonModel):
         return model_input["x"].to_numpy(dtype=float) * 2.0 + model_input["y"].to_numpy(dtype=float)
 
 
+class StallingScore(mlflow.pyfunc.PythonModel):
+    """A pyfunc model that hangs for a minute on any row with ``x`` of at least STALL_AT, and is fast otherwise: an
+    explanation of such a row outlasts any explain timeout (the kill-and-replace path)."""
+
+    STALL_AT = 1000.0
+
+    def predict(self, context: t.Any, model_input: pd.DataFrame, params: t.Any = None) -> np.ndarray:
+        if (model_input["x"] >= self.STALL_AT).any():
+            time.sleep(60)
+        return model_input["x"].to_numpy(dtype=float) * 2.0 + model_input["y"].to_numpy(dtype=float)
+
+
 def wait_for_explainer(url: str, row: t.Any, seconds: float = 300) -> int:
     """POST /explain with ``row`` until the server's explainer answers (anything but 503: it has started); the
     status. A server's explainer process loads the model after the server is ready, answering 503 meanwhile."""
@@ -120,6 +132,15 @@ def slow_pyfunc() -> ExplainedModel:
     _log("explain-slow", mlflow.pyfunc.log_model, None, python_model=SlowScore(),
          signature=mlflow.models.infer_signature(frame, frame["x"].to_numpy()), input_example=frame)
     return ExplainedModel("explain-slow", [{"x": 9.0, "y": 1.0}, {"x": 0.0, "y": 0.0}, {"x": 1.0, "y": 5.0}])
+
+
+def stalling_pyfunc(path: t.Any) -> pd.DataFrame:
+    """Save a StallingScore model at ``path`` (no registry: the explain pool is given the folder); its input example,
+    the explain background, is returned."""
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "y": [0.5, 0.0, 1.0, 2.0]})
+    mlflow.pyfunc.save_model(path, python_model=StallingScore(), input_example=frame, pip_requirements=["mlflow"],
+                             signature=mlflow.models.infer_signature(frame, frame["x"].to_numpy()))
+    return frame
 
 
 def tensor_classifier() -> ExplainedModel:

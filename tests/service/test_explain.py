@@ -1,4 +1,5 @@
-"""The explainer in-process, without a server: settings, the raw-column codec, additivity, classes, refusals."""
+"""The explainer in-process, without a server: settings, the raw-column codec, additivity, classes, refusals, and the
+rows a rollout report explains (`sample_rows`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import pandas as pd
 import pytest
 
 from service.errors import InvalidInput
-from service.explain import ADDITIVITY_TOLERANCE, ExplainSettings, FrameCodec, ModelExplainer, _numeric_output
+from service.explain import (
+    ADDITIVITY_TOLERANCE,
+    ExplainSettings,
+    FrameCodec,
+    ModelExplainer,
+    _numeric_output,
+    sample_rows,
+)
 from service.explain_pool import ExplainProtocol
 from service.predictor import ModelIdentity, ServedModel
 from service.schema import Column, InputSchema
@@ -165,3 +173,56 @@ def test_requests_refused_before_any_explainer_runs(env, body, status, words):
     assert answer.status == status, answer.body
     assert words in answer.body["error"]
     assert answer.headers["X-Model-Variant"] == "challenger"
+
+
+@pytest.fixture(scope="module")
+def logged_rows(tmp_path_factory):
+    """A registry holding a pyfunc model of (amount, flagged, level) logged with a 30-row input example, aliased
+    champion, and one logged without an example; returns the tracking URI."""
+    import mlflow
+
+    from . import explain_models
+
+    home = tmp_path_factory.mktemp("rows-home")
+    tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("rows", artifact_location=(home / "a").as_uri()))
+    frame = pd.DataFrame({"amount": [10.0 * i for i in range(30)], "flagged": [i % 2 == 0 for i in range(30)],
+                          "level": ["low", "high", "medium"] * 10})
+    signature = mlflow.models.infer_signature(frame, explain_models.RiskScore().predict(None, frame))
+    for name, example in (("rows-example", frame), ("rows-bare", None)):
+        with mlflow.start_run():
+            mlflow.pyfunc.log_model(name="model", python_model=explain_models.RiskScore(), input_example=example,
+                                    signature=signature, pip_requirements=["mlflow"], registered_model_name=name)
+    mlflow.MlflowClient().set_registered_model_alias("rows-example", "champion", "1")
+    return tracking_uri
+
+
+def test_rows_to_explain_are_a_fixed_sample_of_the_logged_input_example(logged_rows):
+    rows, origin = sample_rows("models:/rows-example@champion", "", 5, logged_rows)
+
+    assert len(rows) == 5 and rows == sample_rows("models:/rows-example/1", "", 5, logged_rows)[0]
+    assert all(list(row) == ["amount", "flagged", "level"] for row in rows)
+    assert all(type(row["flagged"]) is bool and type(row["amount"]) is float for row in rows), "JSON-ready values"
+    assert "input example logged with models:/rows-example@champion" in origin
+
+
+def test_rows_to_explain_come_from_the_background_file_cut_to_the_signature(logged_rows, tmp_path):
+    background = tmp_path / "background.csv"
+    pd.DataFrame({"amount": [1.0, None, 3.0], "flagged": [True, False, True], "level": ["low", "high", "low"],
+                  "churned": [0, 1, 0]}).to_csv(background, index=False)
+
+    rows, origin = sample_rows("models:/rows-bare/1", background.as_uri(), 20, logged_rows)
+
+    assert rows == [{"amount": 1.0, "flagged": True, "level": "low"},
+                    {"amount": None, "flagged": False, "level": "high"},
+                    {"amount": 3.0, "flagged": True, "level": "low"}]
+    assert origin == f"explain.backgroundUri {background.as_uri()}"
+
+
+def test_without_an_example_or_a_background_there_are_no_rows_to_explain(logged_rows):
+    with pytest.raises(InvalidInput) as caught:
+        sample_rows("models:/rows-bare/1", "", 5, logged_rows)
+
+    assert caught.value.status == 409 and "explain.backgroundUri" in caught.value.message
