@@ -3,9 +3,9 @@ kube-scheduler and kwok, with no kubelet and no container runtime.
 
 `start(state_dir)` makes a CA and certificates with openssl, starts the processes on free loopback ports (RBAC
 and the Pod Security admission on), waits until the API server is ready and the controller manager has created
-the `default` ServiceAccount, installs the CRDs the stack uses, registers fake nodes (a CPU pool and a GPU pool
-whose nodes carry the GPU resource, labels and taints of `NodePools`), writes a kubeconfig and records the pids
-in STATE_DIR/cluster.json. kube-scheduler places pods on the nodes their selectors and tolerations allow; kwok
+the `default` ServiceAccount, installs the CRDs the stack uses (the shared schema folder's and the Gateway
+API's), registers fake nodes (a CPU pool and a GPU pool whose nodes carry the GPU resource, labels and
+taints of `NodePools`), writes a kubeconfig and records the pids in STATE_DIR/cluster.json. kube-scheduler places pods on the nodes their selectors and tolerations allow; kwok
 (sigs.k8s.io/kwok) keeps the fake nodes Ready, gives each scheduled pod an IP and drives it to Running and Ready
 (its default pod stages), and gives each LoadBalancer Service an ingress address (`LOAD_BALANCER_STAGE`, the
 part a cloud's controller or MetalLB plays). So the Deployment controller sees available replicas, the
@@ -39,6 +39,11 @@ STATE_FILE = "cluster.json"
 KUBECONFIG = "kubeconfig"
 # The shared folder sits beside the checkout (CI, /work/main) or beside the worktrees' parent.
 CRD_DIR_CANDIDATES = (REPO_ROOT.parent / "shared" / "schemas" / "crds", REPO_ROOT.parents[1] / "shared" / "schemas" / "crds")
+# The Gateway API CRDs the gateway router is tested against, copied from the Go module sigs.k8s.io/gateway-api
+# (scripts/gateway_api_crds.sh). The experimental channel: a superset of the standard one that also carries
+# HTTPRoute `sessionPersistence` (traffic.sticky); tests/infra/test_gateway.py checks renders against both.
+GATEWAY_API_VERSION = "v1.6.3"
+GATEWAY_API_CRD_DIR = REPO_ROOT / "tests" / "fixtures" / "gateway-api" / GATEWAY_API_VERSION / "experimental"
 SERVICE_CIDR = "10.96.0.0/16"  # allocation range for ClusterIPs only: nothing routes to it
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ADMISSION_PLUGINS = "NamespaceLifecycle,ServiceAccount,PodSecurity,DefaultStorageClass,ResourceQuota,LimitRanger"
@@ -313,6 +318,7 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, pools: tuple[NodePool, ...] = (CP
         _wait("the controller manager to create the default ServiceAccount",
               lambda: api.exists("v1", "ServiceAccount", "default", namespace="default"), READY_TIMEOUT_S, logs)
         install_crds(api, crd_dir(), logs)
+        install_crds(api, GATEWAY_API_CRD_DIR, logs)
         (state_dir / "scheduler.kubeconfig").write_text(yaml.safe_dump(kubeconfig(server, pki, "scheduler")))
         pids["kube-scheduler"] = _spawn("kube-scheduler", [
             str(binaries / "kube-scheduler"), f"--kubeconfig={state_dir / 'scheduler.kubeconfig'}",

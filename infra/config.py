@@ -30,7 +30,9 @@ from service.settings import CLASSIFIER_OUTPUTS  # the values the server accepts
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 NAMESPACE = "mlserve"
 
-ROUTERS = ("service", "seldon")
+ROUTERS = ("service", "seldon", "gateway")
+# Gateway API durations (GEP-2257), as the HTTPRoute CRD checks `sessionPersistence.absoluteTimeout`.
+_GATEWAY_DURATION = re.compile(r"^([0-9]{1,5}(h|m|s|ms)){1,4}$")
 # Ports of the executor Seldon adds to every predictor pod (REST and gRPC); our container must not take them.
 SELDON_EXECUTOR_PORTS = (8000, 5001)
 # Keys whose values are secrets (`pulumi config set --secret`): never echoed in a problem.
@@ -174,10 +176,27 @@ class TrafficConfig:
     router: str = key("traffic.router", lambda v: _one_of(v, ROUTERS))
     challenger_weight: int = key("traffic.challengerWeight", lambda v: _between(v, 0, 100))
     shadow: bool = key("traffic.shadow")
+    shadow_percent: int = key("traffic.shadowPercent", lambda v: _between(v, 1, 100))
+    gateway: str = key("traffic.gateway", lambda v: _gateway_reference(v))
+    create_gateway: bool = key("traffic.createGateway")
+    gateway_class_name: str = key("traffic.gatewayClassName", lambda v: _dns_subdomain(v) if v else None)
+    http_listener: str = key("traffic.httpListener", lambda v: _dns_subdomain(v))
+    grpc_listener: str = key("traffic.grpcListener", lambda v: _dns_subdomain(v))
+    sticky: bool = key("traffic.sticky")
+    sticky_timeout: str = key("traffic.stickyTimeout", lambda v: _gateway_duration(v) if v else None)
 
     @property
     def champion_weight(self) -> int:
         return 100 - self.challenger_weight
+
+    @property
+    def gateway_namespace(self) -> str:
+        """The namespace of the Gateway the routes attach to (`traffic.gateway` is NAMESPACE/NAME)."""
+        return self.gateway.partition("/")[0]
+
+    @property
+    def gateway_name(self) -> str:
+        return self.gateway.partition("/")[2]
 
 
 @dataclass(frozen=True)
@@ -567,18 +586,19 @@ def cross_key_problems(config: StackConfig, bad_keys: set[str] = frozenset()) ->
     if weight_valid and traffic.router == "service" and 0 < traffic.challenger_weight:
         problems.append(
             f"traffic.challengerWeight: {traffic.challenger_weight} needs a weighted router; "
-            "traffic.router 'service' sends every request to the champion (use traffic.router: seldon, or weight 0)"
+            "traffic.router 'service' sends every request to the champion (use traffic.router: seldon or gateway, or weight 0)"
         )
     shadow_valid = valid("traffic.shadow", "traffic.router", "traffic.challengerWeight", "model.challengerUri")
     if shadow_valid and traffic.shadow:
-        if traffic.router != "seldon":
-            problems.append(f"traffic.shadow: true needs traffic.router seldon (got {traffic.router!r}); "
+        if traffic.router == "service":
+            problems.append(f"traffic.shadow: true needs traffic.router seldon or gateway (got {traffic.router!r}); "
                             "a plain Service cannot mirror requests")
         if traffic.challenger_weight > 0:
             problems.append(f"traffic.shadow: true with traffic.challengerWeight {traffic.challenger_weight}; "
                             "a shadow answers nobody, so its weight must be 0 (set one or the other)")
         if not config.model.has_challenger:
             problems.append("traffic.shadow: true but model.challengerUri is empty; the shadow serves the challenger model")
+    problems.extend(gateway_problems(traffic, valid))
     if valid("serving.port", "serving.grpcPort") and serving.grpc_port == serving.port:
         problems.append(
             f"serving.grpcPort: {serving.grpc_port} is also serving.port; HTTP and gRPC need a port each"
@@ -616,6 +636,44 @@ def cross_key_problems(config: StackConfig, bad_keys: set[str] = frozenset()) ->
             "gpu.nodeSelector: empty while gpu.enabled is true; name the GPU node pool "
             "(e.g. [\"nvidia.com/gpu.present=true\"]) so GPU pods land on GPU nodes"
         )
+    return problems
+
+
+def gateway_problems(traffic: TrafficConfig, valid: Callable[..., bool]) -> list[str]:
+    """The `traffic.*` keys of the Gateway API router: each needs that router, and it needs a Gateway to attach to."""
+    problems = []
+    if not valid("traffic.router"):
+        return problems
+    on_gateway = traffic.router == "gateway"
+    only_gateway = (
+        ("traffic.createGateway", traffic.create_gateway, "true"),
+        ("traffic.sticky", traffic.sticky, "true"),
+        ("traffic.stickyTimeout", traffic.sticky_timeout, repr(traffic.sticky_timeout)),
+    )
+    for name, value, shown in only_gateway:
+        if value and not on_gateway and valid(name):
+            problems.append(f"{name}: {shown} needs traffic.router gateway (got {traffic.router!r})")
+    if traffic.shadow_percent != 100 and not on_gateway and valid("traffic.shadowPercent"):
+        why = "Seldon mirrors every request to a shadow" if traffic.router == "seldon" else "a plain Service mirrors nothing"
+        problems.append(f"traffic.shadowPercent: {traffic.shadow_percent} needs traffic.router gateway; {why} "
+                        "(use 100, or traffic.router: gateway)")
+    if not on_gateway:
+        return problems
+    if not traffic.gateway and valid("traffic.gateway"):
+        problems.append("traffic.gateway: empty, but traffic.router gateway attaches its routes to a Gateway; "
+                        "name it as NAMESPACE/NAME (e.g. gateway-system/public), and set traffic.createGateway: true "
+                        "for the stack to create it")
+    if traffic.create_gateway and not traffic.gateway_class_name and valid("traffic.createGateway", "traffic.gatewayClassName"):
+        problems.append("traffic.gatewayClassName: empty, but traffic.createGateway is true; name the GatewayClass "
+                        "of the cluster's gateway implementation (e.g. eg, istio, cilium, nginx)")
+    if traffic.http_listener == traffic.grpc_listener and valid("traffic.httpListener", "traffic.grpcListener"):
+        # Gateway API (apis/v1/grpcroute_types.go, GRPCRouteSpec.Hostnames): of an HTTPRoute and a GRPCRoute
+        # on one listener with overlapping hostnames, exactly one is accepted.
+        problems.append(f"traffic.grpcListener: {traffic.grpc_listener!r} is also traffic.httpListener; a Gateway "
+                        "listener accepts only one of an HTTPRoute and a GRPCRoute for the same hostnames, so each needs its own")
+    if traffic.sticky_timeout and not traffic.sticky and valid("traffic.stickyTimeout", "traffic.sticky"):
+        problems.append(f"traffic.stickyTimeout: {traffic.sticky_timeout!r} is set but traffic.sticky is false; "
+                        "set traffic.sticky: true, or leave the timeout empty")
     return problems
 
 
@@ -737,6 +795,28 @@ def _dns_label(value: str, max_length: int = 63) -> str | None:
     if _DNS_LABEL.match(value) and len(value) <= max_length:
         return None
     return f"must be a DNS label: lower-case letters, digits and '-', at most {max_length} characters"
+
+
+def _dns_subdomain(value: str) -> str | None:
+    labels = value.split(".")
+    if value and len(value) <= 253 and all(_DNS_LABEL.match(label) for label in labels):
+        return None
+    return "must be a DNS subdomain: lower-case letters, digits, '-' and '.', at most 253 characters"
+
+
+def _gateway_reference(value: str) -> str | None:
+    if not value:
+        return None
+    namespace, sep, name = value.partition("/")
+    if sep and _dns_label(namespace) is None and _dns_subdomain(name) is None:
+        return None
+    return "must be empty or NAMESPACE/NAME of a Gateway, e.g. gateway-system/public"
+
+
+def _gateway_duration(value: str) -> str | None:
+    if _GATEWAY_DURATION.match(value):
+        return None
+    return "must be a Gateway API duration such as 30m, 24h or 1h30m (units h, m, s, ms)"
 
 
 def _label_value(value: str) -> str | None:

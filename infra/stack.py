@@ -9,6 +9,7 @@ from infra import outputs
 from infra.access import ModelAccess, ModelAccessArgs
 from infra.config import StackConfig
 from infra.feedback import Feedback, FeedbackArgs
+from infra.gateway import GatewayTraffic, GatewayTrafficArgs
 from infra.image import BentoImage, BentoImageArgs
 from infra.image_context import DockerContext
 from infra.monitoring import Monitoring, MonitoringArgs
@@ -19,10 +20,10 @@ from infra.workload import standard_labels
 
 
 def namespace_labels(config: StackConfig) -> dict[str, str]:
-    """Pod Security Admission: enforce 'restricted' where every container is ours. Seldon adds its executor
-    container to each predictor pod, which is not restricted-compliant, so there we enforce 'baseline'
-    and keep 'restricted' as a warning."""
-    enforce = "restricted" if config.traffic.router == "service" else "baseline"
+    """Pod Security Admission: enforce 'restricted' where every container is ours (the plain and the gateway
+    path). Seldon adds its executor container to each predictor pod, which is not restricted-compliant, so
+    there we enforce 'baseline' and keep 'restricted' as a warning."""
+    enforce = "baseline" if config.traffic.router == "seldon" else "restricted"
     return {
         **standard_labels(config),
         "pod-security.kubernetes.io/enforce": enforce,
@@ -51,6 +52,10 @@ def build_stack(config: StackConfig, docker_context: DockerContext | None) -> No
     if config.traffic.router == "seldon":
         SeldonTraffic(config.app_name, SeldonTrafficArgs(config=config, image=image_reference), opts=after_platform)
         endpoint = platform.endpoint or ""
+    elif config.traffic.router == "gateway":
+        # The way in is the Gateway's address, which its controller reports on the Gateway, not to this program.
+        GatewayTraffic(config.app_name, GatewayTrafficArgs(config=config, image=image_reference), opts=after_platform)
+        endpoint = ""
     else:
         serving = ModelServing(config.app_name, ModelServingArgs(config=config, image=image_reference), opts=after_platform)
         endpoint = serving.endpoint

@@ -4,7 +4,9 @@ Each policy's validate function takes the resource's type and inputs (`args.reso
 for stack policies `args.resources`), exactly what `pulumi preview --policy-pack policy` hands it and what
 `infra.render` records, so the tests call them offline on rendered stacks. Model pods are found by what
 they are, not by who made them: any pod template (a Deployment's, or a SeldonDeployment predictor's
-`componentSpecs`) with a container that reads `MODEL_URI`. The pack deliberately imports nothing from the
+`componentSpecs`) with a container that reads `MODEL_URI`. Traffic is found the same way: a SeldonDeployment
+predictor's `traffic`, or a Gateway API route (HTTPRoute, GRPCRoute) whose rules send requests, by weight or
+by a RequestMirror filter, to a Service selecting the pods. The pack deliberately imports nothing from the
 program it checks: a guardrail built from the program's own constants would agree with any bug in them.
 """
 
@@ -42,6 +44,8 @@ PDB = "kubernetes:policy/v1:PodDisruptionBudget"
 HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
 MONITORS = ("kubernetes:monitoring.coreos.com/v1:PodMonitor", "kubernetes:monitoring.coreos.com/v1:ServiceMonitor")
 PROMETHEUS_RULE = "kubernetes:monitoring.coreos.com/v1:PrometheusRule"
+SERVICE = "kubernetes:core/v1:Service"
+ROUTES = ("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute", "kubernetes:gateway.networking.k8s.io/v1:GRPCRoute")
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,31 @@ def _gpu_scheduling(pods: ModelPods, report: ReportViolation) -> None:
                        "it will not schedule on tainted GPU nodes")
 
 
+def general_rules(route: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A route's rules that serve every request: those that match no header. A rule matching a header serves only
+    the requests that carry it (pinning a variant for QA or replay), not a share of the traffic."""
+    return [rule for rule in (route.get("spec") or {}).get("rules") or []
+            if not any(match.get("headers") for match in rule.get("matches") or [])]
+
+
+def _route_split(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    where = f"{args.resource_type.rsplit(':', 1)[-1]} {_name(args.props)}"
+    for rule in general_rules(args.props):
+        refs = rule.get("backendRefs") or []
+        weights = [whole_number(ref.get("weight", 1)) for ref in refs]
+        if len(refs) < 2:
+            continue  # one backend takes everything, whatever its weight
+        if any(weight is None or not 0 <= weight <= 100 for weight in weights):
+            report(f"{where} rule {rule.get('name', '?')!r}: backend weights {[ref.get('weight') for ref in refs]} "
+                   "are not percents 0..100")
+        elif sum(weights) != 100:
+            report(f"{where} rule {rule.get('name', '?')!r}: backend weights add up to {sum(weights)}, not 100")
+
+
 def _traffic_split(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type in ROUTES:
+        _route_split(args, report)
+        return
     if args.resource_type != SELDON_DEPLOYMENT:
         return
     predictors = (args.props.get("spec") or {}).get("predictors") or []
@@ -222,11 +250,63 @@ def _disruption_budget(args: StackValidationArgs, report: ReportViolation) -> No
                    "a node drain could take every replica of the variant at once")
 
 
+def _services(resources) -> dict[tuple[str | None, str], Mapping[str, Any]]:
+    """Each Service's spec by (namespace, name)."""
+    return {((r.props.get("metadata") or {}).get("namespace"), _name(r.props)): r.props.get("spec") or {}
+            for r in resources if r.resource_type == SERVICE}
+
+
+def _route_backends(route: Mapping[str, Any]) -> Iterator[tuple[Mapping[str, Any], bool]]:
+    """Every Service a route names, with whether it gets a share of every request (a positive weight in a rule
+    that matches no header, or a RequestMirror copy)."""
+    general = [id(rule) for rule in general_rules(route)]
+    for rule in (route.get("spec") or {}).get("rules") or []:
+        for ref in rule.get("backendRefs") or []:
+            yield ref, id(rule) in general and (whole_number(ref.get("weight", 1)) or 0) > 0
+        for step in rule.get("filters") or []:
+            if step.get("type") == "RequestMirror":
+                yield (step.get("requestMirror") or {}).get("backendRef") or {}, id(rule) in general
+
+
+def _routed_selectors(resources) -> list[Mapping[str, Any]]:
+    """The pod selectors of the Services that Gateway API routes send a share of their traffic to."""
+    services = _services(resources)
+    selectors = []
+    for r in resources:
+        if r.resource_type not in ROUTES:
+            continue
+        namespace = (r.props.get("metadata") or {}).get("namespace")
+        for ref, takes_traffic in _route_backends(r.props):
+            service = services.get((ref.get("namespace", namespace), ref.get("name")))
+            if takes_traffic and ref.get("kind", "Service") == "Service" and service is not None:
+                selectors.append({"matchLabels": service.get("selector") or {}})
+    return selectors
+
+
+def _route_backends_exist(args: StackValidationArgs, report: ReportViolation) -> None:
+    services = _services(args.resources)
+    for r in args.resources:
+        if r.resource_type not in ROUTES:
+            continue
+        namespace = (r.props.get("metadata") or {}).get("namespace")
+        where = f"{r.resource_type.rsplit(':', 1)[-1]} {_name(r.props)}"
+        for ref, _ in _route_backends(r.props):
+            key = (ref.get("namespace", namespace), ref.get("name"))
+            service = services.get(key)
+            if ref.get("kind", "Service") != "Service" or service is None:
+                report(f"{where}: backend {ref.get('kind', 'Service')} {'/'.join(map(str, key))} is not a Service of this "
+                       "stack; the gateway would answer its share of requests with 500")
+            elif ref.get("port") not in [whole_number(port.get("port")) for port in service.get("ports") or []]:
+                report(f"{where}: backend Service {key[1]} has no port {ref.get('port')!r}")
+
+
 def _challenger_monitoring(args: StackValidationArgs, report: ReportViolation) -> None:
     monitors = [r.props.get("spec") or {} for r in args.resources if r.resource_type in MONITORS]
     rules = [r for r in args.resources if r.resource_type == PROMETHEUS_RULE]
+    routed = _routed_selectors(args.resources)
     for pods in _all_model_pods(args.resources):
-        if pods.variant != "challenger" or not (pods.shadow or (pods.traffic or 0) > 0):
+        routed_here = any(_selects(selector, pods.labels) for selector in routed)
+        if pods.variant != "challenger" or not (pods.shadow or (pods.traffic or 0) > 0 or routed_here):
             continue
         if not any(_selects(m.get("selector"), pods.labels) for m in monitors):
             report(f"{pods.where}: the challenger takes traffic but no PodMonitor or ServiceMonitor scrapes its "
@@ -268,8 +348,10 @@ VALIDATIONS: dict[str, tuple[str, str, Callable[..., None]]] = {
     "model-restricted-security": ("Model containers meet the restricted Pod Security profile.",
                                   "resource", _each_model_pod(_restricted)),
     "gpu-scheduling": ("GPU pods set GPU limits and tolerate the GPU taint.", "resource", _each_model_pod(_gpu_scheduling)),
-    "challenger-weight": ("Seldon predictor traffic is 0..100 per predictor and adds up to 100.",
-                          "resource", _traffic_split),
+    "challenger-weight": ("Seldon predictor traffic, and the backend weights of a Gateway API route's general rule, "
+                          "are 0..100 and add up to 100.", "resource", _traffic_split),
+    "route-backends": ("Every backend of a Gateway API route is a Service of the stack, on one of its ports.",
+                       "stack", _route_backends_exist),
     "model-disruption-budget": ("Every model variant has a PodDisruptionBudget.", "stack", _disruption_budget),
     "challenger-monitoring": ("A challenger that takes traffic is scraped and alerted on.",
                               "stack", _challenger_monitoring),

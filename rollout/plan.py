@@ -196,9 +196,11 @@ def resource_changes(base: list[RenderedResource], head: list[RenderedResource])
 
 
 def traffic_shares(config: StackConfig) -> dict[str, str]:
-    """What each variant receives: a percent, or "shadow" (a copy of every request, answered by nobody)."""
+    """What each variant receives: a percent, or "shadow" (a copy of every request, or on the gateway router of
+    `traffic.shadowPercent` of them, answered by nobody)."""
     if config.traffic.shadow:
-        return {"champion": "100%", "challenger": "shadow"}
+        percent = config.traffic.shadow_percent
+        return {"champion": "100%", "challenger": "shadow" if percent == 100 else f"shadow of {percent}%"}
     shares = {"champion": f"{config.traffic.champion_weight}%"}
     if config.model.has_challenger:
         shares["challenger"] = f"{config.traffic.challenger_weight}%"
@@ -263,8 +265,26 @@ def plain_words(base: StackConfig | None, head: StackConfig) -> list[str]:
         lines.append(f"GPUs held {_span(*old_gpus)} -> {_span(*new_gpus)}")
     if base.traffic.router != head.traffic.router:
         lines.append(f"traffic router {base.traffic.router} -> {head.traffic.router}")
+    if head.traffic.router == "gateway":
+        lines += gateway_words(base, head)
     if base.monitoring.enabled != head.monitoring.enabled:
         lines.append("monitoring and alerts " + ("turned on" if head.monitoring.enabled else "turned OFF"))
+    return lines
+
+
+def gateway_words(base: StackConfig, head: StackConfig) -> list[str]:
+    """What changed in how the Gateway API router reaches the variants."""
+    old, new = base.traffic, head.traffic
+    on_gateway = base.traffic.router == "gateway"
+    lines = []
+    if not on_gateway or old.gateway != new.gateway:
+        lines.append(f"routes attach to Gateway {new.gateway}" + (" (created by the stack)" if new.create_gateway else ""))
+    elif old.create_gateway != new.create_gateway:
+        lines.append(f"Gateway {new.gateway} " + ("now created by the stack" if new.create_gateway
+                                                 else "no longer created by the stack: it is deleted"))
+    if (old.sticky and on_gateway) != new.sticky or (new.sticky and old.sticky_timeout != new.sticky_timeout):
+        lines.append("sticky sessions " + (f"on (cookie {'for ' + new.sticky_timeout if new.sticky_timeout else 'per client session'})"
+                                           if new.sticky else "off"))
     return lines
 
 
@@ -388,6 +408,16 @@ def review_warnings(base: StackConfig | None, head: StackConfig, preview: Rollou
             + f"; `python -m rollout start --stack {stack}` steps it and rolls back on failure "
             "(`--config-only` writes one judged step per pull request)"
         )
+    newly_sticky = base is None or not (base.traffic.router == "gateway" and base.traffic.sticky)
+    if (head.traffic.router == "gateway" and head.traffic.sticky and head.model.has_challenger and not head.traffic.shadow
+            and (newly_sticky or implies_rollout(base, head))):
+        found.append("traffic.sticky is on: a client keeps the variant it was first sent to, so each rollout step moves "
+                     "only clients new to the stack, and a lowered weight moves nobody back until it reaches 0 "
+                     "(Gateway API GEP-1619: a persistent session outranks the weights)")
+        if newly_sticky:
+            found.append("traffic.sticky needs the Gateway API experimental channel CRDs (HTTPRoute "
+                         "sessionPersistence) and a gateway that implements session persistence; on the standard "
+                         "channel the API server refuses the route")
     if head.model.has_challenger and (new_weight > 0 or head.traffic.shadow) and not head.monitoring.enabled:
         found.append("monitoring.enabled is false while a challenger runs: no alerts fire, and the rollout's "
                      "analysis has no metrics to judge it by")

@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("infra", "service", "rollout", "bench", "engine", "policy")
 # infra's components: they wire builders into Pulumi resources (README, "Layout").
-COMPONENTS = {f"infra.{name}" for name in ("serving", "seldon", "platform", "monitoring", "access", "feedback", "image")}
+COMPONENTS = {f"infra.{name}" for name in ("serving", "seldon", "gateway", "platform", "monitoring", "access", "feedback", "image")}
 
 
 def module_name(path: Path) -> str:

@@ -112,3 +112,17 @@ def contains(stored: Any, rendered: Any, path: str = "") -> list[str]:
             return [f"{path}: expected {len(rendered)} items, the server holds {stored!r}"]
         return [p for i, (s, r) in enumerate(zip(stored, rendered)) for p in contains(s, r, f"{path}[{i}]")]
     return [] if stored == rendered else [f"{path}: rendered {rendered!r}, the server holds {stored!r}"]
+
+
+def quantities_as_stored(manifest: dict[str, Any]) -> dict[str, Any]:
+    """`manifest` with every container's resource quantities as the API server stores them: strings (a GPU limit
+    rendered as the integer 1 reads back as "1"; pulumi-kubernetes diffs inputs, so this never shows in a diff)."""
+    import copy
+
+    manifest = copy.deepcopy(manifest)
+    template = (manifest.get("spec") or {}).get("template") or {}
+    for container in (template.get("spec") or {}).get("containers") or []:
+        for kind in ("requests", "limits"):
+            quantities = (container.get("resources") or {}).get(kind) or {}
+            quantities.update({name: str(value) for name, value in quantities.items()})
+    return manifest

@@ -31,9 +31,14 @@ def probe_pod(namespace: str, security_context: dict) -> dict:
     }
 
 
-@pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_namespace_enforces_its_level(api, stack):
-    manifests = stack_manifests(stack)
+# prod on the Gateway API router: no executor in its pods, so its namespace enforces `restricted`.
+GATEWAY = {"namespace": "mlserve-gateway-psa", "traffic.router": "gateway", "traffic.gateway": "mlserve-gateway-psa/public"}
+
+
+@pytest.mark.parametrize(("stack", "overrides"), [("dev", {}), ("prod", {}), ("prod", GATEWAY)],
+                         ids=["dev", "prod", "prod-gateway"])
+def test_namespace_enforces_its_level(api, stack, overrides):
+    manifests = stack_manifests(stack, **overrides)
     deploy(api, manifests)
     namespace = namespace_of(manifests)
     name = namespace["metadata"]["name"]

@@ -17,6 +17,14 @@ from infra.render import RenderedResource, render_resources
 # MLSERVE_CRD_DIR (as engine.cluster reads it) wins; else ../shared/schemas/crds beside the checkout.
 SCHEMA_DIR = Path(os.environ.get("MLSERVE_CRD_DIR") or Path(__file__).resolve().parents[3] / "shared" / "schemas" / "crds")
 KUBERNETES_VERSION = "1.30.0"
+# prod on the Gateway API router (no Seldon, no Istio): what `--set traffic.router=gateway --set
+# traffic.gateway=gateway-system/public ...` renders, with the prod stack's 90/10 split.
+GATEWAY_PROD = {
+    "traffic.router": "gateway",
+    "traffic.gateway": "gateway-system/public",
+    "platform.installSeldon": False,
+    "platform.installIstio": False,
+}
 
 
 def stack_config(stack: str, **overrides: Any) -> StackConfig:

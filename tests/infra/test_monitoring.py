@@ -27,7 +27,7 @@ from infra.monitors import (
 )
 from infra.services import REQUESTS_PER_SECOND_METRIC
 from infra.workload import PORT_NAME, container_name
-from tests.infra.conftest import KUBERNETES_VERSION, manifests, stack_config
+from tests.infra.conftest import GATEWAY_PROD, KUBERNETES_VERSION, manifests, stack_config
 from tests.infra.crd import validate_against_crd
 
 PROMTOOL = shutil.which("promtool")
@@ -49,6 +49,7 @@ RENDERS = {
     "dev": ("dev", {}),
     "prod-plain": ("prod", PLAIN),
     "prod-seldon": ("prod", SELDON),
+    "prod-gateway": ("prod", GATEWAY_PROD),
 }
 
 
@@ -96,12 +97,12 @@ def test_monitors_carry_the_release_label_prometheus_selects_by(render, kind):
     assert one(rendered, kind)["metadata"]["labels"]["release"] == "prom"
 
 
-@pytest.mark.parametrize("name", ["prod-plain", "prod-seldon"])
-def test_pod_monitor_scrapes_the_model_pods_of_either_path(render, name):
+@pytest.mark.parametrize("name", ["prod-plain", "prod-seldon", "prod-gateway"])
+def test_pod_monitor_scrapes_the_model_pods_of_every_path(render, name):
     stack, overrides = RENDERS[name]
     rendered = render(stack, **overrides)
     monitor = one(rendered, "PodMonitor")
-    if name == "prod-plain":
+    if name != "prod-seldon":
         templates = [d["spec"]["template"] for d in manifests(rendered, "Deployment")]
     else:
         sdep = one(rendered, "SeldonDeployment")

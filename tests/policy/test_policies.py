@@ -18,10 +18,12 @@ from pulumi_policy import PolicyResource, PolicyResourceOptions, ResourceValidat
 from infra.config import PROJECT_DIR
 from infra.render import UNKNOWN_DIGEST
 from policy.mlserve_policies import POLICIES, UNKNOWN, VALIDATIONS
+from tests.infra.conftest import GATEWAY_PROD
 
 DIGEST = "sha256:" + "ab" * 32
 PLAIN_PROD = {"traffic.router": "service", "traffic.challengerWeight": 0}
 SHADOW_PROD = {"traffic.shadow": True, "traffic.challengerWeight": 0}
+GATEWAY_SHADOW = {**GATEWAY_PROD, **SHADOW_PROD, "traffic.shadowPercent": 20}
 
 
 def as_applied(value: Any, digest: str = DIGEST) -> Any:
@@ -66,8 +68,10 @@ def test_the_pack_declares_every_policy_mandatory():
 
 @pytest.mark.parametrize(
     ("stack", "overrides"),
-    [("dev", {}), ("prod", {}), ("prod", PLAIN_PROD), ("prod", SHADOW_PROD), ("prod", {"traffic.challengerWeight": 100})],
-    ids=["dev", "prod-seldon", "prod-plain", "prod-shadow", "prod-challenger-100"],
+    [("dev", {}), ("prod", {}), ("prod", PLAIN_PROD), ("prod", SHADOW_PROD), ("prod", {"traffic.challengerWeight": 100}),
+     ("prod", GATEWAY_PROD), ("prod", GATEWAY_SHADOW), ("prod", {**GATEWAY_PROD, "traffic.sticky": True})],
+    ids=["dev", "prod-seldon", "prod-plain", "prod-shadow", "prod-challenger-100", "prod-gateway", "prod-gateway-shadow",
+         "prod-gateway-sticky"],
 )
 def test_good_stacks_pass_every_policy(render, stack, overrides):
     assert violations(rendered(render, stack, overrides)) == []
@@ -112,6 +116,10 @@ def drop(kind: str) -> Callable[[list], list]:
 
 
 SELDON = "SeldonDeployment"
+
+
+def split_rule(props: dict) -> dict:
+    return next(rule for rule in props["spec"]["rules"] if rule["name"] == "split")
 VIOLATIONS = [
     # (id, stack, config overrides, edit of the rendered objects, policy, message)
     ("tag-not-digest", "prod", {}, edit(SELDON, lambda p: model_container(p).update(image="ghcr.io/acme/churn-model:latest")),
@@ -143,6 +151,18 @@ VIOLATIONS = [
      "challenger-monitoring", "the challenger takes traffic but no PodMonitor or ServiceMonitor scrapes its pods"),
     ("shadow-unmonitored", "prod", SHADOW_PROD, drop("PodMonitor"),
      "challenger-monitoring", "no PodMonitor or ServiceMonitor scrapes its pods"),
+    ("route-weights-not-100", "prod", GATEWAY_PROD, edit("HTTPRoute", lambda p: split_rule(p)["backendRefs"][1].update(weight=20)),
+     "challenger-weight", "HTTPRoute churn-model rule 'split': backend weights add up to 110, not 100"),
+    ("route-weight-not-a-percent", "prod", GATEWAY_PROD, edit("GRPCRoute", lambda p: split_rule(p)["backendRefs"][0].update(weight=900)),
+     "challenger-weight", "GRPCRoute churn-model rule 'split': backend weights [900, 10] are not percents 0..100"),
+    ("gateway-challenger-unmonitored", "prod", {**GATEWAY_PROD, "monitoring.enabled": False}, None,
+     "challenger-monitoring", "Deployment churn-model-challenger: the challenger takes traffic but no PodMonitor"),
+    ("gateway-shadow-unmonitored", "prod", GATEWAY_SHADOW, drop("PodMonitor"),
+     "challenger-monitoring", "Deployment churn-model-challenger: the challenger takes traffic but no PodMonitor"),
+    ("route-to-a-missing-service", "prod", GATEWAY_PROD, edit("HTTPRoute", lambda p: split_rule(p)["backendRefs"][1].update(name="churn-model-canary")),
+     "route-backends", "HTTPRoute churn-model: backend Service mlserve/churn-model-canary is not a Service of this stack"),
+    ("route-to-a-wrong-port", "prod", GATEWAY_PROD, edit("GRPCRoute", lambda p: p["spec"]["rules"][0]["backendRefs"][0].update(port=1234)),
+     "route-backends", "GRPCRoute churn-model: backend Service churn-model-champion has no port 1234"),
     ("prod-one-replica", "prod", {"autoscaling.minReplicas": 1}, None,
      "prod-replicas", "stack 'prod' runs 1 replica(s) of the champion; prod needs at least 2 per variant"),
     ("prod-plain-one-replica", "prod", {**PLAIN_PROD, "autoscaling.enabled": False, "serving.replicas": 1}, None,

@@ -62,14 +62,16 @@ def test_plan_follows_stack_config():
 
 @pytest.mark.parametrize(
     ("router", "rollout_router", "expected"),
-    [("seldon", "stack", True), ("service", "stack", False), ("seldon", "haproxy", False)],
+    [("seldon", "stack", True), ("service", "stack", False), ("gateway", "stack", False), ("seldon", "haproxy", False)],
 )
 def test_on_seldon_the_plan_reads_the_executors_metrics(router, rollout_router, expected):
-    """Through the stack's Seldon deployment the executor counts every call; a local HAProxy split has no executor."""
+    """Through the stack's Seldon deployment the executor counts every call; a local HAProxy split and the Gateway
+    API router have no executor: the model pods' own metrics are read."""
     from infra.config import load_stack_config
     from rollout.cli import stack_metric_sources
 
-    config = load_stack_config("prod", overrides={"traffic.router": router, "traffic.challengerWeight": 0})
+    config = load_stack_config("prod", overrides={"traffic.router": router, "traffic.challengerWeight": 0,
+                                                  "traffic.gateway": "gateway-system/public"})
     plan = plan_from_config(config.rollout, stack_metric_sources(config, rollout_router))
     if expected:
         assert plan.challenger_executor_selector.endswith('predictor_name="challenger"')

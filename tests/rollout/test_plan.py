@@ -294,3 +294,42 @@ def test_base_from_an_older_project_file_loads_and_changed_defaults_show(checkou
     data = json.loads(result.stdout)
     assert data["config"] == [{"path": "rollout.intervalSeconds", "before": 30, "after": 60}]
     assert data["resources"] == [] and data["rollout"] is None
+
+
+# ------------------------------------------------------------------------------------ the gateway router
+
+GATEWAY = {"traffic.router": "gateway", "traffic.gateway": "gateway-system/public",
+           "platform.installSeldon": False, "platform.installIstio": False}
+
+
+def test_a_gateway_weight_edit_is_the_weights_of_the_two_routes():
+    markdown = plan_markdown(GATEWAY, {**GATEWAY, "traffic.challengerWeight": 25})
+    assert "- champion traffic 90% -> 75%\n- challenger traffic 10% -> 25%\n" in markdown
+    assert "Objects: 2 changed." in markdown
+    for kind in ("HTTPRoute", "GRPCRoute"):
+        for service, before, after in (("churn-model-champion", 90, 75), ("churn-model-challenger", 10, 25)):
+            row = f"| {kind} mlserve/churn-model | `spec.rules[split].backendRefs[{service}].weight` | `{before}` | `{after}` |"
+            assert row in markdown, markdown
+    assert "| 1 | 25% |" in markdown  # the same rollout as on Seldon
+
+
+def test_moving_from_seldon_to_the_gateway_router_names_the_gateway():
+    markdown = plan_markdown({}, GATEWAY)
+    assert "- traffic router seldon -> gateway\n- routes attach to Gateway gateway-system/public\n" in markdown
+    assert "| HTTPRoute mlserve/churn-model | *added* | | |" in markdown
+    assert "| SeldonDeployment mlserve/churn-model | *removed* | | |" in markdown
+
+
+def test_sticky_sessions_warn_that_steps_move_only_new_clients():
+    markdown = plan_markdown(GATEWAY, {**GATEWAY, "traffic.sticky": True, "traffic.stickyTimeout": "168h"})
+    assert "- sticky sessions on (cookie for 168h)" in markdown
+    assert "each rollout step moves only clients new to the stack" in markdown
+    assert "needs the Gateway API experimental channel CRDs" in markdown
+    assert "`spec.rules[split].sessionPersistence`" in markdown
+
+
+def test_a_shadow_of_a_share_of_requests_is_named():
+    shadow = {**GATEWAY, "traffic.challengerWeight": 0, "traffic.shadow": True}
+    markdown = plan_markdown(shadow, {**shadow, "traffic.shadowPercent": 20})
+    assert "- challenger traffic shadow -> shadow of 20%" in markdown
+    assert "`spec.rules[split].filters[0].requestMirror.percent`" in markdown or "requestMirror" in markdown
