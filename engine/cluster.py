@@ -44,6 +44,8 @@ CRD_DIR_CANDIDATES = (REPO_ROOT.parent / "shared" / "schemas" / "crds", REPO_ROO
 # HTTPRoute `sessionPersistence` (traffic.sticky); tests/infra/test_gateway.py checks renders against both.
 GATEWAY_API_VERSION = "v1.6.3"
 GATEWAY_API_CRD_DIR = REPO_ROOT / "tests" / "fixtures" / "gateway-api" / GATEWAY_API_VERSION / "experimental"
+# How long the node controller waits for a node heartbeat before marking it NotReady (default 50 s; see below).
+NODE_MONITOR_GRACE = "10m"
 SERVICE_CIDR = "10.96.0.0/16"  # allocation range for ClusterIPs only: nothing routes to it
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ADMISSION_PLUGINS = "NamespaceLifecycle,ServiceAccount,PodSecurity,DefaultStorageClass,ResourceQuota,LimitRanger"
@@ -312,6 +314,11 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, pools: tuple[NodePool, ...] = (CP
             "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false",
             "--use-service-account-credentials=true", f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={pki / 'ca.crt'}", f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # kwok posts its fake nodes' heartbeats. In one CI run the first came 56 s after the nodes registered,
+            # past the default 50 s grace, so the node controller marked every node NotReady and every pod unready
+            # ("all Nodes are not-Ready. Entering master disruption mode") and a Deployment's rollout timed out.
+            # No test relies on a node going NotReady, so the grace is long.
+            f"--node-monitor-grace-period={NODE_MONITOR_GRACE}",
             "--profiling=false", "--v=1",
         ], state_dir)
         record()
