@@ -137,12 +137,20 @@ def test_before_the_model_is_loaded_calls_are_unavailable(grpc_server):
     assert grpc_server.codes_before_ready == {grpc.StatusCode.UNAVAILABLE}
 
 
-def test_every_worker_serves_grpc_on_the_shared_port(grpc_server):
+def grpc_listeners(grpc_server) -> list[int]:
     listening = []
     for process in psutil.Process(grpc_server.server.process.pid).children(recursive=True):
         connections = process.net_connections(kind="tcp")
         if any(c.status == psutil.CONN_LISTEN and c.laddr.port == grpc_server.grpc_port for c in connections):
             listening.append(process.pid)
+    return listening
+
+
+def test_every_worker_serves_grpc_on_the_shared_port(grpc_server):
+    # The server is ready when one worker is; each worker binds the shared port once its own model is loaded.
+    deadline = time.monotonic() + 120
+    while len(listening := grpc_listeners(grpc_server)) < WORKERS and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert len(listening) == WORKERS
 
 

@@ -15,7 +15,6 @@ from tests.engine.pulumi.conftest import ENGINE_SETTINGS
 
 pytestmark = pytest.mark.timeout(900)
 NAMESPACE = "mlserve-gpu"
-VARIANT_LABEL = "mlserve.io/variant"
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +82,24 @@ def test_a_new_challenger_version_rolls_only_the_challenger(project, gpu):
     assert len(new_sets) == 1 and "challenger" in new_sets.pop()
 
 
-def test_draining_a_node_respects_each_variants_budget(project, gpu):
+def budgets_current(project) -> list[dict] | None:
+    """The budgets once the disruption controller has counted the pods as they are now: the eviction API
+    decides from a budget's status, and a status counted during the previous test's rollout (old pods still
+    healthy) allows more disruptions than the variant's pods can bear."""
     budgets = project.api.list("policy/v1", "PodDisruptionBudget", NAMESPACE)
+    for budget in budgets:
+        status, variant = budget.get("status") or {}, "champion" if "champion" in budget["metadata"]["name"] else "challenger"
+        live = pods(project, variant)
+        ready = [p for p in live if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])]
+        if (status.get("observedGeneration") != budget["metadata"]["generation"] or status.get("expectedPods") != len(live)
+                or len(ready) != len(live) or status.get("currentHealthy") != len(ready)
+                or status.get("disruptionsAllowed") != min(budget["spec"]["maxUnavailable"], len(ready))):
+            return None
+    return budgets
+
+
+def test_draining_a_node_respects_each_variants_budget(project, gpu):
+    budgets = wait_for("each budget counting the variant's pods as they are now", lambda: budgets_current(project))
     assert len(budgets) == 2
     node = max({p["spec"]["nodeName"] for p in pods(project)}, key=lambda n: len([p for p in pods(project) if p["spec"]["nodeName"] == n]))
     project.api.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}, "spec": {"unschedulable": True}},
