@@ -46,6 +46,9 @@ class ModelSource:
     flavors: dict[str, t.Any]
     signature_inputs: list[dict[str, t.Any]] | None
     signature_outputs: list[dict[str, t.Any]] | None
+    # The run that logged the version, and where its artifacts are (the drift profile may be one of them).
+    run_id: str | None = None
+    run_artifact_uri: str | None = None
 
     @property
     def schema(self) -> InputSchema:
@@ -61,16 +64,16 @@ class ModelSource:
         return cls(**{**fields, "local_path": Path(fields["local_path"])})
 
 
-def resolve_model_version(model_uri: str, tracking_uri: str) -> tuple[str, str]:
-    """(name, version) that ``model_uri`` names right now; raises ModelLoadError when it names nothing."""
+def resolve_model_version(model_uri: str, tracking_uri: str) -> t.Any:
+    """The registry's ``ModelVersion`` that ``model_uri`` names right now; raises ModelLoadError when it names nothing."""
     import mlflow
 
     name, alias, version = parse_model_uri(model_uri)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         if alias is not None:
-            return name, str(client.get_model_version_by_alias(name, alias).version)
-        return name, str(client.get_model_version(name, version).version)
+            return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version(name, version)
     except Exception as err:
         raise ModelLoadError(f"cannot resolve {model_uri} in the registry at {tracking_uri}: {err}") from err
 
@@ -116,8 +119,10 @@ def _resolve_from_sqlite(settings: Settings) -> ModelSource | None:
                 if len(rows) != 1:
                     return None
                 version = str(rows[0][0])
-            rows = registry.execute("SELECT storage_location, status FROM model_versions WHERE name = ? AND version = ?",
+            rows = registry.execute("SELECT storage_location, status, run_id FROM model_versions WHERE name = ? AND version = ?",
                                     (name, int(version))).fetchall()
+            run_id = rows[0][2] if len(rows) == 1 else None
+            runs = registry.execute("SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)).fetchall() if run_id else []
     except (sqlite3.Error, ValueError):
         return None
     if len(rows) != 1 or rows[0][1] != "READY" or not rows[0][0]:
@@ -137,14 +142,16 @@ def _resolve_from_sqlite(settings: Settings) -> ModelSource | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):
         return None
     return ModelSource(name=name, version=version, source_uri=settings.model_uri, local_path=local_path,
-                       flavors=flavors, signature_inputs=inputs, signature_outputs=outputs)
+                       flavors=flavors, signature_inputs=inputs, signature_outputs=outputs,
+                       run_id=run_id, run_artifact_uri=runs[0][0] if len(runs) == 1 else None)
 
 
 def _resolve_from_registry(settings: Settings) -> ModelSource:
     import mlflow
     from mlflow.models import Model
 
-    name, version = resolve_model_version(settings.model_uri, settings.tracking_uri)
+    found = resolve_model_version(settings.model_uri, settings.tracking_uri)
+    name, version = found.name, str(found.version)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     try:
@@ -157,7 +164,18 @@ def _resolve_from_registry(settings: Settings) -> ModelSource:
         name=name, version=version, source_uri=settings.model_uri, local_path=local_path, flavors=meta.flavors,
         signature_inputs=signature.inputs.to_dict() if signature is not None and signature.inputs else None,
         signature_outputs=signature.outputs.to_dict() if signature is not None and signature.outputs else None,
+        run_id=found.run_id or None, run_artifact_uri=_run_artifact_uri(found.run_id, settings.tracking_uri),
     )
+
+
+def _run_artifact_uri(run_id: str | None, tracking_uri: str) -> str | None:
+    """Where the run that logged a version keeps its artifacts; None for a version without a (readable) run."""
+    import mlflow
+
+    try:
+        return mlflow.MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.artifact_uri if run_id else None
+    except Exception:  # a deleted run, or a registry apart from its tracking server
+        return None
 
 
 def load_model(settings: Settings, source: ModelSource) -> ServedModel:

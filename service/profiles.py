@@ -167,18 +167,33 @@ def _cache_path(name: str, version: str) -> Path:
     return mlserve_home() / "profiles" / f"{name}-{version}.json"
 
 
-def load_reference_profile(model: t.Any, source: t.Any, run_id: str | None) -> ReferenceProfile | None:
+def _run_artifact_text(source: t.Any) -> str | None:
+    """The profile artifact of the version's run, or None when it has none. Run artifacts on local disk (the
+    embedded registry's) are read as files: MLflow's `runs:/` resolution builds a tracking store, about 4 s of a
+    cold worker's start with MLflow's import."""
+    import urllib.parse
+
+    location = urllib.parse.urlparse(source.run_artifact_uri or "")
+    if source.run_artifact_uri and location.scheme in ("", "file") and location.netloc in ("", "localhost"):
+        path = Path(urllib.parse.unquote(location.path)) / PROFILE_ARTIFACT
+        return path.read_text() if path.is_file() else None
+    if not source.run_id:
+        return None
+    try:
+        import mlflow
+
+        return mlflow.artifacts.load_text(f"runs:/{source.run_id}/{PROFILE_ARTIFACT}")
+    except Exception as err:  # no artifact for this version
+        logger.info("no %s for run %s (%s)", PROFILE_ARTIFACT, source.run_id, type(err).__name__)
+        return None
+
+
+def load_reference_profile(model: t.Any, source: t.Any) -> ReferenceProfile | None:
     """The served version's profile: its run's artifact, the reference dataset, or its input example (cached)."""
     import os
 
-    if run_id:
-        try:
-            import mlflow
-
-            text = mlflow.artifacts.load_text(f"runs:/{run_id}/{PROFILE_ARTIFACT}")
-            return ReferenceProfile.from_json(text)
-        except Exception as err:  # no artifact for this version: build one below
-            logger.info("no %s for run %s (%s)", PROFILE_ARTIFACT, run_id, type(err).__name__)
+    if (text := _run_artifact_text(source)) is not None:
+        return ReferenceProfile.from_json(text)
     cache = _cache_path(source.name, source.version)
     if cache.is_file():
         return ReferenceProfile.from_json(cache.read_text())
@@ -211,13 +226,7 @@ def drift_observer(model: t.Any, source: t.Any, outputs: OutputMetrics, inputs: 
     labels = model.identity.labels
     count_outputs = outputs.observer(labels)
     try:
-        import mlflow
-
-        run_id = mlflow.MlflowClient().get_model_version(source.name, source.version).run_id
-    except Exception:  # a registry that does not say: the profile comes from the reference data or input example
-        run_id = None
-    try:
-        profile = load_reference_profile(model, source, run_id)
+        profile = load_reference_profile(model, source)
     except Exception as err:  # drift is monitoring: never a reason not to serve
         warn(f"no reference profile for input drift: {err}")
         profile = None

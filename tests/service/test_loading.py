@@ -112,15 +112,27 @@ def test_what_the_fast_path_cannot_find_is_left_to_mlflow_and_its_words(registry
     assert _resolve_from_sqlite(resolved(registry, model_uri)) is None
 
 
-def test_the_fast_path_imports_no_mlflow(registry):
+def test_the_fast_path_and_the_drift_profile_import_no_mlflow(registry):
+    """A worker pins the version and reads its run's drift profile (the demo logs one at training) from the
+    embedded registry without `import mlflow` and its tracking store (about 4 s of a cold start)."""
     import subprocess
     import sys
 
+    from service.profiles import PROFILE_ARTIFACT, ReferenceProfile
+
     code = ("import sys; from service.loading import resolve_model; from service.settings import Settings; "
-            "source = resolve_model(Settings.from_env()); print(source.version, 'mlflow' in sys.modules)")
+            "from service.profiles import _run_artifact_text; source = resolve_model(Settings.from_env()); "
+            "profile = _run_artifact_text(source); print(source.version, 'mlflow' in sys.modules); print(profile)")
     env = {**registry.env(), "MODEL_URI": "models:/customer-churn-classifier@champion"}
     env.pop("MLSERVE_RESOLVED_MODEL", None)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                             cwd=Path(__file__).resolve().parents[2])
 
-    assert result.stdout.split() == [registry.champion, "False"], result.stderr
+    first, profile = result.stdout.split("\n", 1)
+    assert first.split() == [registry.champion, "False"], result.stderr
+    import mlflow
+
+    client = mlflow.MlflowClient(registry.tracking_uri)
+    run_id = client.get_model_version("customer-churn-classifier", registry.champion).run_id
+    logged = Path(client.download_artifacts(run_id, PROFILE_ARTIFACT)).read_text()
+    assert ReferenceProfile.from_json(profile) == ReferenceProfile.from_json(logged)
