@@ -392,30 +392,45 @@ def median_run(runs: list[Point]) -> Point:
     )
 
 
+@contextlib.contextmanager
+def sampling_rss(process: subprocess.Popen) -> t.Iterator[list[tuple[float, int]]]:
+    """(seconds since start, bytes) of ``process``'s whole tree, sampled every second while the block runs."""
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        started = time.monotonic()
+        while not stop.wait(1.0):
+            samples.append((time.monotonic() - started, tree_rss_bytes(process.pid)))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        sampler.join(timeout=5)
+
+
+def rss_growth(samples: list[tuple[float, int]], warmup_s: float) -> tuple[float, float] | None:
+    """(baseline, final) bytes: medians of the first and the last few samples after ``warmup_s``; None with too few."""
+    after_warmup = [rss for at, rss in samples if at >= warmup_s]
+    if len(after_warmup) < 4:
+        return None
+    window = max(1, min(5, len(after_warmup) // 4))
+    return statistics.median(after_warmup[:window]), statistics.median(after_warmup[-window:])
+
+
 def measure_rss_flatness(spec: ServerSpec, duration_s: float, workdir: Path) -> dict[str, t.Any]:
     """Load our service for ``duration_s`` at concurrency 8; RSS growth from the end of warm-up to the end."""
     endpoint = spec.endpoints[0]
     warmup_s = max(5.0, duration_s * 0.2)
-    samples: list[tuple[float, int]] = []
-    with running(spec, workdir) as (url, process, _):
-        stop_sampling = threading.Event()
-
-        def sample() -> None:
-            started = time.monotonic()
-            while not stop_sampling.wait(1.0):
-                samples.append((time.monotonic() - started, tree_rss_bytes(process.pid)))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            raw = run_wrk(url + endpoint.path, endpoint.body, 8, duration_s, workdir)
-        finally:
-            stop_sampling.set()
-            sampler.join(timeout=5)
-    after_warmup = [rss for at, rss in samples if at >= warmup_s]
-    window = max(1, min(5, len(after_warmup) // 4))
-    baseline = statistics.median(after_warmup[:window])
-    final = statistics.median(after_warmup[-window:])
+    with running(spec, workdir) as (url, process, _), sampling_rss(process) as samples:
+        raw = run_wrk(url + endpoint.path, endpoint.body, 8, duration_s, workdir)
+    measured = rss_growth(samples, warmup_s)
+    if measured is None:
+        raise RuntimeError(f"{len(samples)} RSS samples in a {duration_s:g} s run: too short to measure growth")
+    baseline, final = measured
     return {
         "endpoint": endpoint.label,
         "duration_s": duration_s,
@@ -489,29 +504,12 @@ def measure_overload(spec: ServerSpec, rate: float, duration_s: float, workdir: 
     """Our service's first endpoint driven open-loop at ``rate`` (twice its c=64 throughput) for ``duration_s``,
     sampling its RSS; what it answered (``overload_summary``) and its RSS growth after the first fifth."""
     endpoint = spec.endpoints[0]
-    samples: list[tuple[float, int]] = []
     with running(spec, workdir) as (url, process, _):
         run_wrk(url + endpoint.path, endpoint.body, 8, 3, workdir)  # warm, as the rounds were
-        stop_sampling = threading.Event()
-
-        def sample() -> None:
-            started = time.monotonic()
-            while not stop_sampling.wait(1.0):
-                samples.append((time.monotonic() - started, tree_rss_bytes(process.pid)))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
+        with sampling_rss(process) as samples:
             summary = overload_summary(run_vegeta(url + endpoint.path, endpoint.body, rate, duration_s, workdir))
-        finally:
-            stop_sampling.set()
-            sampler.join(timeout=5)
-    after_warmup = [rss for at, rss in samples if at >= duration_s / 5]
-    growth = None
-    if len(after_warmup) >= 4:
-        window = max(1, min(5, len(after_warmup) // 4))
-        first, last = statistics.median(after_warmup[:window]), statistics.median(after_warmup[-window:])
-        growth = 100 * (last - first) / first
+    measured = rss_growth(samples, duration_s / 5)
+    growth = None if measured is None else 100 * (measured[1] - measured[0]) / measured[0]
     return {"endpoint": endpoint.label, "rate_rps": round(rate, 1), "duration_s": duration_s, **summary,
             "rss_growth_percent": growth, "peak_mb": round(max((rss for _, rss in samples), default=0) / 2**20, 1)}
 

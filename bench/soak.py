@@ -52,7 +52,7 @@ from bench.serving import (
     wait_ready,
 )
 from rollout.local import stop_process_tree
-from service.names import DEMO_MODEL_NAME as MODEL_NAME
+from service.names import DEMO_MODEL_NAME as MODEL_NAME, MLSERVE_HOME_ENV
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD = REPO_ROOT / "build" / "soak"
@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     tracking_uri = prepare_registry(BUILD / "home")
     port = free_port()
     log_path = BUILD / "server.log"
-    env = {**os.environ, **TELEMETRY_OFF, "MLFLOW_TRACKING_URI": tracking_uri, "MLSERVE_HOME": str(BUILD / "home"),
+    env = {**os.environ, **TELEMETRY_OFF, "MLFLOW_TRACKING_URI": tracking_uri, MLSERVE_HOME_ENV: str(BUILD / "home"),
            "MLSERVE_WORKERS": "1", "OMP_NUM_THREADS": "1"}
     with open(log_path, "wb") as log_file:
         started = time.monotonic()

@@ -149,3 +149,24 @@ def test_protoset_names_the_model_infer_rpc(tmp_path):
     service, _, method = MODEL_INFER.rpartition(".")
     services = {f"{f.package}.{s.name}": [m.name for m in s.method] for f in files.file for s in f.service}
     assert method in services[service]
+
+
+def test_rss_is_sampled_from_a_real_process_tree_and_growth_needs_enough_samples():
+    import subprocess
+    import sys
+
+    from bench.serving import rss_growth, sampling_rss
+
+    # A process that holds ~40 MiB more after two seconds: the sampler sees its tree grow.
+    code = "import time; time.sleep(2); b = bytearray(40 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(3)"
+    process = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        with sampling_rss(process) as samples:
+            process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert len(samples) >= 4
+    assert max(rss for _, rss in samples) - min(rss for _, rss in samples) > 30 * 2**20
+    baseline, final = rss_growth([(0.0, 100), (1.0, 100), (2.0, 100), (3.0, 150), (4.0, 150), (5.0, 150)], 1.0)
+    assert (baseline, final) == (100, 150)
+    assert rss_growth([(0.0, 1), (1.0, 1)], 0.0) is None
