@@ -98,6 +98,14 @@ class ModelConfig:
     def has_challenger(self) -> bool:
         return bool(self.challenger_uri)
 
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """The model variants this stack runs: the champion, and the challenger when one is configured."""
+        return ("champion", "challenger") if self.has_challenger else ("champion",)
+
+    def uri(self, variant: str) -> str:
+        return self.champion_uri if variant == "champion" else self.challenger_uri
+
 
 @dataclass(frozen=True)
 class ImageConfig:
@@ -328,14 +336,6 @@ class StackConfig:
     feedback: FeedbackConfig = field(default=None)  # type: ignore[assignment]
     drift: DriftConfig = field(default=None)  # type: ignore[assignment]
     explain: ExplainConfig = field(default=None)  # type: ignore[assignment]
-
-    @property
-    def variants(self) -> tuple[str, ...]:
-        """The model variants this stack runs: the champion, and the challenger when one is configured."""
-        return ("champion", "challenger") if self.model.has_challenger else ("champion",)
-
-    def model_uri(self, variant: str) -> str:
-        return self.model.champion_uri if variant == "champion" else self.model.challenger_uri
 
 
 SECTIONS: tuple[type, ...] = (

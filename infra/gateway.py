@@ -40,7 +40,7 @@ class GatewayTraffic(pulumi.ComponentResource):
         traffic = config.traffic
         child = pulumi.ResourceOptions(parent=self)
         services: dict[str, k8s.core.v1.Service] = {}
-        for variant in config.variants:
+        for variant in config.model.variants:
             workload = resource_name(config, variant)
             k8s.apps.v1.Deployment(
                 f"{name}-{variant}",
@@ -67,7 +67,7 @@ class GatewayTraffic(pulumi.ComponentResource):
                 spec=service_spec(config, variant, public=False),
                 opts=child,
             )
-        backends = {variant: resource_name(config, variant) for variant in config.variants}
+        backends = {variant: resource_name(config, variant) for variant in config.model.variants}
         # A route names its Services and its Gateway: create those first, so a gateway controller that is
         # watching never reports a backend or parent it cannot resolve.
         route_needs: list[pulumi.Resource] = list(services.values())

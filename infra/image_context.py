@@ -121,7 +121,7 @@ def image_inputs(config: StackConfig, build_dir: Path = BUILD_DIR) -> ImageInput
     bentofile = yaml.safe_load((build_dir / BENTOFILE).read_text())
     models = {
         uri: tuple(recorded_requirements(build_registry_uri(config), uri))
-        for uri in dict.fromkeys(config.model_uri(variant) for variant in config.variants)
+        for uri in dict.fromkeys(config.model.uri(variant) for variant in config.model.variants)
     }
     clients = [package for store in config.image.artifact_store_clients for package in ARTIFACT_STORE_PACKAGES[store]]
     extras = [*model_packages({uri: list(lines) for uri, lines in models.items()}), *clients]

@@ -36,7 +36,7 @@ class SeldonTraffic(pulumi.ComponentResource):
             spec=seldon_deployment_spec(config, args.image),
             opts=child,
         )
-        for variant in config.variants:
+        for variant in config.model.variants:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-{variant}-pdb",
                 metadata=metadata(config, resource_name(config, variant), variant),

@@ -34,7 +34,7 @@ class ModelServing(pulumi.ComponentResource):
         config = args.config
         child = pulumi.ResourceOptions(parent=self)
         self.deployments: dict[str, k8s.apps.v1.Deployment] = {}
-        for variant in config.variants:
+        for variant in config.model.variants:
             workload = resource_name(config, variant)
             self.deployments[variant] = k8s.apps.v1.Deployment(
                 f"{name}-{variant}",

@@ -65,4 +65,4 @@ def build_stack(config: StackConfig, docker_context: DockerContext | None) -> No
     pulumi.export(outputs.IMAGE, image_reference)
     pulumi.export(outputs.ENDPOINT, endpoint)
     pulumi.export(outputs.CHALLENGER_WEIGHT, config.traffic.challenger_weight)
-    pulumi.export(outputs.VARIANTS, list(config.variants))
+    pulumi.export(outputs.VARIANTS, list(config.model.variants))

@@ -129,7 +129,7 @@ def feedback_env(config: StackConfig) -> list[Manifest]:
 def container_env(config: StackConfig, variant: str) -> list[Manifest]:
     """What the model server reads: the model to load, its variant name, the registry, the signing key; telemetry off."""
     env = {
-        "MODEL_URI": config.model_uri(variant),
+        "MODEL_URI": config.model.uri(variant),
         "MODEL_VARIANT": variant,
         "MLFLOW_TRACKING_URI": config.model.tracking_uri,
         "MLSERVE_GRPC_PORT": str(config.serving.grpc_port),
@@ -311,7 +311,7 @@ def pod_template(config: StackConfig, variant: str, image: Any) -> Manifest:
     return {
         "metadata": {
             "labels": standard_labels(config, variant),
-            "annotations": {"mlserve.io/model-uri": config.model_uri(variant)},
+            "annotations": {"mlserve.io/model-uri": config.model.uri(variant)},
         },
         "spec": pod_spec(config, variant, image),
     }
