@@ -314,6 +314,31 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class Identity:
+    """Whose objects these are: the stack, its namespace and app name, from which every name and label is made."""
+
+    stack: str
+    namespace: str
+    app_name: str
+
+
+@dataclass(frozen=True)
+class PodConfig:
+    """The sections a model pod is built from (`infra.workload`). A pod reads most of the stack's config, so its
+    builders take this bundle rather than eight arguments each; everything else (traffic, autoscaling, the
+    entry point) stays out of it."""
+
+    identity: Identity
+    model: ModelConfig
+    serving: ServingConfig
+    gpu: GpuConfig
+    access: AccessConfig
+    feedback: FeedbackConfig
+    drift: DriftConfig
+    explain: ExplainConfig
+
+
+@dataclass(frozen=True)
 class StackConfig:
     """Everything one stack deploys; built only by `parse_config`, so every instance is valid."""
 
@@ -336,6 +361,19 @@ class StackConfig:
     feedback: FeedbackConfig = field(default=None)  # type: ignore[assignment]
     drift: DriftConfig = field(default=None)  # type: ignore[assignment]
     explain: ExplainConfig = field(default=None)  # type: ignore[assignment]
+
+    @property
+    def identity(self) -> Identity:
+        """The names every object of the stack is named and labelled from."""
+        return Identity(stack=self.stack, namespace=self.namespace, app_name=self.app_name)
+
+    @property
+    def pod(self) -> PodConfig:
+        """The sections the model pods are built from."""
+        return PodConfig(
+            identity=self.identity, model=self.model, serving=self.serving, gpu=self.gpu, access=self.access,
+            feedback=self.feedback, drift=self.drift, explain=self.explain,
+        )
 
 
 SECTIONS: tuple[type, ...] = (

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import StackConfig
+from infra.config import AutoscalingConfig, LoadBalancerConfig, PodConfig, TrafficConfig
 from infra.gateway_specs import GATEWAY_API_VERSION, gateway_spec, grpc_route_spec, http_route_spec
 from infra.services import deployment_spec, hpa_spec, metadata, network_policy_spec, pdb_spec, service_spec
 from infra.workload import resource_name, standard_labels
@@ -26,7 +26,10 @@ from infra.workload import resource_name, standard_labels
 
 @dataclass(frozen=True)
 class GatewayTrafficArgs:
-    config: StackConfig
+    pod: PodConfig
+    autoscaling: AutoscalingConfig
+    load_balancer: LoadBalancerConfig
+    traffic: TrafficConfig
     image: pulumi.Input[str]
 
 
@@ -36,38 +39,44 @@ class GatewayTraffic(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: GatewayTrafficArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlserve:gateway:GatewayTraffic", name, None, opts)
-        config = args.config
-        traffic = config.traffic
+        pod, identity, serving, load_balancer = args.pod, args.pod.identity, args.pod.serving, args.load_balancer
+        traffic = args.traffic
         child = pulumi.ResourceOptions(parent=self)
         services: dict[str, k8s.core.v1.Service] = {}
-        for variant in config.model.variants:
-            workload = resource_name(config, variant)
+        for variant in pod.model.variants:
+            workload = resource_name(identity, variant)
             k8s.apps.v1.Deployment(
                 f"{name}-{variant}",
-                metadata=metadata(config, workload, variant),
-                spec=deployment_spec(config, variant, args.image),
+                metadata=metadata(identity, workload, variant),
+                spec=deployment_spec(pod, args.autoscaling, variant, args.image),
                 opts=child,
             )
-            if config.autoscaling.enabled:
+            if args.autoscaling.enabled:
                 k8s.autoscaling.v2.HorizontalPodAutoscaler(
-                    f"{name}-{variant}-hpa", metadata=metadata(config, workload, variant), spec=hpa_spec(config, variant), opts=child
+                    f"{name}-{variant}-hpa",
+                    metadata=metadata(identity, workload, variant),
+                    spec=hpa_spec(identity, args.autoscaling, variant),
+                    opts=child,
                 )
             k8s.policy.v1.PodDisruptionBudget(
-                f"{name}-{variant}-pdb", metadata=metadata(config, workload, variant), spec=pdb_spec(config, variant), opts=child
+                f"{name}-{variant}-pdb",
+                metadata=metadata(identity, workload, variant),
+                spec=pdb_spec(identity, serving, variant),
+                opts=child,
             )
             k8s.networking.v1.NetworkPolicy(
                 f"{name}-{variant}-netpol",
-                metadata=metadata(config, workload, variant),
-                spec=network_policy_spec(config, variant),
+                metadata=metadata(identity, workload, variant),
+                spec=network_policy_spec(identity, serving, load_balancer, variant),
                 opts=child,
             )
             services[variant] = k8s.core.v1.Service(
                 f"{name}-{variant}-svc",
-                metadata=metadata(config, workload, variant),
-                spec=service_spec(config, variant, public=False),
+                metadata=metadata(identity, workload, variant),
+                spec=service_spec(identity, serving, load_balancer, variant, public=False),
                 opts=child,
             )
-        backends = {variant: resource_name(config, variant) for variant in config.model.variants}
+        backends = {variant: resource_name(identity, variant) for variant in pod.model.variants}
         # A route names its Services and its Gateway: create those first, so a gateway controller that is
         # watching never reports a backend or parent it cannot resolve.
         route_needs: list[pulumi.Resource] = list(services.values())
@@ -76,8 +85,9 @@ class GatewayTraffic(pulumi.ComponentResource):
                 f"{name}-gateway",
                 api_version=GATEWAY_API_VERSION,
                 kind="Gateway",
-                metadata={"name": traffic.gateway_name, "namespace": traffic.gateway_namespace, "labels": standard_labels(config)},
-                spec=gateway_spec(traffic, config.namespace, config.load_balancer.port, config.serving.grpc_port),
+                metadata={"name": traffic.gateway_name, "namespace": traffic.gateway_namespace,
+                          "labels": standard_labels(identity)},
+                spec=gateway_spec(traffic, identity.namespace, load_balancer.port, serving.grpc_port),
                 opts=child,
             )
             route_needs.append(gateway)
@@ -86,16 +96,16 @@ class GatewayTraffic(pulumi.ComponentResource):
             f"{name}-httproute",
             api_version=GATEWAY_API_VERSION,
             kind="HTTPRoute",
-            metadata=metadata(config, config.app_name),
-            spec=http_route_spec(traffic, backends, config.serving.port),
+            metadata=metadata(identity, identity.app_name),
+            spec=http_route_spec(traffic, backends, serving.port),
             opts=after_services,
         )
         k8s.apiextensions.CustomResource(
             f"{name}-grpcroute",
             api_version=GATEWAY_API_VERSION,
             kind="GRPCRoute",
-            metadata=metadata(config, config.app_name),
-            spec=grpc_route_spec(traffic, backends, config.serving.grpc_port),
+            metadata=metadata(identity, identity.app_name),
+            spec=grpc_route_spec(traffic, backends, serving.grpc_port),
             opts=after_services,
         )
         self.register_outputs({})
