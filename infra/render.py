@@ -154,7 +154,7 @@ def render_resources(config: StackConfig, context: DockerContext | None = None) 
     The image context is the one `pulumi up` would build (`prepare_image`: same inputs, same tag) unless given.
     """
     if context is None:
-        context = prepare_image(config)
+        context = prepare_image(config.model, config.image)
     mocks = install_mocks()
     mocks.resources.clear()
     pulumi.runtime.test(lambda: build_stack(config, context))()

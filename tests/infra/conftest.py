@@ -45,7 +45,7 @@ def render() -> Callable[..., list[RenderedResource]]:
             config = stack_config(stack, **overrides)
             image_key = (config.image, tuple(config.model.uri(v) for v in config.model.variants))
             if image_key not in contexts:
-                contexts[image_key] = prepare_image(config)
+                contexts[image_key] = prepare_image(config.model, config.image)
             cache[cache_key] = render_resources(config, contexts[image_key])
         return cache[cache_key]
 

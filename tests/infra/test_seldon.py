@@ -305,7 +305,8 @@ def test_weight_change_diffs_only_the_two_traffic_fields(tmp_path):
     # by the weight: the image and every pod template stay as they are.
     (image_file,) = (tmp_path / "A" / "_pulumi").glob("image-*.json")
     image_name = json.loads(image_file.read_text())["inputs"]["imageName"]
-    assert image_name == f"{stack_config('prod').image.repository}:{image_inputs(stack_config('prod')).tag}"
+    prod = stack_config("prod")
+    assert image_name == f"{prod.image.repository}:{image_inputs(prod.model, prod.image).tag}"
 
 
 def differing_paths(a, b, path=()):
