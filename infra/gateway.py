@@ -1,6 +1,6 @@
 """Champion/challenger traffic on the Kubernetes Gateway API (`traffic.router: gateway`): the `GatewayTraffic`
 component. Per variant the plain path's Deployment, HPA, PodDisruptionBudget and NetworkPolicy and a ClusterIP
-Service (`infra.services`); in front of them an HTTPRoute and a GRPCRoute, and the Gateway itself when
+Service (`infra.variant_resources`); in front of them an HTTPRoute and a GRPCRoute, and the Gateway itself when
 `traffic.createGateway` asks for it (`infra.gateway_specs`, where the routes' shape is explained).
 
 No controller of ours runs in the pods (no executor, no sidecar), so every pod of this path meets Pod Security
@@ -20,7 +20,8 @@ import pulumi_kubernetes as k8s
 
 from infra.config import AutoscalingConfig, LoadBalancerConfig, PodConfig, TrafficConfig
 from infra.gateway_specs import GATEWAY_API_VERSION, gateway_spec, grpc_route_spec, http_route_spec
-from infra.services import deployment_spec, hpa_spec, metadata, network_policy_spec, pdb_spec, service_spec
+from infra.services import metadata
+from infra.variant_resources import create_variant_service, create_variant_workload
 from infra.workload import resource_name, standard_labels
 
 
@@ -39,47 +40,14 @@ class GatewayTraffic(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: GatewayTrafficArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlserve:gateway:GatewayTraffic", name, None, opts)
-        pod, identity, serving, load_balancer = args.pod, args.pod.identity, args.pod.serving, args.load_balancer
-        traffic = args.traffic
-        child = pulumi.ResourceOptions(parent=self)
-        services: dict[str, k8s.core.v1.Service] = {}
-        for variant in pod.model.variants:
-            workload = resource_name(identity, variant)
-            k8s.apps.v1.Deployment(
-                f"{name}-{variant}",
-                metadata=metadata(identity, workload, variant),
-                spec=deployment_spec(pod, args.autoscaling, variant, args.image),
-                opts=child,
-            )
-            if args.autoscaling.enabled:
-                k8s.autoscaling.v2.HorizontalPodAutoscaler(
-                    f"{name}-{variant}-hpa",
-                    metadata=metadata(identity, workload, variant),
-                    spec=hpa_spec(identity, args.autoscaling, variant),
-                    opts=child,
-                )
-            k8s.policy.v1.PodDisruptionBudget(
-                f"{name}-{variant}-pdb",
-                metadata=metadata(identity, workload, variant),
-                spec=pdb_spec(identity, serving, variant),
-                opts=child,
-            )
-            k8s.networking.v1.NetworkPolicy(
-                f"{name}-{variant}-netpol",
-                metadata=metadata(identity, workload, variant),
-                spec=network_policy_spec(identity, serving, load_balancer, variant),
-                opts=child,
-            )
-            services[variant] = k8s.core.v1.Service(
-                f"{name}-{variant}-svc",
-                metadata=metadata(identity, workload, variant),
-                spec=service_spec(identity, serving, load_balancer, variant, public=False),
-                opts=child,
-            )
-        backends = {variant: resource_name(identity, variant) for variant in pod.model.variants}
+        identity, serving, traffic = args.pod.identity, args.pod.serving, args.traffic
+        variants = args.pod.model.variants
         # A route names its Services and its Gateway: create those first, so a gateway controller that is
         # watching never reports a backend or parent it cannot resolve.
-        route_needs: list[pulumi.Resource] = list(services.values())
+        route_needs: list[pulumi.Resource] = []
+        for variant in variants:
+            create_variant_workload(name, variant, args.pod, args.autoscaling, args.load_balancer, args.image, parent=self)
+            route_needs.append(create_variant_service(name, variant, args.pod, args.load_balancer, parent=self))
         if traffic.create_gateway:
             gateway = k8s.apiextensions.CustomResource(
                 f"{name}-gateway",
@@ -87,25 +55,22 @@ class GatewayTraffic(pulumi.ComponentResource):
                 kind="Gateway",
                 metadata={"name": traffic.gateway_name, "namespace": traffic.gateway_namespace,
                           "labels": standard_labels(identity)},
-                spec=gateway_spec(traffic, identity.namespace, load_balancer.port, serving.grpc_port),
-                opts=child,
+                spec=gateway_spec(traffic, identity.namespace, args.load_balancer.port, serving.grpc_port),
+                opts=pulumi.ResourceOptions(parent=self),
             )
             route_needs.append(gateway)
-        after_services = pulumi.ResourceOptions(parent=self, depends_on=route_needs)
-        k8s.apiextensions.CustomResource(
-            f"{name}-httproute",
-            api_version=GATEWAY_API_VERSION,
-            kind="HTTPRoute",
-            metadata=metadata(identity, identity.app_name),
-            spec=http_route_spec(traffic, backends, serving.port),
-            opts=after_services,
+        backends = {variant: resource_name(identity, variant) for variant in variants}
+        routes = (
+            ("HTTPRoute", http_route_spec(traffic, backends, serving.port)),
+            ("GRPCRoute", grpc_route_spec(traffic, backends, serving.grpc_port)),
         )
-        k8s.apiextensions.CustomResource(
-            f"{name}-grpcroute",
-            api_version=GATEWAY_API_VERSION,
-            kind="GRPCRoute",
-            metadata=metadata(identity, identity.app_name),
-            spec=grpc_route_spec(traffic, backends, serving.grpc_port),
-            opts=after_services,
-        )
+        for kind, spec in routes:
+            k8s.apiextensions.CustomResource(
+                f"{name}-{kind.lower()}",
+                api_version=GATEWAY_API_VERSION,
+                kind=kind,
+                metadata=metadata(identity, identity.app_name),
+                spec=spec,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=route_needs),
+            )
         self.register_outputs({})
