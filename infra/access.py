@@ -17,16 +17,17 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import StackConfig
+from infra.config import AccessConfig, Identity
 from infra.workload import credentials, secret_name, service_account_name, standard_labels
 
-def service_account_annotations(config: StackConfig) -> dict[str, str]:
-    return dict(entry.split("=", 1) for entry in config.access.service_account_annotations)
+def service_account_annotations(access: AccessConfig) -> dict[str, str]:
+    return dict(entry.split("=", 1) for entry in access.service_account_annotations)
 
 
 @dataclass(frozen=True)
 class ModelAccessArgs:
-    config: StackConfig
+    identity: Identity
+    access: AccessConfig
 
 
 class ModelAccess(pulumi.ComponentResource):
@@ -34,28 +35,28 @@ class ModelAccess(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ModelAccessArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlserve:access:ModelAccess", name, None, opts)
-        config = args.config
+        identity = args.identity
         child = pulumi.ResourceOptions(parent=self)
         self.service_account = k8s.core.v1.ServiceAccount(
             f"{name}-serviceaccount",
             # No empty `annotations` map: the API server would not store it, and a read-back would differ.
             metadata={
-                "name": service_account_name(config),
-                "namespace": config.namespace,
-                "labels": standard_labels(config),
-                **({"annotations": annotations} if (annotations := service_account_annotations(config)) else {}),
+                "name": service_account_name(identity),
+                "namespace": identity.namespace,
+                "labels": standard_labels(identity),
+                **({"annotations": annotations} if (annotations := service_account_annotations(args.access)) else {}),
             },
             # The model server never calls the Kubernetes API; workload identity brings its own projected token.
             automount_service_account_token=False,
             opts=child,
         )
-        secrets = credentials(config)
+        secrets = credentials(args.access)
         if secrets:
             k8s.core.v1.Secret(
                 f"{name}-secret",
-                metadata={"name": secret_name(config), "namespace": config.namespace, "labels": standard_labels(config)},
+                metadata={"name": secret_name(identity), "namespace": identity.namespace, "labels": standard_labels(identity)},
                 type="Opaque",
                 string_data={env: pulumi.Output.secret(value.text) for env, value in secrets.items()},
                 opts=child,
             )
-        self.register_outputs({"serviceAccount": service_account_name(config)})
+        self.register_outputs({"serviceAccount": service_account_name(identity)})

@@ -98,6 +98,14 @@ class ModelConfig:
     def has_challenger(self) -> bool:
         return bool(self.challenger_uri)
 
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """The model variants this stack runs: the champion, and the challenger when one is configured."""
+        return ("champion", "challenger") if self.has_challenger else ("champion",)
+
+    def uri(self, variant: str) -> str:
+        return self.champion_uri if variant == "champion" else self.challenger_uri
+
 
 @dataclass(frozen=True)
 class ImageConfig:
@@ -306,6 +314,31 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class Identity:
+    """Whose objects these are: the stack, its namespace and app name, from which every name and label is made."""
+
+    stack: str
+    namespace: str
+    app_name: str
+
+
+@dataclass(frozen=True)
+class PodConfig:
+    """The sections a model pod is built from (`infra.workload`). A pod reads most of the stack's config, so its
+    builders take this bundle rather than eight arguments each; everything else (traffic, autoscaling, the
+    entry point) stays out of it."""
+
+    identity: Identity
+    model: ModelConfig
+    serving: ServingConfig
+    gpu: GpuConfig
+    access: AccessConfig
+    feedback: FeedbackConfig
+    drift: DriftConfig
+    explain: ExplainConfig
+
+
+@dataclass(frozen=True)
 class StackConfig:
     """Everything one stack deploys; built only by `parse_config`, so every instance is valid."""
 
@@ -330,12 +363,17 @@ class StackConfig:
     explain: ExplainConfig = field(default=None)  # type: ignore[assignment]
 
     @property
-    def variants(self) -> tuple[str, ...]:
-        """The model variants this stack runs: the champion, and the challenger when one is configured."""
-        return ("champion", "challenger") if self.model.has_challenger else ("champion",)
+    def identity(self) -> Identity:
+        """The names every object of the stack is named and labelled from."""
+        return Identity(stack=self.stack, namespace=self.namespace, app_name=self.app_name)
 
-    def model_uri(self, variant: str) -> str:
-        return self.model.champion_uri if variant == "champion" else self.model.challenger_uri
+    @property
+    def pod(self) -> PodConfig:
+        """The sections the model pods are built from."""
+        return PodConfig(
+            identity=self.identity, model=self.model, serving=self.serving, gpu=self.gpu, access=self.access,
+            feedback=self.feedback, drift=self.drift, explain=self.explain,
+        )
 
 
 SECTIONS: tuple[type, ...] = (

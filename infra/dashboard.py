@@ -1,8 +1,8 @@
 """The Grafana dashboard of the model pods, as code, and the PromQL vocabulary of the model server's metrics.
 
-Pure: `dashboard_json(config)` returns the dashboard as a JSON string (built with grafana-foundation-sdk),
-which `infra.monitoring` ships in a ConfigMap that kube-prometheus-stack's Grafana sidecar loads. The
-metric names and the label selector live here, below the component, because the alert rules in
+Pure: `dashboard_json(identity, model, alerts)` returns the dashboard as a JSON string (built with
+grafana-foundation-sdk), which `infra.monitoring` ships in a ConfigMap that kube-prometheus-stack's Grafana sidecar
+loads. The metric names and the label selector live here, below the component, because the alert rules in
 `infra.monitoring` and the dashboard must query exactly the same series.
 """
 
@@ -17,7 +17,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import GraphTresholdsStyleMode, LegendDisplayMode, LegendPlacement
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, Threshold, ThresholdsMode
 
-from infra.config import StackConfig
+from infra.config import AlertsConfig, Identity, ModelConfig
 from infra.drift import output_share_query, worst_columns_query
 from infra.selectors import model_errors_selector, model_selector
 # The metrics the model server exports (service/metrics.py), each labelled model_name, model_version, variant.
@@ -32,14 +32,14 @@ RATE_WINDOW = "$__rate_interval"
 QUALITY_WINDOW = "1h"
 
 
-def dashboard_uid(config: StackConfig) -> str:
+def dashboard_uid(identity: Identity) -> str:
     """Stable dashboard uid (Grafana allows 40 characters), so links survive re-deploys."""
-    return f"mlserve-{config.app_name}-{config.stack}"[:40]
+    return f"mlserve-{identity.app_name}-{identity.stack}"[:40]
 
 
-def dashboard_queries(config: StackConfig, window: str = RATE_WINDOW) -> dict[str, str]:
+def dashboard_queries(identity: Identity, window: str = RATE_WINDOW) -> dict[str, str]:
     """Every PromQL expression on the dashboard, by a short name; `window` replaces Grafana's rate interval."""
-    selector = model_selector(config)
+    selector = model_selector(identity)
     requests = f"sum by (variant) (rate({PREDICTIONS_METRIC}{{{selector}}}[{window}]))"
     return {
         "requests_per_second": requests,
@@ -47,7 +47,7 @@ def dashboard_queries(config: StackConfig, window: str = RATE_WINDOW) -> dict[st
             f"histogram_quantile(0.95, sum by (variant, le) (rate({LATENCY_METRIC}_bucket{{{selector}}}[{window}])))"
         ),
         "model_error_percent": (
-            f"100 * sum by (variant) (rate({ERRORS_METRIC}{{{model_errors_selector(config)}}}[{window}])) / {requests}"
+            f"100 * sum by (variant) (rate({ERRORS_METRIC}{{{model_errors_selector(identity)}}}[{window}])) / {requests}"
         ),
         "client_error_percent": (
             f'100 * sum by (variant) (rate({ERRORS_METRIC}{{{selector},error_type=~"{"|".join(CLIENT_ERROR_TYPES)}"}}[{window}]))'
@@ -58,7 +58,7 @@ def dashboard_queries(config: StackConfig, window: str = RATE_WINDOW) -> dict[st
             f'100 * sum(rate({PREDICTIONS_METRIC}{{{selector},variant="challenger"}}[{window}]))'
             f" / sum(rate({PREDICTIONS_METRIC}{{{selector}}}[{window}]))"
         ),
-        **quality_queries(config),
+        **quality_queries(identity),
         "traffic_share_percent": (
             f"100 * sum by (variant) (rate({PREDICTIONS_METRIC}{{{selector}}}[{window}]))"
             f" / ignoring (variant) group_left sum(rate({PREDICTIONS_METRIC}{{{selector}}}[{window}]))"
@@ -66,9 +66,9 @@ def dashboard_queries(config: StackConfig, window: str = RATE_WINDOW) -> dict[st
     }
 
 
-def quality_queries(config: StackConfig, window: str = QUALITY_WINDOW) -> dict[str, str]:
+def quality_queries(identity: Identity, window: str = QUALITY_WINDOW) -> dict[str, str]:
     """Per-variant quality from the feedback counters (`service.quality`), averaged over `window`."""
-    selector = model_selector(config)
+    selector = model_selector(identity)
 
     def total(field: str) -> str:
         return f"sum by (variant) (increase({FEEDBACK_METRICS[field]}{{{selector}}}[{window}]))"
@@ -143,19 +143,19 @@ def _with_alert_line(panel: Timeseries, limit: float) -> Timeseries:
     )
 
 
-def build_dashboard(config: StackConfig) -> Dashboard:
+def build_dashboard(identity: Identity, model: ModelConfig, alerts: AlertsConfig) -> Dashboard:
     """The dashboard builder: per-variant traffic, latency, errors and load, and the challenger's share."""
-    queries = dashboard_queries(config)
+    queries = dashboard_queries(identity)
     datasource = DataSourceRef(type_val="prometheus", uid=f"${{{DATASOURCE_VARIABLE}}}")
     by_variant = "{{variant}}"
     return (
-        Dashboard(f"mlserve / {config.app_name} ({config.stack})")
-        .uid(dashboard_uid(config))
+        Dashboard(f"mlserve / {identity.app_name} ({identity.stack})")
+        .uid(dashboard_uid(identity))
         .description(
-            f"Model {config.model.name} served by mlserve stack {config.stack!r} in namespace {config.namespace}: "
+            f"Model {model.name} served by mlserve stack {identity.stack!r} in namespace {identity.namespace}: "
             "champion and challenger side by side."
         )
-        .tags(["mlserve", config.app_name, config.stack])
+        .tags(["mlserve", identity.app_name, identity.stack])
         .refresh("30s")
         .time("now-1h", "now")
         .with_variable(DatasourceVariable(DATASOURCE_VARIABLE).label("Prometheus").type("prometheus"))
@@ -197,10 +197,10 @@ def build_dashboard(config: StackConfig) -> Dashboard:
             _with_alert_line(
                 _timeseries(
                     "p95 prediction latency, by variant",
-                    f"Dashed line: the ModelHighLatency threshold ({config.alerts.p95_latency_ms} ms).",
+                    f"Dashed line: the ModelHighLatency threshold ({alerts.p95_latency_ms} ms).",
                     "s",
                 ),
-                config.alerts.p95_latency_ms / 1000,
+                alerts.p95_latency_ms / 1000,
             )
             .datasource(datasource)
             .with_target(_query(queries["p95_latency_seconds"], by_variant))
@@ -211,10 +211,10 @@ def build_dashboard(config: StackConfig) -> Dashboard:
                     "Error rate, by variant (%)",
                     "Model errors (5xx) count against the model; client errors (4xx: "
                     f"{', '.join(CLIENT_ERROR_TYPES)}) are shown apart. Dashed line: the ModelHighErrorRate "
-                    f"threshold ({config.alerts.error_rate_percent:g}%).",
+                    f"threshold ({alerts.error_rate_percent:g}%).",
                     "percent",
                 ),
-                config.alerts.error_rate_percent,
+                alerts.error_rate_percent,
             )
             .datasource(datasource)
             .with_target(_query(queries["model_error_percent"], f"{by_variant} model errors", "A"))
@@ -275,16 +275,16 @@ def build_dashboard(config: StackConfig) -> Dashboard:
         .with_panel(
             _with_alert_line(
                 _timeseries(
-                    f"Input drift, the worst columns (PSI, last {config.alerts.drift_window})",
+                    f"Input drift, the worst columns (PSI, last {alerts.drift_window})",
                     "Population stability index of each input column's live values against the model version's "
                     "reference profile (its training data), per variant: the five highest. Dashed line: the "
-                    f"ModelInputDrift threshold ({config.alerts.drift_psi_threshold:g}).",
+                    f"ModelInputDrift threshold ({alerts.drift_psi_threshold:g}).",
                     "short",
                 ),
-                config.alerts.drift_psi_threshold,
+                alerts.drift_psi_threshold,
             )
             .datasource(datasource)
-            .with_target(_query(worst_columns_query(config), "{{column}} ({{variant}})"))
+            .with_target(_query(worst_columns_query(identity), "{{column}} ({{variant}})"))
         )
         .with_panel(
             _timeseries(
@@ -295,7 +295,7 @@ def build_dashboard(config: StackConfig) -> Dashboard:
             )
             .max(100)
             .datasource(datasource)
-            .with_target(_query(output_share_query(config, RATE_WINDOW), "{{variant}}: {{output}}"))
+            .with_target(_query(output_share_query(identity, RATE_WINDOW), "{{variant}}: {{output}}"))
         )
         .with_row(Row("Explanations (/explain), apart from predictions"))
         .with_panel(
@@ -303,21 +303,21 @@ def build_dashboard(config: StackConfig) -> Dashboard:
                         "Refused: 503 when the explainer processes are busy or too slow, 409 without background data, "
                         "4xx for bad rows; none of it counts in the prediction series above.", "reqps")
             .datasource(datasource)
-            .with_target(_query(explain_queries(config)["requests_per_second"], f"{by_variant} all", "A"))
-            .with_target(_query(explain_queries(config)["errors_per_second"], f"{by_variant} {{{{error_type}}}}", "B"))
+            .with_target(_query(explain_queries(identity)["requests_per_second"], f"{by_variant} all", "A"))
+            .with_target(_query(explain_queries(identity)["errors_per_second"], f"{by_variant} {{{{error_type}}}}", "B"))
         )
         .with_panel(
             _timeseries("p95 explanation latency, by variant", "Including the wait for an explainer process.",
                         "s")
             .datasource(datasource)
-            .with_target(_query(explain_queries(config)["p95_latency_seconds"], by_variant))
+            .with_target(_query(explain_queries(identity)["p95_latency_seconds"], by_variant))
         )
     )
 
 
-def explain_queries(config: StackConfig, window: str = RATE_WINDOW) -> dict[str, str]:
+def explain_queries(identity: Identity, window: str = RATE_WINDOW) -> dict[str, str]:
     """The explanation panels' PromQL (the model_explain_* series of service/metrics.py)."""
-    selector = model_selector(config)
+    selector = model_selector(identity)
     return {
         "requests_per_second": f"sum by (variant) (rate(model_explain_requests_total{{{selector}}}[{window}]))",
         "errors_per_second": (
@@ -330,10 +330,10 @@ def explain_queries(config: StackConfig, window: str = RATE_WINDOW) -> dict[str,
     }
 
 
-def dashboard_json(config: StackConfig) -> str:
+def dashboard_json(identity: Identity, model: ModelConfig, alerts: AlertsConfig) -> str:
     """The dashboard as Grafana's JSON model, keys sorted so renders diff cleanly; rows and panels are numbered
     1, 2, ... in the order they appear (Grafana needs each id unique within the dashboard)."""
-    dashboard = build_dashboard(config).build()
+    dashboard = build_dashboard(identity, model, alerts).build()
     for panel_id, panel in enumerate(dashboard.panels or [], start=1):
         panel.id_val = panel_id
     return JSONEncoder(sort_keys=True, indent=2).encode(dashboard)

@@ -17,7 +17,7 @@ when a column's score stays above `alerts.drift.psiThreshold` for `alerts.drift.
 
 from __future__ import annotations
 
-from infra.config import StackConfig
+from infra.config import AlertsConfig, Identity
 from infra.selectors import model_selector
 from infra.workload import Manifest
 from service.drift import INPUT_BINS_METRIC, OUTPUTS_METRIC, REFERENCE_SHARE_METRIC
@@ -32,10 +32,9 @@ MIN_ROWS = 200
 BY_COLUMN = "namespace, job, model_name, model_version, variant, column"
 
 
-def drift_rules(config: StackConfig) -> list[Manifest]:
+def drift_rules(identity: Identity, alerts: AlertsConfig) -> list[Manifest]:
     """The recording rules and the alert, in evaluation order (the score reads the shares recorded just before)."""
-    alerts = config.alerts
-    return drift_rules_for(model_selector(config), alerts.drift_window, alerts.drift_psi_threshold,
+    return drift_rules_for(model_selector(identity), alerts.drift_window, alerts.drift_psi_threshold,
                            alerts.drift_for_duration)
 
 
@@ -70,17 +69,17 @@ def drift_rules_for(selector: str, window: str, psi_threshold: float, for_durati
     ]
 
 
-def drift_rule_group(config: StackConfig) -> Manifest:
+def drift_rule_group(identity: Identity, alerts: AlertsConfig) -> Manifest:
     """The drift rules as one rule group of the stack's PrometheusRule."""
-    return {"name": f"mlserve.{config.app_name}.drift", "rules": drift_rules(config)}
+    return {"name": f"mlserve.{identity.app_name}.drift", "rules": drift_rules(identity, alerts)}
 
 
-def worst_columns_query(config: StackConfig) -> str:
+def worst_columns_query(identity: Identity) -> str:
     """PromQL for the dashboard: the five columns with the highest drift score (per variant)."""
-    return f"topk(5, max by (column, variant) ({DRIFT_SCORE_RULE}{{{model_selector(config)}}}))"
+    return f"topk(5, max by (column, variant) ({DRIFT_SCORE_RULE}{{{model_selector(identity)}}}))"
 
 
-def output_share_query(config: StackConfig, window: str) -> str:
+def output_share_query(identity: Identity, window: str) -> str:
     """PromQL for the dashboard: each variant's share of predictions per output class, in percent."""
-    rows = f"rate({OUTPUTS_METRIC}{{{model_selector(config)}}}[{window}])"
+    rows = f"rate({OUTPUTS_METRIC}{{{model_selector(identity)}}}[{window}])"
     return f"100 * sum by (variant, output) ({rows}) / ignoring (output) group_left sum by (variant) ({rows})"

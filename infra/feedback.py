@@ -18,32 +18,34 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import StackConfig
+from infra.config import FeedbackConfig, Identity, ServingConfig
 from infra.workload import SIGNING_SECRET_DATA_KEY, Manifest, signing_secret_name, standard_labels
 
 
-def feedback_service_name(config: StackConfig) -> str:
-    return f"{config.app_name}-feedback"
+def feedback_service_name(identity: Identity) -> str:
+    return f"{identity.app_name}-feedback"
 
 
-def model_pod_selector(config: StackConfig) -> dict[str, str]:
+def model_pod_selector(identity: Identity) -> dict[str, str]:
     """Labels every model pod of the stack carries, whatever its variant."""
-    labels = standard_labels(config)
+    labels = standard_labels(identity)
     return {name: labels[name] for name in ("app.kubernetes.io/name", "app.kubernetes.io/component")}
 
 
-def feedback_service_spec(config: StackConfig) -> Manifest:
+def feedback_service_spec(identity: Identity, serving: ServingConfig) -> Manifest:
     """A ClusterIP Service over every model pod, on the model server's port (not Seldon's executor)."""
     return {
         "type": "ClusterIP",
-        "selector": model_pod_selector(config),
-        "ports": [{"name": "http", "port": config.serving.port, "targetPort": config.serving.port, "protocol": "TCP"}],
+        "selector": model_pod_selector(identity),
+        "ports": [{"name": "http", "port": serving.port, "targetPort": serving.port, "protocol": "TCP"}],
     }
 
 
 @dataclass(frozen=True)
 class FeedbackArgs:
-    config: StackConfig
+    identity: Identity
+    feedback: FeedbackConfig
+    serving: ServingConfig
 
 
 class Feedback(pulumi.ComponentResource):
@@ -51,23 +53,23 @@ class Feedback(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: FeedbackArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlserve:feedback:Feedback", name, None, opts)
-        config = args.config
+        identity = args.identity
         child = pulumi.ResourceOptions(parent=self)
-        if config.feedback.enabled:
+        if args.feedback.enabled:
             k8s.core.v1.Secret(
                 f"{name}-prediction-ids",
-                metadata={"name": signing_secret_name(config), "namespace": config.namespace,
-                          "labels": standard_labels(config)},
+                metadata={"name": signing_secret_name(identity), "namespace": identity.namespace,
+                          "labels": standard_labels(identity)},
                 type="Opaque",
                 # A secret Output: encrypted in the state, masked in previews.
-                string_data={SIGNING_SECRET_DATA_KEY: pulumi.Output.secret(config.feedback.signing_key)},
+                string_data={SIGNING_SECRET_DATA_KEY: pulumi.Output.secret(args.feedback.signing_key)},
                 opts=child,
             )
             k8s.core.v1.Service(
                 f"{name}-feedback",
-                metadata={"name": feedback_service_name(config), "namespace": config.namespace,
-                          "labels": standard_labels(config)},
-                spec=feedback_service_spec(config),
+                metadata={"name": feedback_service_name(identity), "namespace": identity.namespace,
+                          "labels": standard_labels(identity)},
+                spec=feedback_service_spec(identity, args.serving),
                 opts=child,
             )
         self.register_outputs({})

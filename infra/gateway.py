@@ -1,6 +1,6 @@
 """Champion/challenger traffic on the Kubernetes Gateway API (`traffic.router: gateway`): the `GatewayTraffic`
 component. Per variant the plain path's Deployment, HPA, PodDisruptionBudget and NetworkPolicy and a ClusterIP
-Service (`infra.services`); in front of them an HTTPRoute and a GRPCRoute, and the Gateway itself when
+Service (`infra.variant_resources`); in front of them an HTTPRoute and a GRPCRoute, and the Gateway itself when
 `traffic.createGateway` asks for it (`infra.gateway_specs`, where the routes' shape is explained).
 
 No controller of ours runs in the pods (no executor, no sidecar), so every pod of this path meets Pod Security
@@ -18,15 +18,19 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import StackConfig
+from infra.config import AutoscalingConfig, LoadBalancerConfig, PodConfig, TrafficConfig
 from infra.gateway_specs import GATEWAY_API_VERSION, gateway_spec, grpc_route_spec, http_route_spec
-from infra.services import deployment_spec, hpa_spec, metadata, network_policy_spec, pdb_spec, service_spec
+from infra.services import metadata
+from infra.variant_resources import create_variant_service, create_variant_workload
 from infra.workload import resource_name, standard_labels
 
 
 @dataclass(frozen=True)
 class GatewayTrafficArgs:
-    config: StackConfig
+    pod: PodConfig
+    autoscaling: AutoscalingConfig
+    load_balancer: LoadBalancerConfig
+    traffic: TrafficConfig
     image: pulumi.Input[str]
 
 
@@ -36,66 +40,37 @@ class GatewayTraffic(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: GatewayTrafficArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlserve:gateway:GatewayTraffic", name, None, opts)
-        config = args.config
-        traffic = config.traffic
-        child = pulumi.ResourceOptions(parent=self)
-        services: dict[str, k8s.core.v1.Service] = {}
-        for variant in config.variants:
-            workload = resource_name(config, variant)
-            k8s.apps.v1.Deployment(
-                f"{name}-{variant}",
-                metadata=metadata(config, workload, variant),
-                spec=deployment_spec(config, variant, args.image),
-                opts=child,
-            )
-            if config.autoscaling.enabled:
-                k8s.autoscaling.v2.HorizontalPodAutoscaler(
-                    f"{name}-{variant}-hpa", metadata=metadata(config, workload, variant), spec=hpa_spec(config, variant), opts=child
-                )
-            k8s.policy.v1.PodDisruptionBudget(
-                f"{name}-{variant}-pdb", metadata=metadata(config, workload, variant), spec=pdb_spec(config, variant), opts=child
-            )
-            k8s.networking.v1.NetworkPolicy(
-                f"{name}-{variant}-netpol",
-                metadata=metadata(config, workload, variant),
-                spec=network_policy_spec(config, variant),
-                opts=child,
-            )
-            services[variant] = k8s.core.v1.Service(
-                f"{name}-{variant}-svc",
-                metadata=metadata(config, workload, variant),
-                spec=service_spec(config, variant, public=False),
-                opts=child,
-            )
-        backends = {variant: resource_name(config, variant) for variant in config.variants}
+        identity, serving, traffic = args.pod.identity, args.pod.serving, args.traffic
+        variants = args.pod.model.variants
         # A route names its Services and its Gateway: create those first, so a gateway controller that is
         # watching never reports a backend or parent it cannot resolve.
-        route_needs: list[pulumi.Resource] = list(services.values())
+        route_needs: list[pulumi.Resource] = []
+        for variant in variants:
+            create_variant_workload(name, variant, args.pod, args.autoscaling, args.load_balancer, args.image, parent=self)
+            route_needs.append(create_variant_service(name, variant, args.pod, args.load_balancer, parent=self))
         if traffic.create_gateway:
             gateway = k8s.apiextensions.CustomResource(
                 f"{name}-gateway",
                 api_version=GATEWAY_API_VERSION,
                 kind="Gateway",
-                metadata={"name": traffic.gateway_name, "namespace": traffic.gateway_namespace, "labels": standard_labels(config)},
-                spec=gateway_spec(traffic, config.namespace, config.load_balancer.port, config.serving.grpc_port),
-                opts=child,
+                metadata={"name": traffic.gateway_name, "namespace": traffic.gateway_namespace,
+                          "labels": standard_labels(identity)},
+                spec=gateway_spec(traffic, identity.namespace, args.load_balancer.port, serving.grpc_port),
+                opts=pulumi.ResourceOptions(parent=self),
             )
             route_needs.append(gateway)
-        after_services = pulumi.ResourceOptions(parent=self, depends_on=route_needs)
-        k8s.apiextensions.CustomResource(
-            f"{name}-httproute",
-            api_version=GATEWAY_API_VERSION,
-            kind="HTTPRoute",
-            metadata=metadata(config, config.app_name),
-            spec=http_route_spec(traffic, backends, config.serving.port),
-            opts=after_services,
+        backends = {variant: resource_name(identity, variant) for variant in variants}
+        routes = (
+            ("HTTPRoute", http_route_spec(traffic, backends, serving.port)),
+            ("GRPCRoute", grpc_route_spec(traffic, backends, serving.grpc_port)),
         )
-        k8s.apiextensions.CustomResource(
-            f"{name}-grpcroute",
-            api_version=GATEWAY_API_VERSION,
-            kind="GRPCRoute",
-            metadata=metadata(config, config.app_name),
-            spec=grpc_route_spec(traffic, backends, config.serving.grpc_port),
-            opts=after_services,
-        )
+        for kind, spec in routes:
+            k8s.apiextensions.CustomResource(
+                f"{name}-{kind.lower()}",
+                api_version=GATEWAY_API_VERSION,
+                kind=kind,
+                metadata=metadata(identity, identity.app_name),
+                spec=spec,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=route_needs),
+            )
         self.register_outputs({})

@@ -14,7 +14,7 @@ from typing import Any
 
 import pulumi_kubernetes as k8s
 
-from infra.config import StackConfig
+from infra.config import LoadBalancerConfig, PlatformConfig
 from infra.workload import Manifest
 
 SELDON_CHART_REPO = "https://storage.googleapis.com/seldon-charts"
@@ -42,9 +42,9 @@ def release_args(name: str, chart: str, repo: str, version: str, namespace: str,
     }
 
 
-def seldon_operator_values(config: StackConfig) -> Manifest:
+def seldon_operator_values(platform: PlatformConfig) -> Manifest:
     return {
-        "istio": {"enabled": True, "gateway": f"{config.platform.istio_namespace}/{GATEWAY_NAME}"},
+        "istio": {"enabled": True, "gateway": f"{platform.istio_namespace}/{GATEWAY_NAME}"},
         "usageMetrics": {"enabled": False},
         "crd": {"create": True},
     }
@@ -62,14 +62,14 @@ def seldon_gateway_spec() -> Manifest:
     }
 
 
-def entry_service_spec(config: StackConfig) -> Manifest:
+def entry_service_spec(load_balancer: LoadBalancerConfig) -> Manifest:
     """The public LoadBalancer in front of the Istio gateway that splits traffic between predictors."""
     spec: Manifest = {
         "type": "LoadBalancer",
         "selector": GATEWAY_POD_LABELS,
-        "ports": [{"name": "http", "port": config.load_balancer.port, "targetPort": GATEWAY_HTTP_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "http", "port": load_balancer.port, "targetPort": GATEWAY_HTTP_PORT, "protocol": "TCP"}],
         "externalTrafficPolicy": "Local",
     }
-    if config.load_balancer.source_ranges:
-        spec["loadBalancerSourceRanges"] = list(config.load_balancer.source_ranges)
+    if load_balancer.source_ranges:
+        spec["loadBalancerSourceRanges"] = list(load_balancer.source_ranges)
     return spec

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from infra.config import PROJECT_DIR, StackConfig
+from infra.config import PROJECT_DIR, ImageConfig, ModelConfig
 from infra.errors import ImageBuildError
 from infra.requirements import check_requirements, model_packages, recorded_requirements
 from infra.workload import BENTO_UID
@@ -111,19 +111,19 @@ def source_files(build_dir: Path, bentofile: dict) -> list[str]:
     return sorted(found)
 
 
-def build_registry_uri(config: StackConfig) -> str:
+def build_registry_uri(model: ModelConfig) -> str:
     """The registry the image build reads the models' requirements from: $MLSERVE_MODEL_REGISTRY_URI, else model.trackingUri."""
-    return os.environ.get(REGISTRY_ENV) or config.model.tracking_uri
+    return os.environ.get(REGISTRY_ENV) or model.tracking_uri
 
 
-def image_inputs(config: StackConfig, build_dir: Path = BUILD_DIR) -> ImageInputs:
-    """The inputs of the image `config` deploys: sources, the models' recorded requirements, the clients asked for."""
+def image_inputs(model: ModelConfig, image: ImageConfig, build_dir: Path = BUILD_DIR) -> ImageInputs:
+    """The inputs of the image that runs `model`: sources, the models' recorded requirements, the clients asked for."""
     bentofile = yaml.safe_load((build_dir / BENTOFILE).read_text())
     models = {
-        uri: tuple(recorded_requirements(build_registry_uri(config), uri))
-        for uri in dict.fromkeys(config.model_uri(variant) for variant in config.variants)
+        uri: tuple(recorded_requirements(build_registry_uri(model), uri))
+        for uri in dict.fromkeys(model.uri(variant) for variant in model.variants)
     }
-    clients = [package for store in config.image.artifact_store_clients for package in ARTIFACT_STORE_PACKAGES[store]]
+    clients = [package for store in image.artifact_store_clients for package in ARTIFACT_STORE_PACKAGES[store]]
     extras = [*model_packages({uri: list(lines) for uri, lines in models.items()}), *clients]
     python = dict(bentofile.get("python") or {})
     python["packages"] = list(dict.fromkeys([*(python.get("packages") or []), *extras]))
@@ -134,7 +134,7 @@ def image_inputs(config: StackConfig, build_dir: Path = BUILD_DIR) -> ImageInput
     return ImageInputs(
         sources=sources,
         bentofile=yaml.safe_dump(bentofile, sort_keys=True),
-        platform=config.image.platform,
+        platform=image.platform,
         model_requirements=tuple(models.items()),
         bentoml_version=installed_version("bentoml"),
     )
@@ -233,9 +233,9 @@ with construct_containerfile(bentoml.get(tag)) as (context, _dockerfile):
 """
 
 
-def prepare_image(config: StackConfig) -> DockerContext | None:
-    """The content-addressed build context of the image `config` deploys (what `pulumi up` builds); None when
+def prepare_image(model: ModelConfig, image: ImageConfig) -> DockerContext | None:
+    """The content-addressed build context of the image that runs `model` (what `pulumi up` builds); None when
     `image.reference` names the image to run and nothing is built."""
-    if config.image.reference:
+    if image.reference:
         return None
-    return export_docker_context(image_inputs(config))
+    return export_docker_context(image_inputs(model, image))

@@ -19,7 +19,7 @@ These builders are pure and return plain Kubernetes data or Helm values; `infra.
 
 from __future__ import annotations
 
-from infra.config import StackConfig
+from infra.config import AlertsConfig, Identity, ModelConfig, MonitoringConfig, TrafficConfig
 from infra.dashboard import DASHBOARD_KEY_SUFFIX, dashboard_json
 from infra.selectors import model_errors_selector, model_selector
 from infra.drift import drift_rule_group
@@ -58,36 +58,38 @@ EXECUTOR_ERRORS = "ModelGatewayErrorRate"
 # --------------------------------------------------------------------------------------------------
 
 
-def monitor_labels(config: StackConfig) -> dict[str, str]:
+def monitor_labels(identity: Identity, monitoring: MonitoringConfig) -> dict[str, str]:
     """Our standard labels plus the `release` label kube-prometheus-stack's Prometheus selects by."""
-    return {**standard_labels(config), "release": config.monitoring.release_label}
+    return {**standard_labels(identity), "release": monitoring.release_label}
 
 
-def executor_endpoint(config: StackConfig) -> Manifest:
+def executor_endpoint(monitoring: MonitoringConfig) -> Manifest:
     """Seldon's executor serves its own metrics (every request through the gateway, with the status code it
     answered, including its own failures) on the `metrics` port at /prometheus."""
     return {
         "port": SELDON_EXECUTOR_METRICS_PORT,
         "path": SELDON_EXECUTOR_METRICS_PATH,
         "scheme": "http",
-        "interval": config.monitoring.scrape_interval,
+        "interval": monitoring.scrape_interval,
         "relabelings": [
             {"sourceLabels": ["__meta_kubernetes_pod_container_name"], "regex": SELDON_EXECUTOR_CONTAINER, "action": "keep"}
         ],
     }
 
 
-def pod_monitor_spec(config: StackConfig) -> Manifest:
+def pod_monitor_spec(
+    identity: Identity, model: ModelConfig, monitoring: MonitoringConfig, traffic: TrafficConfig
+) -> Manifest:
     """Scrape `/metrics` of every model pod of this stack, plain or Seldon, every `monitoring.scrapeInterval`;
     on Seldon also the executor's own metrics."""
     spec = {
         "selector": {
             "matchLabels": {
-                "app.kubernetes.io/name": config.app_name,
+                "app.kubernetes.io/name": identity.app_name,
                 "app.kubernetes.io/part-of": "mlserve",
             }
         },
-        "namespaceSelector": {"matchNames": [config.namespace]},
+        "namespaceSelector": {"matchNames": [identity.namespace]},
         # job="<appName>" on every series: the alerts, dashboard and adapter select on it.
         "jobLabel": "app.kubernetes.io/name",
         "podMetricsEndpoints": [
@@ -95,42 +97,42 @@ def pod_monitor_spec(config: StackConfig) -> Manifest:
                 "port": PORT_NAME,
                 "path": "/metrics",
                 "scheme": "http",
-                "interval": config.monitoring.scrape_interval,
+                "interval": monitoring.scrape_interval,
                 "relabelings": [
                     # Seldon adds its executor container to the pod; only our container serves model_* metrics.
                     {
                         "sourceLabels": ["__meta_kubernetes_pod_container_name"],
-                        "regex": container_name(config),
+                        "regex": container_name(model),
                         "action": "keep",
                     }
                 ],
             }
         ],
     }
-    if config.traffic.router == "seldon":
-        spec["podMetricsEndpoints"].append(executor_endpoint(config))
+    if traffic.router == "seldon":
+        spec["podMetricsEndpoints"].append(executor_endpoint(monitoring))
     return spec
 
 
-def deployment_matcher(config: StackConfig) -> str:
+def deployment_matcher(identity: Identity) -> str:
     """kube-state-metrics matchers for the model Deployments: `APP-VARIANT` here, `APP-VARIANT-0-CONTAINER` under Seldon."""
-    return f'namespace="{config.namespace}",deployment=~"{config.app_name}-.+"'
+    return f'namespace="{identity.namespace}",deployment=~"{identity.app_name}-.+"'
 
 
-def alert_rules(config: StackConfig) -> list[Manifest]:
+def alert_rules(identity: Identity, alerts: AlertsConfig, traffic: TrafficConfig) -> list[Manifest]:
     """The alerting rules, thresholds from `alerts.*`, each with severity, summary and description."""
-    selector = model_selector(config)
+    selector = model_selector(identity)
     window = ALERT_WINDOW
     by = "namespace, model_name, variant"
     requests = f"sum by ({by}) (rate({PREDICTIONS_METRIC}{{{selector}}}[{window}]))"
     all_errors = f"sum by ({by}) (rate({ERRORS_METRIC}{{{selector}}}[{window}]))"
-    model_errors = f"sum by ({by}) (rate({ERRORS_METRIC}{{{model_errors_selector(config)}}}[{window}]))"
+    model_errors = f"sum by ({by}) (rate({ERRORS_METRIC}{{{model_errors_selector(identity)}}}[{window}]))"
     p95 = f"histogram_quantile(0.95, sum by ({by}, le) (rate({LATENCY_METRIC}_bucket{{{selector}}}[{window}])))"
-    deployments = deployment_matcher(config)
-    threshold_percent = f"{config.alerts.error_rate_percent:g}"
-    threshold_seconds = f"{config.alerts.p95_latency_ms / 1000:g}"
+    deployments = deployment_matcher(identity)
+    threshold_percent = f"{alerts.error_rate_percent:g}"
+    threshold_seconds = f"{alerts.p95_latency_ms / 1000:g}"
     where = "{{ $labels.variant }} of {{ $labels.model_name }} in {{ $labels.namespace }}"
-    lasting = config.alerts.for_duration
+    lasting = alerts.for_duration
     return [
         {
             "alert": HIGH_ERROR_RATE,
@@ -155,7 +157,7 @@ def alert_rules(config: StackConfig) -> list[Manifest]:
                 "summary": f"Model {where} answers slowly (p95 {{{{ $value | humanizeDuration }}}})",
                 "description": (
                     f"The 95th percentile of prediction latency of {where} over the last {window} is "
-                    f"{{{{ $value | humanizeDuration }}}}, above the limit of {config.alerts.p95_latency_ms} ms, "
+                    f"{{{{ $value | humanizeDuration }}}}, above the limit of {alerts.p95_latency_ms} ms, "
                     f"held for {lasting}."
                 ),
             },
@@ -196,16 +198,16 @@ def alert_rules(config: StackConfig) -> list[Manifest]:
                 ),
             },
         },
-        *executor_alert_rules(config),
+        *executor_alert_rules(identity, alerts, traffic),
         {
             "alert": NOT_SCRAPED,
             "expr": f"absent(up{{{selector}}} == 1)",
             "for": lasting,
             "labels": {"severity": "warning"},
             "annotations": {
-                "summary": f"Prometheus scrapes no model pod of {config.app_name} in {config.namespace}",
+                "summary": f"Prometheus scrapes no model pod of {identity.app_name} in {identity.namespace}",
                 "description": (
-                    f"No target of job {config.app_name} in namespace {config.namespace} has answered on "
+                    f"No target of job {identity.app_name} in namespace {identity.namespace} has answered on "
                     f"/metrics for {lasting}: either no model pod runs or the PodMonitor does not reach them. "
                     "The other model alerts cannot fire without these metrics."
                 ),
@@ -214,22 +216,22 @@ def alert_rules(config: StackConfig) -> list[Manifest]:
     ]
 
 
-def executor_alert_rules(config: StackConfig) -> list[Manifest]:
+def executor_alert_rules(identity: Identity, alerts: AlertsConfig, traffic: TrafficConfig) -> list[Manifest]:
     """Seldon only: the share of prediction calls the executor answered with a 5xx, per predictor. It sees what
     the model_* series cannot: the model unreachable, timeouts, the executor's own errors."""
-    if config.traffic.router != "seldon":
+    if traffic.router != "seldon":
         return []
     by = "namespace, predictor_name"
     window = ALERT_WINDOW
-    calls = f"sum by ({by}) (rate({EXECUTOR_REQUESTS_METRIC}{{{executor_selector(config)}}}[{window}]))"
-    failed = f"sum by ({by}) (rate({EXECUTOR_REQUESTS_METRIC}{{{executor_error_selector(config)}}}[{window}]))"
-    threshold_percent = f"{config.alerts.error_rate_percent:g}"
-    where = "predictor {{ $labels.predictor_name }} of " + f"{config.app_name} in {{{{ $labels.namespace }}}}"
+    calls = f"sum by ({by}) (rate({EXECUTOR_REQUESTS_METRIC}{{{executor_selector(identity)}}}[{window}]))"
+    failed = f"sum by ({by}) (rate({EXECUTOR_REQUESTS_METRIC}{{{executor_error_selector(identity)}}}[{window}]))"
+    threshold_percent = f"{alerts.error_rate_percent:g}"
+    where = "predictor {{ $labels.predictor_name }} of " + f"{identity.app_name} in {{{{ $labels.namespace }}}}"
     return [
         {
             "alert": EXECUTOR_ERRORS,
             "expr": f"100 * ({failed} or {calls} * 0) / {calls} > {threshold_percent}",
-            "for": config.alerts.for_duration,
+            "for": alerts.for_duration,
             "labels": {"severity": "critical"},
             "annotations": {
                 "summary": f"Seldon answers {{{{ $value | printf \"%.2f\" }}}}% of predictions to {where} with a server error",
@@ -243,27 +245,27 @@ def executor_alert_rules(config: StackConfig) -> list[Manifest]:
     ]
 
 
-def prometheus_rule_spec(config: StackConfig) -> Manifest:
+def prometheus_rule_spec(identity: Identity, alerts: AlertsConfig, traffic: TrafficConfig) -> Manifest:
     """The PrometheusRule spec: the model alerts, and input drift (`infra.drift`); also a valid Prometheus rules file."""
-    return {"groups": [{"name": f"mlserve.{config.app_name}.alerts", "rules": alert_rules(config)},
-                       drift_rule_group(config)]}
+    return {"groups": [{"name": f"mlserve.{identity.app_name}.alerts", "rules": alert_rules(identity, alerts, traffic)},
+                       drift_rule_group(identity, alerts)]}
 
 
-def dashboard_data(config: StackConfig) -> dict[str, str]:
+def dashboard_data(identity: Identity, model: ModelConfig, alerts: AlertsConfig) -> dict[str, str]:
     """ConfigMap data: one dashboard JSON file, named after the app."""
-    return {f"mlserve-{config.app_name}{DASHBOARD_KEY_SUFFIX}": dashboard_json(config)}
+    return {f"mlserve-{identity.app_name}{DASHBOARD_KEY_SUFFIX}": dashboard_json(identity, model, alerts)}
 
 
-def prometheus_url(config: StackConfig) -> str:
+def prometheus_url(monitoring: MonitoringConfig) -> str:
     """In-cluster URL of kube-prometheus-stack's Prometheus (its fullname is pinned to the release label)."""
-    return f"http://{config.monitoring.release_label}-prometheus.{config.monitoring.namespace}.svc"
+    return f"http://{monitoring.release_label}-prometheus.{monitoring.namespace}.svc"
 
 
-def kube_prometheus_stack_values(config: StackConfig) -> Manifest:
+def kube_prometheus_stack_values(monitoring: MonitoringConfig) -> Manifest:
     """Values of kube-prometheus-stack: predictable names, and a Grafana that loads dashboards from every namespace."""
     return {
         # Service names become `<releaseLabel>-prometheus` etc., whatever the chart's name truncation would do.
-        "fullnameOverride": config.monitoring.release_label,
+        "fullnameOverride": monitoring.release_label,
         "grafana": {
             "sidecar": {
                 "dashboards": {
@@ -280,7 +282,7 @@ def kube_prometheus_stack_values(config: StackConfig) -> Manifest:
                 "podMonitorSelectorNilUsesHelmValues": True,
                 "serviceMonitorSelectorNilUsesHelmValues": True,
                 "ruleSelectorNilUsesHelmValues": True,
-                "scrapeInterval": config.monitoring.scrape_interval,
+                "scrapeInterval": monitoring.scrape_interval,
             }
         },
     }
@@ -298,9 +300,9 @@ def adapter_rules() -> list[Manifest]:
     ]
 
 
-def prometheus_adapter_values(config: StackConfig) -> Manifest:
+def prometheus_adapter_values(monitoring: MonitoringConfig) -> Manifest:
     """Values of prometheus-adapter: where Prometheus is, and only our rule (the chart's defaults off)."""
     return {
-        "prometheus": {"url": prometheus_url(config), "port": PROMETHEUS_PORT},
+        "prometheus": {"url": prometheus_url(monitoring), "port": PROMETHEUS_PORT},
         "rules": {"default": False, "custom": adapter_rules()},
     }

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import StackConfig
+from infra.config import Identity, LoadBalancerConfig, PlatformConfig, TrafficConfig
 from infra.helm import (
     GATEWAY_NAME,
     GATEWAY_RELEASE,
@@ -32,7 +32,10 @@ from infra.workload import standard_labels
 
 @dataclass(frozen=True)
 class PlatformArgs:
-    config: StackConfig
+    identity: Identity
+    platform: PlatformConfig
+    load_balancer: LoadBalancerConfig
+    traffic: TrafficConfig
 
 
 class Platform(pulumi.ComponentResource):
@@ -43,8 +46,7 @@ class Platform(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: PlatformArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlserve:platform:Platform", name, None, opts)
-        config = args.config
-        platform = config.platform
+        identity, platform = args.identity, args.platform
         self.ready = []
         self.endpoint = None
         if platform.install_istio:
@@ -57,7 +59,7 @@ class Platform(pulumi.ComponentResource):
             gateway = k8s.helm.v3.Release(GATEWAY_RELEASE, **release_args(GATEWAY_RELEASE, "gateway", ISTIO_CHART_REPO,
                                                               ISTIO_CHART_VERSION, istio_ns, gateway_values()),
                               opts=pulumi.ResourceOptions(parent=self, depends_on=[istiod]))
-            labels = standard_labels(config)
+            labels = standard_labels(identity)
             k8s.apiextensions.CustomResource(
                 f"{name}-{GATEWAY_NAME}",
                 api_version="networking.istio.io/v1beta1",
@@ -66,12 +68,12 @@ class Platform(pulumi.ComponentResource):
                 spec=seldon_gateway_spec(),
                 opts=after_base,
             )
-            if config.traffic.router == "seldon":
+            if args.traffic.router == "seldon":
                 # The gateway is the way in only on the Seldon path; the plain path has its own entry point.
                 entry = k8s.core.v1.Service(
                     f"{name}-entry",
-                    metadata={"name": f"{config.app_name}-gateway", "namespace": istio_ns, "labels": labels},
-                    spec=entry_service_spec(config),
+                    metadata={"name": f"{identity.app_name}-gateway", "namespace": istio_ns, "labels": labels},
+                    spec=entry_service_spec(args.load_balancer),
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[gateway]),
                 )
                 self.endpoint = entry.status.apply(load_balancer_address)
@@ -80,7 +82,7 @@ class Platform(pulumi.ComponentResource):
             operator = k8s.helm.v3.Release(
                 "seldon-core-operator",
                 **release_args("seldon-core-operator", "seldon-core-operator", SELDON_CHART_REPO, SELDON_CHART_VERSION,
-                               platform.seldon_namespace, seldon_operator_values(config)),
+                               platform.seldon_namespace, seldon_operator_values(platform)),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=list(self.ready)),
             )
             self.ready.append(operator)

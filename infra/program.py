@@ -23,7 +23,7 @@ def run_program() -> None:
         # RunError prints the message alone: every config problem, no traceback.
         raise pulumi.RunError(str(err)) from err
     try:
-        context = prepare_image(config)
+        context = prepare_image(config.model, config.image)
     except ImageBuildError as err:
         # A requirement conflict or a registry the build cannot read stops the preview with the reason alone.
         raise pulumi.RunError(str(err)) from err

@@ -154,7 +154,7 @@ def render_resources(config: StackConfig, context: DockerContext | None = None) 
     The image context is the one `pulumi up` would build (`prepare_image`: same inputs, same tag) unless given.
     """
     if context is None:
-        context = prepare_image(config)
+        context = prepare_image(config.model, config.image)
     mocks = install_mocks()
     mocks.resources.clear()
     pulumi.runtime.test(lambda: build_stack(config, context))()
@@ -188,7 +188,7 @@ def use_local_registry(config: StackConfig) -> str:
 
     registry_uri = f"sqlite:///{mlserve_home() / 'mlflow.db'}"
     os.environ[REGISTRY_ENV] = registry_uri
-    if any(parse_model_uri(config.model_uri(variant))[0] == DEMO_MODEL_NAME for variant in config.variants):
+    if any(parse_model_uri(config.model.uri(variant))[0] == DEMO_MODEL_NAME for variant in config.model.variants):
         from service.train import demo_models_registered, ensure_demo_models
 
         if not demo_models_registered(registry_uri):

@@ -26,7 +26,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.config import SELDON_EXECUTOR_PORTS, StackConfig
+from infra.config import (
+    SELDON_EXECUTOR_PORTS, AutoscalingConfig, Identity, LoadBalancerConfig, ModelConfig, PodConfig, SeldonConfig,
+    ServingConfig, TrafficConfig,
+)
 from infra.services import hpa_metrics, network_policy_spec
 from infra.workload import Manifest, container_name, pod_template, selector_labels
 
@@ -38,31 +41,31 @@ SELDON_EXECUTOR_METRICS_PORT = "metrics"
 SELDON_EXECUTOR_METRICS_PATH = "/prometheus"
 
 
-def executor_selector(config: StackConfig, variant: str | None = None) -> str:
+def executor_selector(identity: Identity, variant: str | None = None) -> str:
     """PromQL matchers (no braces) for the executor's prediction calls of this stack (one predictor when given).
     Labels: executor/api/rest/server.go wrapMetrics (deployment_name, predictor_name, service, code)."""
-    matchers = f'namespace="{config.namespace}",job="{config.app_name}",deployment_name="{config.app_name}",service="predictions"'
+    matchers = (f'namespace="{identity.namespace}",job="{identity.app_name}",deployment_name="{identity.app_name}",'
+                'service="predictions"')
     return matchers + (f',predictor_name="{variant}"' if variant else "")
 
 
-def executor_error_selector(config: StackConfig, variant: str | None = None) -> str:
+def executor_error_selector(identity: Identity, variant: str | None = None) -> str:
     """The executor's prediction calls answered with a server error (5xx)."""
-    return executor_selector(config, variant) + ',code=~"5.."'
+    return executor_selector(identity, variant) + ',code=~"5.."'
 
 
-def container_hpa_metrics(config: StackConfig) -> list[Manifest]:
+def container_hpa_metrics(model: ModelConfig, autoscaling: AutoscalingConfig) -> list[Manifest]:
     """The plain path's HPA metrics with CPU and memory measured on the model container alone."""
     metrics = []
-    for metric in hpa_metrics(config):
+    for metric in hpa_metrics(autoscaling):
         if metric["type"] == "Resource":
-            metric = {"type": "ContainerResource", "containerResource": {**metric["resource"], "container": container_name(config)}}
+            metric = {"type": "ContainerResource", "containerResource": {**metric["resource"], "container": container_name(model)}}
         metrics.append(metric)
     return metrics
 
 
-def executor_spec(config: StackConfig) -> Manifest:
+def executor_spec(seldon: SeldonConfig) -> Manifest:
     """`svcOrchSpec`: requests and limits of the executor container the operator adds to the pod."""
-    seldon = config.seldon
     return {
         "resources": {
             "requests": {"cpu": seldon.executor_cpu_request, "memory": seldon.executor_memory_request},
@@ -71,32 +74,35 @@ def executor_spec(config: StackConfig) -> Manifest:
     }
 
 
-def predictor(config: StackConfig, variant: str, image: Any, traffic: int | None, shadow: bool = False) -> Manifest:
+def predictor(
+    pod: PodConfig, autoscaling: AutoscalingConfig, seldon: SeldonConfig, variant: str, image: Any,
+    traffic: int | None, shadow: bool = False,
+) -> Manifest:
     """One predictor: the shared pod template, autoscaling, the executor's size, and an OIP v2 graph."""
-    component: Manifest = pod_template(config, variant, image)
-    if config.autoscaling.enabled:
+    component: Manifest = pod_template(pod, variant, image)
+    if autoscaling.enabled:
         component["hpaSpec"] = {
-            "minReplicas": config.autoscaling.min_replicas,
-            "maxReplicas": config.autoscaling.max_replicas,
-            "metricsv2": container_hpa_metrics(config),
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
+            "metricsv2": container_hpa_metrics(pod.model, autoscaling),
         }
     spec: Manifest = {
         "name": variant,
-        "labels": selector_labels(config, variant),
+        "labels": selector_labels(pod.identity, variant),
         "componentSpecs": [component],
-        "svcOrchSpec": executor_spec(config),
+        "svcOrchSpec": executor_spec(seldon),
         "graph": {
-            "name": container_name(config),
+            "name": container_name(pod.model),
             "type": "MODEL",
             # The operator takes the container ports named http and grpc for these (defaults.go,
             # setContainerPredictiveUnitDefaults); the executor sends REST calls to httpPort and gRPC calls to
             # grpcPort (executor/predictor/predictor_process.go, getPort).
-            "endpoint": {"type": "REST", "httpPort": config.serving.port, "grpcPort": config.serving.grpc_port},
+            "endpoint": {"type": "REST", "httpPort": pod.serving.port, "grpcPort": pod.serving.grpc_port},
             "children": [],
         },
     }
-    if not config.autoscaling.enabled:
-        spec["replicas"] = config.serving.replicas
+    if not autoscaling.enabled:
+        spec["replicas"] = pod.serving.replicas
     if shadow:
         spec["shadow"] = True
     if traffic is not None:
@@ -104,23 +110,28 @@ def predictor(config: StackConfig, variant: str, image: Any, traffic: int | None
     return spec
 
 
-def seldon_deployment_spec(config: StackConfig, image: Any) -> Manifest:
+def seldon_deployment_spec(
+    pod: PodConfig, autoscaling: AutoscalingConfig, seldon: SeldonConfig, traffic: TrafficConfig, image: Any
+) -> Manifest:
     """The SeldonDeployment spec: champion, and the challenger as a weighted or shadow predictor."""
-    traffic = config.traffic
-    predictors = []
-    if not config.model.has_challenger:
-        predictors.append(predictor(config, "champion", image, traffic=100))
+    # (variant, traffic weight, shadow) of each predictor
+    shares: list[tuple[str, int | None, bool]]
+    if not pod.model.has_challenger:
+        shares = [("champion", 100, False)]
     elif traffic.shadow:
-        predictors.append(predictor(config, "champion", image, traffic=100))
-        predictors.append(predictor(config, "challenger", image, traffic=None, shadow=True))
+        shares = [("champion", 100, False), ("challenger", None, True)]
     else:
-        predictors.append(predictor(config, "champion", image, traffic=traffic.champion_weight))
-        predictors.append(predictor(config, "challenger", image, traffic=traffic.challenger_weight))
-    return {"name": config.app_name, "protocol": "v2", "predictors": predictors}
+        shares = [("champion", traffic.champion_weight, False), ("challenger", traffic.challenger_weight, False)]
+    predictors = [
+        predictor(pod, autoscaling, seldon, variant, image, traffic=weight, shadow=shadow) for variant, weight, shadow in shares
+    ]
+    return {"name": pod.identity.app_name, "protocol": "v2", "predictors": predictors}
 
 
-def seldon_network_policy_spec(config: StackConfig, variant: str) -> Manifest:
+def seldon_network_policy_spec(
+    identity: Identity, serving: ServingConfig, load_balancer: LoadBalancerConfig, variant: str
+) -> Manifest:
     """The plain path's policy, plus the executor ports Seldon routes through."""
-    spec = network_policy_spec(config, variant)
+    spec = network_policy_spec(identity, serving, load_balancer, variant)
     spec["ingress"][0]["ports"] += [{"port": port, "protocol": "TCP"} for port in SELDON_EXECUTOR_PORTS]
     return spec

@@ -3,7 +3,8 @@ one LoadBalancer Service as the entry point.
 
 Used when `traffic.router` is `service`: the entry point selects the champion's pods. A configured
 challenger still runs (with its own ClusterIP Service for smoke tests) but gets no public traffic;
-weighted splits are the Seldon path's job. The spec builders are pure (`infra.services`); `ModelServing` wires them.
+weighted splits are the Seldon path's job. The spec builders are pure (`infra.services`); `ModelServing` wires them,
+per variant through `infra.variant_resources`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.config import StackConfig
-from infra.services import deployment_spec, hpa_spec, load_balancer_address, metadata, network_policy_spec, pdb_spec, service_spec
-from infra.workload import resource_name
+from infra.config import AutoscalingConfig, LoadBalancerConfig, PodConfig
+from infra.services import load_balancer_address, metadata, service_spec
+from infra.variant_resources import create_variant_service, create_variant_workload
 
 
 @dataclass(frozen=True)
 class ModelServingArgs:
-    config: StackConfig
+    pod: PodConfig
+    autoscaling: AutoscalingConfig
+    load_balancer: LoadBalancerConfig
     image: pulumi.Input[str]
 
 
@@ -31,45 +34,19 @@ class ModelServing(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ModelServingArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlserve:serving:ModelServing", name, None, opts)
-        config = args.config
-        child = pulumi.ResourceOptions(parent=self)
+        identity = args.pod.identity
         self.deployments: dict[str, k8s.apps.v1.Deployment] = {}
-        for variant in config.variants:
-            workload = resource_name(config, variant)
-            self.deployments[variant] = k8s.apps.v1.Deployment(
-                f"{name}-{variant}",
-                metadata=metadata(config, workload, variant),
-                spec=deployment_spec(config, variant, args.image),
-                opts=child,
+        for variant in args.pod.model.variants:
+            self.deployments[variant] = create_variant_workload(
+                name, variant, args.pod, args.autoscaling, args.load_balancer, args.image, parent=self
             )
-            if config.autoscaling.enabled:
-                k8s.autoscaling.v2.HorizontalPodAutoscaler(
-                    f"{name}-{variant}-hpa",
-                    metadata=metadata(config, workload, variant),
-                    spec=hpa_spec(config, variant),
-                    opts=child,
-                )
-            k8s.policy.v1.PodDisruptionBudget(
-                f"{name}-{variant}-pdb", metadata=metadata(config, workload, variant), spec=pdb_spec(config, variant), opts=child
-            )
-            k8s.networking.v1.NetworkPolicy(
-                f"{name}-{variant}-netpol",
-                metadata=metadata(config, workload, variant),
-                spec=network_policy_spec(config, variant),
-                opts=child,
-            )
-            if variant != "champion":
-                k8s.core.v1.Service(
-                    f"{name}-{variant}-svc",
-                    metadata=metadata(config, workload, variant),
-                    spec=service_spec(config, variant, public=False),
-                    opts=child,
-                )
+            if variant != "champion":  # the champion's way in is the entry point below
+                create_variant_service(name, variant, args.pod, args.load_balancer, parent=self)
         entry = k8s.core.v1.Service(
             f"{name}-entry",
-            metadata=metadata(config, config.app_name),
-            spec=service_spec(config, "champion", public=True),
-            opts=child,
+            metadata=metadata(identity, identity.app_name),
+            spec=service_spec(identity, args.pod.serving, args.load_balancer, "champion", public=True),
+            opts=pulumi.ResourceOptions(parent=self),
         )
         self.endpoint = entry.status.apply(load_balancer_address)
         self.register_outputs({"endpoint": self.endpoint})

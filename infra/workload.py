@@ -10,7 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from infra.config import SecretValue, StackConfig, dns_label
+from infra.config import (
+    AccessConfig, ExplainConfig, FeedbackConfig, GpuConfig, Identity, ModelConfig, PodConfig, SecretValue, ServingConfig,
+    dns_label,
+)
 from service.admission import AdmissionLimits
 from service.explain import ExplainSettings
 from service.names import TELEMETRY_OFF
@@ -35,45 +38,45 @@ SIGNING_SECRET_DATA_KEY = "key"
 Manifest = dict[str, Any]
 
 
-def container_name(config: StackConfig) -> str:
+def container_name(model: ModelConfig) -> str:
     """The model-server container's name: `model.name` in DNS-1123 form. On Seldon it is also the graph node's
     name, which the executor resolves OIP model names against (see infra/seldon.py)."""
-    return dns_label(config.model.name)
+    return dns_label(model.name)
 
 
-def resource_name(config: StackConfig, variant: str) -> str:
+def resource_name(identity: Identity, variant: str) -> str:
     """Kubernetes name of a variant's workload objects, e.g. `churn-model-champion`."""
-    return f"{config.app_name}-{variant}"
+    return f"{identity.app_name}-{variant}"
 
 
-def selector_labels(config: StackConfig, variant: str) -> dict[str, str]:
+def selector_labels(identity: Identity, variant: str) -> dict[str, str]:
     """The labels that pick one variant's pods; immutable once a Deployment exists."""
     return {
-        "app.kubernetes.io/name": config.app_name,
-        "app.kubernetes.io/instance": resource_name(config, variant),
+        "app.kubernetes.io/name": identity.app_name,
+        "app.kubernetes.io/instance": resource_name(identity, variant),
         VARIANT_LABEL: variant,
     }
 
 
-def standard_labels(config: StackConfig, variant: str | None = None) -> dict[str, str]:
+def standard_labels(identity: Identity, variant: str | None = None) -> dict[str, str]:
     """Recommended `app.kubernetes.io/*` labels, plus the variant for per-variant objects."""
     labels = {
-        "app.kubernetes.io/name": config.app_name,
+        "app.kubernetes.io/name": identity.app_name,
         "app.kubernetes.io/part-of": "mlserve",
         "app.kubernetes.io/component": "model-server",
         "app.kubernetes.io/managed-by": "pulumi",
-        "mlserve.io/stack": config.stack,
+        "mlserve.io/stack": identity.stack,
     }
     if variant is not None:
-        labels.update(selector_labels(config, variant))
+        labels.update(selector_labels(identity, variant))
     return labels
 
 
-def container_ports(config: StackConfig) -> list[Manifest]:
+def container_ports(serving: ServingConfig) -> list[Manifest]:
     """The HTTP port (REST, probes, /metrics) and the OIP v2 gRPC port, each named."""
     return [
-        {"name": PORT_NAME, "containerPort": config.serving.port, "protocol": "TCP"},
-        {"name": GRPC_PORT_NAME, "containerPort": config.serving.grpc_port, "protocol": "TCP"},
+        {"name": PORT_NAME, "containerPort": serving.port, "protocol": "TCP"},
+        {"name": GRPC_PORT_NAME, "containerPort": serving.grpc_port, "protocol": "TCP"},
     ]
 # AccessConfig field -> the variable MLflow (mlflow/environment_variables.py) or the store's client reads.
 CREDENTIAL_ENV = {
@@ -86,72 +89,73 @@ CREDENTIAL_ENV = {
 }
 
 
-def credentials(config: StackConfig) -> dict[str, SecretValue]:
+def credentials(access: AccessConfig) -> dict[str, SecretValue]:
     """The credentials this stack sets, by environment variable name."""
     return {
-        env: value for field_name, env in CREDENTIAL_ENV.items() if (value := getattr(config.access, field_name)) is not None
+        env: value for field_name, env in CREDENTIAL_ENV.items() if (value := getattr(access, field_name)) is not None
     }
 
 
-def secret_name(config: StackConfig) -> str:
-    return f"{config.app_name}-model-access"
+def secret_name(identity: Identity) -> str:
+    return f"{identity.app_name}-model-access"
 
 
-def service_account_name(config: StackConfig) -> str:
-    return f"{config.app_name}-model"
+def service_account_name(identity: Identity) -> str:
+    return f"{identity.app_name}-model"
 
 
-def access_env(config: StackConfig) -> list[Manifest]:
+def access_env(identity: Identity, access: AccessConfig) -> list[Manifest]:
     """Pod environment for registry and store access: plain `access.env`, then each credential by reference."""
-    plain = [dict(zip(("name", "value"), entry.split("=", 1))) for entry in config.access.env]
+    plain = [dict(zip(("name", "value"), entry.split("=", 1))) for entry in access.env]
     by_reference = [
-        {"name": env, "valueFrom": {"secretKeyRef": {"name": secret_name(config), "key": env}}} for env in credentials(config)
+        {"name": env, "valueFrom": {"secretKeyRef": {"name": secret_name(identity), "key": env}}} for env in credentials(access)
     ]
     return plain + by_reference
 
 
-def signing_secret_name(config: StackConfig) -> str:
+def signing_secret_name(identity: Identity) -> str:
     """The Secret holding the key that signs prediction ids (made by `infra.feedback`)."""
-    return f"{config.app_name}-prediction-ids"
+    return f"{identity.app_name}-prediction-ids"
 
 
-def feedback_env(config: StackConfig) -> list[Manifest]:
+def feedback_env(identity: Identity, feedback: FeedbackConfig) -> list[Manifest]:
     """The signing key (by reference to its Secret) and feedback's maximum age; empty when feedback is off."""
-    if not config.feedback.enabled:
+    if not feedback.enabled:
         return []
     return [
         {"name": KEY_ENV,
-         "valueFrom": {"secretKeyRef": {"name": signing_secret_name(config), "key": SIGNING_SECRET_DATA_KEY}}},
-        {"name": MAX_AGE_ENV, "value": str(config.feedback.max_age_days * 86400)},
+         "valueFrom": {"secretKeyRef": {"name": signing_secret_name(identity), "key": SIGNING_SECRET_DATA_KEY}}},
+        {"name": MAX_AGE_ENV, "value": str(feedback.max_age_days * 86400)},
     ]
 
 
-def container_env(config: StackConfig, variant: str) -> list[Manifest]:
+def container_env(pod: PodConfig, variant: str) -> list[Manifest]:
     """What the model server reads: the model to load, its variant name, the registry, the signing key; telemetry off."""
+    model, serving = pod.model, pod.serving
     env = {
-        "MODEL_URI": config.model_uri(variant),
+        "MODEL_URI": model.uri(variant),
         "MODEL_VARIANT": variant,
-        "MLFLOW_TRACKING_URI": config.model.tracking_uri,
-        "MLSERVE_GRPC_PORT": str(config.serving.grpc_port),
-        "MLSERVE_CLASSIFIER_OUTPUT": config.model.classifier_output,
-        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true" if config.model.allow_pickle_deserialization else "false",
-        BENTOML_PORT_ENV: str(config.serving.port),
+        "MLFLOW_TRACKING_URI": model.tracking_uri,
+        "MLSERVE_GRPC_PORT": str(serving.grpc_port),
+        "MLSERVE_CLASSIFIER_OUTPUT": model.classifier_output,
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true" if model.allow_pickle_deserialization else "false",
+        BENTOML_PORT_ENV: str(serving.port),
         # Read-only root filesystem: everything BentoML and MLflow write goes to the tmp volume.
         "BENTOML_HOME": "/tmp/bentoml",
         "HOME": "/tmp",
         **TELEMETRY_OFF,
-        **admission_env(config),
-        **batching_env(config),
-        **explain_env(config),
+        **admission_env(serving),
+        **batching_env(serving),
+        **explain_env(pod.explain),
     }
-    if config.drift.reference_uri:  # only when set: stacks without it keep their pod spec unchanged
-        env[REFERENCE_URI_ENV] = config.drift.reference_uri
-    return [{"name": name, "value": value} for name, value in env.items()] + feedback_env(config) + access_env(config)
+    if pod.drift.reference_uri:  # only when set: stacks without it keep their pod spec unchanged
+        env[REFERENCE_URI_ENV] = pod.drift.reference_uri
+    plain = [{"name": name, "value": value} for name, value in env.items()]
+    return plain + feedback_env(pod.identity, pod.feedback) + access_env(pod.identity, pod.access)
 
 
-def admission_env(config: StackConfig) -> dict[str, str]:
+def admission_env(serving: ServingConfig) -> dict[str, str]:
     """The server's per-worker admission limits (service/admission.py) from stack config ``serving.*``."""
-    serving = config.serving
     limits = AdmissionLimits(
         max_concurrency=serving.max_concurrency, max_queue=serving.max_queue,
         queue_timeout=serving.queue_timeout_seconds, body_timeout=serving.body_timeout_seconds,
@@ -159,16 +163,14 @@ def admission_env(config: StackConfig) -> dict[str, str]:
     return {AdmissionLimits.ENV[name]: f"{getattr(limits, name):g}" for name in AdmissionLimits.ENV}
 
 
-def batching_env(config: StackConfig) -> dict[str, str]:
+def batching_env(serving: ServingConfig) -> dict[str, str]:
     """The server's adaptive batching bounds (service/batching.py) from stack config ``serving.*``."""
-    serving = config.serving
     limits = BatchLimits(max_batch_size=serving.max_batch_size, max_wait_ms=serving.max_batch_wait_ms)
     return {BatchLimits.ENV[name]: f"{getattr(limits, name):g}" for name in BatchLimits.ENV}
 
 
-def explain_env(config: StackConfig) -> dict[str, str]:
+def explain_env(explain: ExplainConfig) -> dict[str, str]:
     """The server's /explain settings (service/explain.py) from stack config ``explain.*``."""
-    explain = config.explain
     settings = ExplainSettings(
         enabled=explain.enabled, background_uri=explain.background_uri,
         max_background_rows=explain.max_background_rows, max_rows=explain.max_rows,
@@ -182,10 +184,10 @@ def explain_env(config: StackConfig) -> dict[str, str]:
             else value if isinstance(value, str) else f"{value:g}" for name, value in values.items()}
 
 
-def probes(config: StackConfig) -> Manifest:
+def probes(serving: ServingConfig) -> Manifest:
     """Liveness, readiness and a startup probe long enough for a slow model load."""
     http_get = {"port": PORT_NAME, "scheme": "HTTP"}
-    startup_failures = math.ceil(config.serving.startup_timeout_seconds / PROBE_PERIOD_SECONDS)
+    startup_failures = math.ceil(serving.startup_timeout_seconds / PROBE_PERIOD_SECONDS)
     return {
         "startupProbe": {
             "httpGet": {**http_get, "path": "/livez"},
@@ -208,12 +210,11 @@ def probes(config: StackConfig) -> Manifest:
     }
 
 
-def resources(config: StackConfig) -> Manifest:
+def resources(serving: ServingConfig, gpu: GpuConfig) -> Manifest:
     """Requests and limits; GPUs are extended resources, set as limits (requests default to them)."""
-    serving = config.serving
     limits: dict[str, Any] = {"cpu": serving.cpu_limit, "memory": serving.memory_limit}
-    if config.gpu.enabled:
-        limits[config.gpu.resource] = config.gpu.count
+    if gpu.enabled:
+        limits[gpu.resource] = gpu.count
     return {
         "requests": {"cpu": serving.cpu_request, "memory": serving.memory_request},
         "limits": limits,
@@ -244,12 +245,12 @@ def pod_security_context() -> Manifest:
     }
 
 
-def gpu_scheduling(config: StackConfig) -> Manifest:
+def gpu_scheduling(gpu: GpuConfig) -> Manifest:
     """Node selector and tolerations that put GPU pods on GPU nodes; empty when GPUs are off."""
-    if not config.gpu.enabled:
+    if not gpu.enabled:
         return {}
-    tolerations = [{"key": config.gpu.resource, "operator": "Exists", "effect": "NoSchedule"}]
-    for toleration in config.gpu.parsed_tolerations:
+    tolerations = [{"key": gpu.resource, "operator": "Exists", "effect": "NoSchedule"}]
+    for toleration in gpu.parsed_tolerations:
         entry: Manifest = {"key": toleration.key, "effect": toleration.effect}
         if toleration.value is None:
             entry["operator"] = "Exists"
@@ -258,60 +259,60 @@ def gpu_scheduling(config: StackConfig) -> Manifest:
         if entry not in tolerations:
             tolerations.append(entry)
     scheduling: Manifest = {"tolerations": tolerations}
-    if config.gpu.node_selector:
-        scheduling["nodeSelector"] = config.gpu.node_selector_labels
+    if gpu.node_selector:
+        scheduling["nodeSelector"] = gpu.node_selector_labels
     return scheduling
 
 
-def topology_spread(config: StackConfig, variant: str) -> list[Manifest]:
+def topology_spread(identity: Identity, variant: str) -> list[Manifest]:
     """Spread replicas across zones and nodes, preferring (not requiring) it so small clusters still schedule."""
     return [
         {
             "maxSkew": 1,
             "topologyKey": topology_key,
             "whenUnsatisfiable": "ScheduleAnyway",
-            "labelSelector": {"matchLabels": selector_labels(config, variant)},
+            "labelSelector": {"matchLabels": selector_labels(identity, variant)},
         }
         for topology_key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
     ]
 
 
-def model_container(config: StackConfig, variant: str, image: Any) -> Manifest:
+def model_container(pod: PodConfig, variant: str, image: Any) -> Manifest:
     """The BentoML model-server container of one variant; `image` is the digest reference (may be an Output)."""
     return {
-        "name": container_name(config),
+        "name": container_name(pod.model),
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "ports": container_ports(config),
-        "env": container_env(config, variant),
-        **probes(config),
-        "resources": resources(config),
+        "ports": container_ports(pod.serving),
+        "env": container_env(pod, variant),
+        **probes(pod.serving),
+        "resources": resources(pod.serving, pod.gpu),
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],
     }
 
 
-def pod_spec(config: StackConfig, variant: str, image: Any) -> Manifest:
+def pod_spec(pod: PodConfig, variant: str, image: Any) -> Manifest:
     """The whole pod spec of one variant, shared by every path that runs model pods."""
     return {
-        "containers": [model_container(config, variant, image)],
+        "containers": [model_container(pod, variant, image)],
         "volumes": [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}}],
         "securityContext": pod_security_context(),
-        "serviceAccountName": service_account_name(config),
+        "serviceAccountName": service_account_name(pod.identity),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
-        "topologySpreadConstraints": topology_spread(config, variant),
-        **gpu_scheduling(config),
+        "topologySpreadConstraints": topology_spread(pod.identity, variant),
+        **gpu_scheduling(pod.gpu),
     }
 
 
-def pod_template(config: StackConfig, variant: str, image: Any) -> Manifest:
+def pod_template(pod: PodConfig, variant: str, image: Any) -> Manifest:
     """Pod template (labels + spec) for a Deployment or a Seldon predictor."""
     return {
         "metadata": {
-            "labels": standard_labels(config, variant),
-            "annotations": {"mlserve.io/model-uri": config.model_uri(variant)},
+            "labels": standard_labels(pod.identity, variant),
+            "annotations": {"mlserve.io/model-uri": pod.model.uri(variant)},
         },
-        "spec": pod_spec(config, variant, image),
+        "spec": pod_spec(pod, variant, image),
     }

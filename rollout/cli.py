@@ -55,8 +55,8 @@ def stack_metric_sources(config, router_type: str = "stack") -> dict[str, str]:
     from infra.seldon_specs import executor_selector
 
     return {
-        "champion_executor_selector": executor_selector(config, "champion"),
-        "challenger_executor_selector": executor_selector(config, "challenger"),
+        "champion_executor_selector": executor_selector(config.identity, "champion"),
+        "challenger_executor_selector": executor_selector(config.identity, "challenger"),
         "challenger_ready_query": ready_pods_query(config.namespace, f"{config.app_name}-challenger-[0-9]+-.+"),
     }
 

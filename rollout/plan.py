@@ -227,7 +227,7 @@ def _model_change(variant: str, before: str, after: str) -> str:
 
 def _pods(config: StackConfig) -> tuple[int, int]:
     low, high = replica_range(config)
-    return low * len(config.variants), high * len(config.variants)
+    return low * len(config.model.variants), high * len(config.model.variants)
 
 
 def _span(low: int, high: int) -> str:
@@ -237,17 +237,17 @@ def _span(low: int, high: int) -> str:
 def plain_words(base: StackConfig | None, head: StackConfig) -> list[str]:
     """The cluster changes a reviewer cares about first, one sentence each."""
     if base is None:
-        return [f"new stack: {', '.join(head.variants)} on {head.traffic.router}, {_span(*_pods(head))} model pods"]
+        return [f"new stack: {', '.join(head.model.variants)} on {head.traffic.router}, {_span(*_pods(head))} model pods"]
     lines = []
     for variant in ("champion", "challenger"):
-        had, has = variant in base.variants, variant in head.variants
+        had, has = variant in base.model.variants, variant in head.model.variants
         if has and not had:
-            lines.append(f"{variant} added: serves {head.model_uri(variant)}, traffic {traffic_shares(head)[variant]}")
+            lines.append(f"{variant} added: serves {head.model.uri(variant)}, traffic {traffic_shares(head)[variant]}")
         elif had and not has:
-            lines.append(f"{variant} removed (was serving {base.model_uri(variant)})")
+            lines.append(f"{variant} removed (was serving {base.model.uri(variant)})")
         elif has:
-            if base.model_uri(variant) != head.model_uri(variant):
-                lines.append(_model_change(variant, base.model_uri(variant), head.model_uri(variant)))
+            if base.model.uri(variant) != head.model.uri(variant):
+                lines.append(_model_change(variant, base.model.uri(variant), head.model.uri(variant)))
             old_share, new_share = traffic_shares(base)[variant], traffic_shares(head)[variant]
             if old_share != new_share:
                 lines.append(f"{variant} traffic {old_share} -> {new_share}")

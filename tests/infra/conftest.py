@@ -43,9 +43,9 @@ def render() -> Callable[..., list[RenderedResource]]:
         cache_key = (stack, repr(sorted(overrides.items(), key=str)))
         if cache_key not in cache:
             config = stack_config(stack, **overrides)
-            image_key = (config.image, tuple(config.model_uri(v) for v in config.variants))
+            image_key = (config.image, tuple(config.model.uri(v) for v in config.model.variants))
             if image_key not in contexts:
-                contexts[image_key] = prepare_image(config)
+                contexts[image_key] = prepare_image(config.model, config.image)
             cache[cache_key] = render_resources(config, contexts[image_key])
         return cache[cache_key]
 

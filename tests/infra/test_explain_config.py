@@ -8,7 +8,7 @@ from service.explain import ExplainSettings
 
 
 def explain_settings(config) -> ExplainSettings:
-    env = {item["name"]: item["value"] for item in container_env(config, "champion") if "value" in item}
+    env = {item["name"]: item["value"] for item in container_env(config.pod, "champion") if "value" in item}
     # A setting left at its empty default is not in the pod's env at all (infra.workload.explain_env).
     return ExplainSettings.from_env({name: env[name] for name in ExplainSettings.ENV.values() if name in env})
 

@@ -27,10 +27,15 @@ def tree(directory):
     }
 
 
+def inputs_of(config, **options):
+    """The image inputs of a whole stack config."""
+    return image_inputs(config.model, config.image, **options)
+
+
 @pytest.fixture(scope="module")
 def two_exports(tmp_path_factory):
     """The prod image's context exported twice from scratch, in two project folders."""
-    inputs = image_inputs(stack_config("prod"))
+    inputs = inputs_of(stack_config("prod"))
     contexts = []
     for name in ("first", "second"):
         project = tmp_path_factory.mktemp(name)
@@ -49,18 +54,18 @@ def test_two_exports_of_the_same_inputs_are_byte_identical(two_exports):
 
 def test_the_tag_is_a_function_of_the_inputs_alone():
     config = stack_config("prod")
-    assert image_inputs(config).tag == image_inputs(stack_config("prod", **{"traffic.challengerWeight": 25})).tag
-    assert re.fullmatch(r"[0-9a-f]{20}", image_inputs(config).tag)
+    assert inputs_of(config).tag == inputs_of(stack_config("prod", **{"traffic.challengerWeight": 25})).tag
+    assert re.fullmatch(r"[0-9a-f]{20}", inputs_of(config).tag)
 
 
 def test_a_change_in_the_service_changes_the_tag(tmp_path):
     config = stack_config("prod")
     copy = tmp_path / "root"
     shutil.copytree(BUILD_DIR / "service", copy / "service", ignore=shutil.ignore_patterns("__pycache__"))
-    assert image_inputs(config, build_dir=copy).tag == image_inputs(config).tag
+    assert inputs_of(config, build_dir=copy).tag == inputs_of(config).tag
     service = next(copy / path for path in source_files(copy, {"include": ["service/*.py"]}) if path.endswith("service.py"))
     service.write_text(service.read_text() + "\n# a change\n")
-    assert image_inputs(config, build_dir=copy).tag != image_inputs(config).tag
+    assert inputs_of(config, build_dir=copy).tag != inputs_of(config).tag
 
 
 @pytest.mark.parametrize(
@@ -75,7 +80,7 @@ def test_a_change_in_the_service_changes_the_tag(tmp_path):
     ids=["artifact-clients", "platform", "no-challenger", "port", "repository"],
 )
 def test_which_config_changes_the_tag(overrides, changes):
-    assert (image_inputs(stack_config("prod", **overrides)).tag != image_inputs(stack_config("prod")).tag) is changes
+    assert (inputs_of(stack_config("prod", **overrides)).tag != inputs_of(stack_config("prod")).tag) is changes
 
 
 def test_context_holds_what_bentoml_built_from_exactly_the_hashed_sources(two_exports):
@@ -88,7 +93,7 @@ def test_context_holds_what_bentoml_built_from_exactly_the_hashed_sources(two_ex
 
 def test_models_recorded_requirements_and_artifact_clients_reach_the_image(tmp_path):
     config = stack_config("prod", **{"image.artifactStoreClients": ["s3", "azure"]})
-    context = export_docker_context(image_inputs(config), project_dir=tmp_path)
+    context = export_docker_context(inputs_of(config), project_dir=tmp_path)
     installed = (tmp_path / context.directory / "env/python/requirements.txt").read_text().splitlines()
     for requirement in (*CHALLENGER_REQUIREMENTS, "boto3==1.44.5", "azure-storage-blob==12.31.1", "azure-identity==1.27.0"):
         assert requirement in installed
@@ -111,7 +116,7 @@ def test_bento_home_stays_outside_the_build_context(two_exports):
 
 def test_render_uses_the_tag_and_context_pulumi_up_builds(render):
     config = stack_config("prod")
-    tag = prepare_image(config).tag
+    tag = prepare_image(config.model, config.image).tag
     (image,) = [r for r in render("prod") if r.type == "docker:index/image:Image"]
     assert image.inputs["imageName"] == f"{config.image.repository}:{tag}"
     assert image.inputs["build"]["context"] == str(CONTEXT_ROOT / tag)
@@ -173,7 +178,7 @@ def test_a_conflicting_model_stops_the_build_with_both_sides(tmp_path):
         mlflow.set_registry_uri("")
     config = stack_config("prod", **{"model.championUri": "models:/conflicting-model@champion"})
     with pytest.raises(RequirementConflict) as caught:
-        export_docker_context(image_inputs(config), project_dir=tmp_path)
+        export_docker_context(inputs_of(config), project_dir=tmp_path)
     # The champion disagrees with the server's pin and with the challenger's: both are reported.
     assert sorted(caught.value.conflicts) == [
         "scikit-learn: scikit-learn==1.0.2 (models:/conflicting-model@champion) against "
@@ -185,4 +190,4 @@ def test_a_conflicting_model_stops_the_build_with_both_sides(tmp_path):
 def test_an_unreadable_model_names_the_model_and_the_registry():
     config = stack_config("prod", **{"model.championUri": f"models:/{MODEL_NAME}@nonexistent"})
     with pytest.raises(ImageBuildError, match=rf"models:/{MODEL_NAME}@nonexistent from the registry at sqlite:"):
-        image_inputs(config)
+        inputs_of(config)

@@ -112,14 +112,14 @@ def test_pod_monitor_scrapes_the_model_pods_of_every_path(render, name):
     assert selector["app.kubernetes.io/part-of"] == "mlserve"
     for template in templates:
         assert selector.items() <= template["metadata"]["labels"].items()
-        model = next(c for c in template["spec"]["containers"] if c["name"] == container_name(stack_config("prod")))
+        model = next(c for c in template["spec"]["containers"] if c["name"] == container_name(stack_config("prod").model))
         assert PORT_NAME in [port["name"] for port in model["ports"]]
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["mlserve"]}
     endpoint = monitor["spec"]["podMetricsEndpoints"][0]
     assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == (PORT_NAME, "/metrics", "15s")
     # Only the model-server container, not the executor Seldon adds to the pod.
     assert endpoint["relabelings"] == [
-        {"action": "keep", "regex": container_name(stack_config("prod")), "sourceLabels": ["__meta_kubernetes_pod_container_name"]}
+        {"action": "keep", "regex": container_name(stack_config("prod").model), "sourceLabels": ["__meta_kubernetes_pod_container_name"]}
     ]
     # On Seldon also the executor's own metrics (operator/controllers/seldondeployment_engine.go: the executor
     # container `seldon-container-engine` has a port named `metrics`; getPrometheusPath defaults to /prometheus).
@@ -241,7 +241,7 @@ def test_dashboard_shows_each_signal_by_variant_and_the_challenger_share(render)
         assert all("by (variant" in target["expr"] for target in panels[title]["targets"]), title
         assert all(target["legendFormat"].startswith("{{variant}}") for target in panels[title]["targets"]), title
     share = panels["Challenger traffic share, measured (%)"]["targets"][0]["expr"]
-    assert share == dashboard_queries(stack_config("prod"))["challenger_traffic_share_percent"]
+    assert share == dashboard_queries(stack_config("prod").identity)["challenger_traffic_share_percent"]
     assert 'variant="challenger"' in share
     assert "by (variant)" in panels["Traffic share by variant, measured (%)"]["targets"][0]["expr"]
     for panel in panels.values():
@@ -307,7 +307,7 @@ def test_dashboard_has_per_variant_quality_panels(render):
 @needs_promtool
 def test_quality_queries_compute_accuracy_and_losses_per_variant(tmp_path):
     """promtool evaluates the dashboard's quality queries on counters /feedback would have written."""
-    queries = dashboard_queries(stack_config("prod"))
+    queries = dashboard_queries(stack_config("prod").identity)
     rules = [{"record": f"quality:{name}", "expr": queries[name]}
              for name in ("accuracy_percent", "mean_log_loss", "mean_absolute_error")]
     write_rules(tmp_path / "rules.yaml", [{"name": "quality", "rules": rules}])

@@ -58,7 +58,7 @@ def test_predictor_pods_are_the_plain_path_pods(render):
     config = stack_config("prod")
     for name, predictor in predictors(render("prod")).items():
         (component,) = predictor["componentSpecs"]
-        expected = workload.pod_spec(config, name, image=component["spec"]["containers"][0]["image"])
+        expected = workload.pod_spec(config.pod, name, image=component["spec"]["containers"][0]["image"])
         assert component["spec"] == expected
         container = component["spec"]["containers"][0]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -81,7 +81,7 @@ def test_hpa_spec_measures_the_model_container_not_the_executor(render):
     """The operator adds its executor container to the pod; pod-level utilisation would average it in."""
     sdep = seldon_deployment(render("prod"))
     validate_against_crd(sdep)  # the CRD's metricsv2 items accept containerResource
-    name = workload.container_name(stack_config("prod"))
+    name = workload.container_name(stack_config("prod").model)
     for predictor in sdep["spec"]["predictors"]:
         hpa = predictor["componentSpecs"][0]["hpaSpec"]
         assert "metrics" not in hpa  # Seldon 1.18's `metrics` is the old v2beta1 form
@@ -305,7 +305,8 @@ def test_weight_change_diffs_only_the_two_traffic_fields(tmp_path):
     # by the weight: the image and every pod template stay as they are.
     (image_file,) = (tmp_path / "A" / "_pulumi").glob("image-*.json")
     image_name = json.loads(image_file.read_text())["inputs"]["imageName"]
-    assert image_name == f"{stack_config('prod').image.repository}:{image_inputs(stack_config('prod')).tag}"
+    prod = stack_config("prod")
+    assert image_name == f"{prod.image.repository}:{image_inputs(prod.model, prod.image).tag}"
 
 
 def differing_paths(a, b, path=()):
