@@ -88,3 +88,17 @@ def test_components_import_no_other_component_and_the_rollout_none(graph):
 
 def test_the_shared_names_module_imports_nothing_of_ours(graph):
     assert graph["service.names"] == set()
+
+
+def test_only_the_stack_entry_points_take_the_whole_stack_config():
+    """Builders and components take the config sections they read (README, "Layout"); the whole StackConfig
+    stops at the places that split it: the stack itself, the renderer and the plan, which compares two stacks."""
+    splitting = {"infra/config.py", "infra/stack.py", "infra/render.py", "rollout/plan.py"}
+    takers = set()
+    for path in sorted((REPO / "infra").glob("*.py")) + sorted((REPO / "rollout").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        if any(isinstance(node, ast.Name) and node.id == "StackConfig" for node in ast.walk(tree)) or any(
+                isinstance(node, ast.ImportFrom) and any(alias.name == "StackConfig" for alias in node.names)
+                for node in ast.walk(tree)):
+            takers.add(str(path.relative_to(REPO)))
+    assert takers == splitting
