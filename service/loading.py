@@ -51,6 +51,11 @@ class ModelSource:
     run_artifact_uri: str | None = None
 
     @property
+    def run_artifact_path(self) -> Path | None:
+        """The run's artifact folder when it is on local disk (the embedded registry's); None otherwise."""
+        return local_folder(self.run_artifact_uri) if self.run_artifact_uri else None
+
+    @property
     def schema(self) -> InputSchema:
         return InputSchema.from_signature(self.signature_inputs)
 
@@ -127,23 +132,30 @@ def _resolve_from_sqlite(settings: Settings) -> ModelSource | None:
         return None
     if len(rows) != 1 or rows[0][1] != "READY" or not rows[0][0]:
         return None
-    location = urllib.parse.urlparse(rows[0][0])
-    if location.scheme not in ("", "file") or location.netloc not in ("", "localhost"):
+    model_path = local_folder(rows[0][0])
+    if model_path is None:
         return None
-    local_path = Path(urllib.parse.unquote(location.path))
     try:
         import yaml
 
-        meta = yaml.safe_load((local_path / "MLmodel").read_text())
+        meta = yaml.safe_load((model_path / "MLmodel").read_text())
         signature = meta.get("signature") or {}
         inputs = json.loads(signature["inputs"]) if signature.get("inputs") else None
         outputs = json.loads(signature["outputs"]) if signature.get("outputs") else None
         flavors = meta["flavors"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):
         return None
-    return ModelSource(name=name, version=version, source_uri=settings.model_uri, local_path=local_path,
+    return ModelSource(name=name, version=version, source_uri=settings.model_uri, local_path=model_path,
                        flavors=flavors, signature_inputs=inputs, signature_outputs=outputs,
                        run_id=run_id, run_artifact_uri=runs[0][0] if len(runs) == 1 else None)
+
+
+def local_folder(uri: str) -> Path | None:
+    """The folder a ``file:`` URI or plain path names on this machine; None for any other scheme or host."""
+    location = urllib.parse.urlparse(uri)
+    if location.scheme not in ("", "file") or location.netloc not in ("", "localhost"):
+        return None
+    return Path(urllib.parse.unquote(location.path))
 
 
 def _resolve_from_registry(settings: Settings) -> ModelSource:

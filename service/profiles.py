@@ -171,11 +171,8 @@ def _run_artifact_text(source: t.Any) -> str | None:
     """The profile artifact of the version's run, or None when it has none. Run artifacts on local disk (the
     embedded registry's) are read as files: MLflow's `runs:/` resolution builds a tracking store, about 4 s of a
     cold worker's start with MLflow's import."""
-    import urllib.parse
-
-    location = urllib.parse.urlparse(source.run_artifact_uri or "")
-    if source.run_artifact_uri and location.scheme in ("", "file") and location.netloc in ("", "localhost"):
-        path = Path(urllib.parse.unquote(location.path)) / PROFILE_ARTIFACT
+    if (folder := source.run_artifact_path) is not None:
+        path = folder / PROFILE_ARTIFACT
         return path.read_text() if path.is_file() else None
     if not source.run_id:
         return None
