@@ -20,17 +20,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 # Only light modules: this process is replaced by `bentoml serve`, so whatever it imports is cold-start time lost.
 from service.errors import ModelLoadError
 from service.names import DEMO_MODEL_NAME, TELEMETRY_OFF, VARIANTS, free_port, mlserve_home
-from service.settings import REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, Settings, parse_model_uri, tracking_uri_from_env
+from service.settings import (
+    REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, TRUE_WORDS, Settings, parse_model_uri, tracking_uri_from_env,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICE_TARGET = "service.service:ModelServer"
+FRONT_PROXY_ENV = "MLSERVE_FRONT_PROXY"
 
 
 def port_is_taken(host: str, port: int) -> bool:
@@ -92,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--grpc-port", type=int, default=_grpc_port_default(),
                        help="serve OIP v2 over gRPC on this port too (default MLSERVE_GRPC_PORT, else none); "
                             "0 picks a free one")
+    serve.add_argument("--front-proxy", action=argparse.BooleanOptionalAction,
+                       default=os.environ.get(FRONT_PROXY_ENV, "").lower() in TRUE_WORDS,
+                       help="put HAProxy in front of the workers, so overload is refused before Python (default "
+                            f"{FRONT_PROXY_ENV}, else off; see service/front_proxy.py)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -127,12 +137,69 @@ def main(argv: list[str] | None = None) -> int:
     grpc = f", gRPC (OIP v2) on {args.host}:{grpc_port}" if grpc_port is not None else ""
     print(f"mlserve: serving {model_uri} as {args.variant} on http://{args.host}:{port}{grpc}", file=sys.stderr,
           flush=True)
-    command = serve_command(args.host, port)
     os.chdir(REPO_ROOT)
     bentoml_home = mlserve_home() / "servers" / str(port)
     bentoml_home.mkdir(parents=True, exist_ok=True)
     environment = serve_environment(model_uri, args.variant, args.workers, tracking_uri, bentoml_home)
+    if args.front_proxy:
+        return serve_behind_proxy(args.host, port, args.workers, environment, bentoml_home)
+    command = serve_command(args.host, port)
     os.execve(command[0], command, environment)
+
+
+def serve_behind_proxy(host: str, port: int, workers: int, environment: dict[str, str], home: Path) -> int:
+    """Run the workers on a loopback port with HAProxy on ``host:port`` in front; return when either stops (the
+    other is stopped too), with the server's exit status, or the proxy's when it failed first."""
+    from service.admission import AdmissionLimits
+    from service.front_proxy import FrontProxy, FrontProxyError
+
+    try:
+        limits = AdmissionLimits.from_env(environment)
+        proxy = FrontProxy(host, port, free_port(), free_port(), workers, limits)
+        # The proxy decides what gets in; each worker takes whatever share of it comes its way (the proxy's
+        # connections are not spread evenly over the workers), its own limits a safety net above the proxy's.
+        environment = {**environment, AdmissionLimits.ENV["max_concurrency"]: str(proxy.max_connections)}
+        haproxy = proxy.start(home)
+    except (FrontProxyError, ValueError) as err:
+        print(f"mlserve: {err}", file=sys.stderr)
+        return 2
+    print(f"mlserve: HAProxy on {host}:{port} in front of the workers on 127.0.0.1:{proxy.inner_port} "
+          f"(its metrics: http://127.0.0.1:{proxy.stats_port}/metrics)", file=sys.stderr, flush=True)
+    command = serve_command("127.0.0.1", proxy.inner_port)
+    server = subprocess.Popen(command, env=environment)
+    return supervise(server, haproxy)
+
+
+def supervise(server: subprocess.Popen, proxy: subprocess.Popen, grace_s: float = 30.0) -> int:
+    """Wait until the server or the proxy exits (or SIGTERM/SIGINT arrives, which is passed on), then stop the
+    other; the server's exit status, or the proxy's when the proxy failed while the server was still running."""
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in (server, proxy):
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    while server.poll() is None and proxy.poll() is None:
+        time.sleep(0.2)
+    proxy_failed = server.poll() is None and not stopping
+    for process in (proxy, server):
+        if process.poll() is None:
+            process.terminate()
+    for process in (proxy, server):
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if proxy_failed:
+        print(f"mlserve: HAProxy exited with status {proxy.returncode}; the server was stopped", file=sys.stderr)
+        return proxy.returncode or 1
+    return server.returncode
 
 
 if __name__ == "__main__":

@@ -294,3 +294,27 @@ def test_requests_are_shed_at_once_while_the_event_loop_runs_later_than_the_budg
 
     assert saturated is False and "over the 0.1s budget" in told
     assert recovered is True
+
+
+def test_a_standing_queue_sheds_after_a_short_wait_and_a_burst_gets_the_whole_budget():
+    """Slots full for longer than Slots.STANDING is overload, not a burst: a request queued then waits only
+    STANDING_WAIT (instead of the 30 s budget); once a slot has been free, the next burst gets the whole budget."""
+    slots = Slots(AdmissionLimits(max_concurrency=1, max_queue=5, queue_timeout=30.0, body_timeout=30.0))
+
+    async def scenario() -> tuple[float, bool, float, float, float]:
+        loop = asyncio.get_running_loop()
+        assert await slots.acquire()
+        burst_budget = slots.queue_budget(loop.time())
+        await asyncio.sleep(Slots.STANDING * 2)  # the one slot stays taken
+        started = loop.time()
+        standing = await slots.acquire()
+        waited = loop.time() - started
+        slots.release()  # nobody waits: the slot is free
+        assert await slots.acquire()
+        return burst_budget, standing, waited, slots.queue_budget(loop.time()), slots.STANDING_WAIT
+
+    burst_budget, standing, waited, after_free, short = asyncio.run(scenario())
+
+    assert burst_budget == 30.0
+    assert standing is False and waited < 5.0, f"shed after {waited:.3f}s"
+    assert short < 0.1 and after_free == 30.0

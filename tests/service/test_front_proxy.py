@@ -1,0 +1,90 @@
+"""`service serve --front-proxy`: HAProxy holds the connections and refuses overload with our 503 before Python.
+
+The configuration is checked by HAProxy itself (``haproxy -c``); the served behaviour with a real server whose one slot
+is held by a request whose body has not finished arriving (so nothing depends on how fast the model is).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+
+import pytest
+import requests
+
+from service.admission import AdmissionLimits
+from service.front_proxy import FrontProxy, find_haproxy
+from tests.service.conftest import start_server, stop_server
+
+ROW = {"tenure": 3, "monthly_charges": 20.5, "total_charges": 61.5, "contract_type": "Two year",
+       "payment_method": "Credit card (automatic)"}
+
+
+def test_the_configuration_carries_the_serving_limits_and_haproxy_accepts_it(tmp_path):
+    limits = AdmissionLimits(max_concurrency=16, max_queue=4, queue_timeout=0.25, body_timeout=10.0)
+    config = FrontProxy("0.0.0.0", 3000, 3100, 3200, 2, limits).config(fd_limit=4096)
+    assert "server workers 127.0.0.1:3100 maxconn 32 maxqueue 8" in config
+    assert "timeout queue 250ms" in config
+    assert "bind 0.0.0.0:3000" in config and "hdr retry-after 1" in config
+    body = json.loads(config.split(" string '", 1)[1].split("' hdr", 1)[0])
+    assert body["error_code"] == "TEMPORARILY_UNAVAILABLE" and "overloaded" in body["error"]
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(config)
+    check = subprocess.run([find_haproxy(), "-c", "-f", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_no_queue_is_a_one_millisecond_queue_budget_not_an_unlimited_queue():
+    limits = AdmissionLimits(max_concurrency=4, max_queue=0, queue_timeout=1.0, body_timeout=10.0)
+    config = FrontProxy("127.0.0.1", 3000, 3100, 3200, 1, limits).config(fd_limit=4096)
+    assert "timeout queue 1ms" in config and "maxqueue" not in config
+
+
+def held_request(url: str, body: bytes) -> socket.socket:
+    """A /predict whose headers and first body byte are sent, the rest held back: it occupies a worker slot."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body[:1])
+    return sock
+
+
+@pytest.fixture(scope="module")
+def proxied_server(registry, tmp_path_factory):
+    server = start_server(
+        registry, tmp_path_factory.mktemp("logs") / "front-proxy.log", "--front-proxy",
+        env={"MLSERVE_MAX_CONCURRENCY": "1", "MLSERVE_MAX_QUEUE": "1", "MLSERVE_QUEUE_TIMEOUT_SECONDS": "0.4",
+             "MLSERVE_EXPLAIN_ENABLED": "false"})
+    yield server
+    stop_server(server)
+
+
+def test_overload_is_answered_503_with_retry_after_by_the_proxy_and_probes_still_answer(proxied_server):
+    url = proxied_server.url
+    body = json.dumps({"instances": [ROW]}).encode()
+    assert requests.post(f"{url}/predict", json={"instances": [ROW]}, timeout=30).status_code == 200
+    holder = held_request(url, body)
+    try:
+        time.sleep(0.5)  # the proxy has passed the held request to the worker: its one connection is taken
+        started = time.monotonic()
+        queued = requests.post(f"{url}/predict", json={"instances": [ROW]}, timeout=10)
+        waited = time.monotonic() - started
+        assert queued.status_code == 503, queued.text
+        assert queued.headers["Retry-After"] == "1"
+        assert queued.json()["error_code"] == "TEMPORARILY_UNAVAILABLE" and "overloaded" in queued.json()["error"]
+        assert 0.3 <= waited < 5, f"a queued request waits out the 0.4 s queue budget, not {waited:.2f}s"
+        assert requests.get(f"{url}/livez", timeout=5).status_code == 200
+        assert requests.get(f"{url}/metrics", timeout=5).status_code == 200
+        holder.sendall(body[1:])
+        answer = holder.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    finally:
+        holder.close()
+    assert requests.post(f"{url}/predict", json={"instances": [ROW]}, timeout=30).status_code == 200
+
+
+def test_a_server_that_cannot_start_stops_its_proxy_and_exits_non_zero(registry, tmp_path):
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        start_server(registry, tmp_path / "bad.log", "--front-proxy", "--model-uri", "models:/no-such-model/1")
