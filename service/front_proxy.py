@@ -69,6 +69,8 @@ class FrontProxy:
         limit = fd_limit if fd_limit is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         global_maxconn = max(256, min(20000, (limit - 64) // 2))
         # HAProxy reads `maxqueue 0` as "no limit": no queue at all is a 1 ms queue budget instead.
+        slow = json.dumps(mlflow_error_body(
+            f"request body not received within {self.limits.body_timeout:g}s (MLSERVE_BODY_TIMEOUT_SECONDS)", 408))
         queue = f" maxqueue {self.max_queued}" if self.max_queued else ""
         queue_ms = max(1, round(self.limits.queue_timeout * 1000)) if self.max_queued else 1
         return "\n".join([
@@ -79,8 +81,12 @@ class FrontProxy:
             "  mode http",
             "  option http-keep-alive",
             "  http-reuse always",  # a handful of kept-alive connections to the workers, not one per client
+            # A request goes to a worker once its body is here (up to a 16 kB buffer): a client sending a byte a
+            # second holds no worker slot, and is answered 408 when the body budget runs out.
+            "  option http-buffer-request",
+            f"  timeout http-request {self.limits.body_timeout:g}s",
             "  timeout connect 2s",
-            f"  timeout client {math.ceil(self.limits.body_timeout) + 5}s",  # the workers cut slow bodies off first
+            f"  timeout client {math.ceil(self.limits.body_timeout) + 5}s",
             f"  timeout server {SERVER_TIMEOUT_S}s",
             f"  timeout queue {queue_ms}ms",
             "frontend mlserve",
@@ -90,6 +96,7 @@ class FrontProxy:
             *(f"  acl prediction path_reg {pattern.pattern}" for pattern, _ in MEDIA_TYPES_BY_PATH),
             "  use_backend workers if prediction",
             "  default_backend control",
+            f"  http-error status 408 content-type application/json string '{slow}' hdr connection close",
             "frontend stats",
             f"  bind 127.0.0.1:{self.stats_port}",
             "  http-request use-service prometheus-exporter if { path /metrics }",

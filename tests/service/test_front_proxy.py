@@ -28,7 +28,7 @@ def test_the_configuration_carries_the_serving_limits_and_haproxy_accepts_it(tmp
     assert "server workers 127.0.0.1:3100 maxconn 32 maxqueue 8" in config
     assert "timeout queue 250ms" in config
     assert "bind 0.0.0.0:3000" in config and "hdr retry-after 1" in config
-    body = json.loads(config.split(" string '", 1)[1].split("' hdr", 1)[0])
+    body = json.loads(config.split("status 503 content-type application/json string '", 1)[1].split("' hdr", 1)[0])
     assert body["error_code"] == "TEMPORARILY_UNAVAILABLE" and "overloaded" in body["error"]
     path = tmp_path / "haproxy.cfg"
     path.write_text(config)
@@ -42,13 +42,19 @@ def test_no_queue_is_a_one_millisecond_queue_budget_not_an_unlimited_queue():
     assert "timeout queue 1ms" in config and "maxqueue" not in config
 
 
-def held_request(url: str, body: bytes) -> socket.socket:
-    """A /predict whose headers and first body byte are sent, the rest held back: it occupies a worker slot."""
+def connect(url: str) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: %d\r\n\r\n" % len(body) + body[:1])
-    return sock
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def request_head(length: int) -> bytes:
+    return (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % length)
+
+
+# A valid /predict body longer than HAProxy's 16 kB request buffer (JSON allows the blanks): the proxy passes such a
+# request on once its buffer is full, so a client holding back the last byte holds a worker slot.
+LONG_BODY = json.dumps({"instances": [ROW]}).encode()[:-1] + b" " * 32768 + b"}"
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +62,16 @@ def proxied_server(registry, tmp_path_factory):
     server = start_server(
         registry, tmp_path_factory.mktemp("logs") / "front-proxy.log", "--front-proxy",
         env={"MLSERVE_MAX_CONCURRENCY": "1", "MLSERVE_MAX_QUEUE": "1", "MLSERVE_QUEUE_TIMEOUT_SECONDS": "0.4",
-             "MLSERVE_EXPLAIN_ENABLED": "false"})
+             "MLSERVE_BODY_TIMEOUT_SECONDS": "4", "MLSERVE_EXPLAIN_ENABLED": "false"})
     yield server
     stop_server(server)
 
 
 def test_overload_is_answered_503_with_retry_after_by_the_proxy_and_probes_still_answer(proxied_server):
     url = proxied_server.url
-    body = json.dumps({"instances": [ROW]}).encode()
     assert requests.post(f"{url}/predict", json={"instances": [ROW]}, timeout=30).status_code == 200
-    holder = held_request(url, body)
+    holder = connect(url)
+    holder.sendall(request_head(len(LONG_BODY)) + LONG_BODY[:-1])
     try:
         time.sleep(0.5)  # the proxy has passed the held request to the worker: its one connection is taken
         started = time.monotonic()
@@ -77,7 +83,7 @@ def test_overload_is_answered_503_with_retry_after_by_the_proxy_and_probes_still
         assert 0.3 <= waited < 5, f"a queued request waits out the 0.4 s queue budget, not {waited:.2f}s"
         assert requests.get(f"{url}/livez", timeout=5).status_code == 200
         assert requests.get(f"{url}/metrics", timeout=5).status_code == 200
-        holder.sendall(body[1:])
+        holder.sendall(LONG_BODY[-1:])
         answer = holder.recv(65536)
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     finally:
@@ -88,3 +94,22 @@ def test_overload_is_answered_503_with_retry_after_by_the_proxy_and_probes_still
 def test_a_server_that_cannot_start_stops_its_proxy_and_exits_non_zero(registry, tmp_path):
     with pytest.raises(RuntimeError, match="exited with 2"):
         start_server(registry, tmp_path / "bad.log", "--front-proxy", "--model-uri", "models:/no-such-model/1")
+
+
+def test_a_client_sending_a_byte_a_second_holds_no_worker_and_gets_408(proxied_server):
+    """The proxy keeps a slow body to itself (the one worker slot stays free) and cuts it off after the body budget."""
+    slow = connect(proxied_server.url)
+    try:
+        slow.sendall(request_head(100) + b"{")
+        started = time.monotonic()
+        assert requests.post(f"{proxied_server.url}/predict", json={"instances": [ROW]}, timeout=10).status_code == 200
+        for _ in range(3):
+            time.sleep(1)
+            slow.sendall(b" ")
+        answer = slow.recv(65536)
+        waited = time.monotonic() - started
+    finally:
+        slow.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"request body not received within 4s" in answer
+    assert waited < 10, f"cut off after {waited:.1f}s, the budget is 4 s"
