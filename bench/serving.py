@@ -6,7 +6,8 @@
 the 1-row JSON POST body) at concurrency 1, then 8, then 64, one round per concurrency so that the servers
 compared at one concurrency are measured close together in time on a shared machine. Servers:
 
-- ``mlserve``: ``python -m service serve --grpc-port G`` with one worker per core, on every protocol it serves:
+- ``mlserve``: ``python -m service serve --front-proxy --grpc-port G`` with one worker per core (HTTP through the
+  HAProxy in front, ``service/front_proxy.py``; gRPC straight to the workers), on every protocol it serves:
   ``/predict``, ``/invocations`` (``dataframe_records``), OIP REST infer and gRPC ``ModelInfer``; the gRPC point is
   loaded by ``ghz`` (Go, built by ``make bench`` with ``go install``; skipped with the reason when Go is missing) with
   the same 1-row request, one connection per concurrent caller as ``wrk`` opens, and reported in the same columns;
@@ -208,9 +209,15 @@ def running(spec: ServerSpec, log_dir: Path) -> t.Iterator[tuple[str, subprocess
 
 
 def first_child_s(process: subprocess.Popen, started_wall: float) -> float | None:
-    """Seconds from ``started_wall`` to the creation of the earliest child still running under ``process``."""
+    """Seconds from ``started_wall`` to the creation of the earliest child still running under ``process``: its first
+    worker. Behind a front proxy (``--front-proxy``) ``process`` supervises HAProxy and the server, so the first
+    worker is the earliest child of that server."""
     try:
-        children = psutil.Process(process.pid).children(recursive=True)
+        top = psutil.Process(process.pid)
+        direct = top.children()
+        proxied = [child for child in direct if child.name() != "haproxy"]
+        server = proxied[0] if len(proxied) == 1 and len(proxied) < len(direct) else top
+        children = server.children(recursive=True)
         return round(min(child.create_time() for child in children) - started_wall, 2) if children else None
     except psutil.NoSuchProcess:
         return None
@@ -675,7 +682,7 @@ def server_specs(tracking_uri: str, workers: int) -> list[ServerSpec]:
         ServerSpec(
             "mlserve", "mlserve (BentoML)",
             lambda port: [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", str(workers),
-                          "--grpc-port", str(grpc_port)],
+                          "--grpc-port", str(grpc_port), "--front-proxy"],
             "/readyz",
             [Endpoint("mlserve_predict", "mlserve /predict", "/predict", rows),
              Endpoint("mlserve_invocations", "mlserve /invocations", "/invocations", {"dataframe_records": [ROW]}),

@@ -70,7 +70,7 @@ class AdmissionLimits:
     }
     # The same defaults as Pulumi.yaml's serving.* keys, for a server started without a deployment.
     DEFAULTS: t.ClassVar[dict[str, float]] = {
-        "max_concurrency": 64, "max_queue": 128, "queue_timeout": 1.0, "body_timeout": 10.0,
+        "max_concurrency": 64, "max_queue": 16, "queue_timeout": 1.0, "body_timeout": 10.0,
     }
 
     @classmethod

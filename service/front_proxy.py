@@ -68,10 +68,14 @@ class FrontProxy:
         # Each client connection costs HAProxy two descriptors (client and server side) at most.
         limit = fd_limit if fd_limit is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         global_maxconn = max(256, min(20000, (limit - 64) // 2))
-        # HAProxy reads `maxqueue 0` as "no limit": no queue at all is a 1 ms queue budget instead.
         slow = json.dumps(mlflow_error_body(
             f"request body not received within {self.limits.body_timeout:g}s (MLSERVE_BODY_TIMEOUT_SECONDS)", 408))
-        queue = f" maxqueue {self.max_queued}" if self.max_queued else ""
+        retry_after = f"hdr retry-after {self.limits.retry_after}"
+        # HAProxy's `maxqueue` does not refuse (a request over it waits in the backend's queue instead), so a full
+        # queue is refused by rule; no queue at all is a 1 ms queue budget (a rule `queue ge 0` would refuse all).
+        refuse_when_full = (
+            [f"  http-request return status 503 content-type application/json string '{body}' {retry_after} "
+             f"if prediction {{ queue(workers) ge {self.max_queued} }}"] if self.max_queued else [])
         queue_ms = max(1, round(self.limits.queue_timeout * 1000)) if self.max_queued else 1
         return "\n".join([
             "global",
@@ -94,6 +98,7 @@ class FrontProxy:
             # Only the routes the workers' admission guards are limited: probes, /metrics and the docs always get
             # through, so a liveness probe never fails because the model is busy.
             *(f"  acl prediction path_reg {pattern.pattern}" for pattern, _ in MEDIA_TYPES_BY_PATH),
+            *refuse_when_full,
             "  use_backend workers if prediction",
             "  default_backend control",
             f"  http-error status 408 content-type application/json string '{slow}' hdr connection close",
@@ -101,11 +106,10 @@ class FrontProxy:
             f"  bind 127.0.0.1:{self.stats_port}",
             "  http-request use-service prometheus-exporter if { path /metrics }",
             "backend workers",
-            # 503 is what HAProxy answers when no worker slot frees within the queue budget, the queue is full, or
-            # no worker listens yet (start-up); a readiness probe sees the same 503 until the workers are ready.
-            f"  http-error status 503 content-type application/json string '{body}' "
-            f"hdr retry-after {self.limits.retry_after}",
-            f"  server workers 127.0.0.1:{self.inner_port} maxconn {self.max_connections}{queue}",
+            # HAProxy's own 503, when no worker slot frees within the queue budget or no worker listens yet
+            # (start-up; a readiness probe sees 503 until the workers are ready), gets the same body.
+            f"  http-error status 503 content-type application/json string '{body}' {retry_after}",
+            f"  server workers 127.0.0.1:{self.inner_port} maxconn {self.max_connections}",
             "backend control",
             f"  server workers 127.0.0.1:{self.inner_port}",
             "",
