@@ -35,6 +35,9 @@ ROUTERS = ("service", "seldon", "gateway")
 _GATEWAY_DURATION = re.compile(r"^([0-9]{1,5}(h|m|s|ms)){1,4}$")
 # Ports of the executor Seldon adds to every predictor pod (REST and gRPC); our container must not take them.
 SELDON_EXECUTOR_PORTS = (8000, 5001)
+# With serving.frontProxy a model pod's server listens on the first port, behind HAProxy on serving.port, and HAProxy's
+# Prometheus exporter on the second, on the pod's loopback (kubectl port-forward reaches it).
+FRONT_PROXY_PORTS = (3080, 8405)
 # Keys whose values are secrets (`pulumi config set --secret`): never echoed in a problem.
 SECRET_KEYS = frozenset({"feedback.signingKey"})
 # Artifact stores whose client packages the image can carry (image.artifactStoreClients); pins in infra/image_context.py.
@@ -143,6 +146,7 @@ class ServingConfig:
     body_timeout_seconds: float = key("serving.bodyTimeoutSeconds", lambda v: _between(v, 0.001, 600))
     max_batch_size: int = key("serving.maxBatchSize", lambda v: _between(v, 1, 100000))
     max_batch_wait_ms: float = key("serving.maxBatchWaitMs", lambda v: _between(v, 0, 10000))
+    front_proxy: bool = key("serving.frontProxy")
 
 
 @dataclass(frozen=True)
@@ -637,6 +641,17 @@ def cross_key_problems(config: StackConfig, bad_keys: set[str] = frozenset()) ->
         if not config.model.has_challenger:
             problems.append("traffic.shadow: true but model.challengerUri is empty; the shadow serves the challenger model")
     problems.extend(gateway_problems(traffic, valid))
+    if valid("serving.frontProxy", "traffic.router") and serving.front_proxy and traffic.router == "seldon":
+        problems.append(
+            "serving.frontProxy: true needs traffic.router service or gateway (got 'seldon'): Seldon's executor sends "
+            "to the model container on its graph's port, where the proxy would stand; on Seldon, set overload limits "
+            "on Istio's sidecar (a DestinationRule connectionPool) instead"
+        )
+    if valid("serving.port", "serving.grpcPort", "serving.frontProxy") and serving.front_proxy:
+        for port_key, port in (("serving.port", serving.port), ("serving.grpcPort", serving.grpc_port)):
+            if port in FRONT_PROXY_PORTS:
+                problems.append(f"{port_key}: {port} is a port the front proxy's pod uses itself "
+                                f"({', '.join(map(str, FRONT_PROXY_PORTS))}); pick another")
     if valid("serving.port", "serving.grpcPort") and serving.grpc_port == serving.port:
         problems.append(
             f"serving.grpcPort: {serving.grpc_port} is also serving.port; HTTP and gRPC need a port each"

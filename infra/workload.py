@@ -11,17 +11,26 @@ import math
 from typing import Any
 
 from infra.config import (
-    AccessConfig, ExplainConfig, FeedbackConfig, GpuConfig, Identity, ModelConfig, PodConfig, SecretValue, ServingConfig,
-    dns_label,
+    FRONT_PROXY_PORTS, AccessConfig, ExplainConfig, FeedbackConfig, GpuConfig, Identity, ModelConfig, PodConfig,
+    SecretValue, ServingConfig, dns_label,
 )
 from service.admission import AdmissionLimits
 from service.explain import ExplainSettings
+from service.front_proxy import FrontProxy
 from service.names import TELEMETRY_OFF
 from service.prediction_ids import KEY_ENV, MAX_AGE_ENV
 from service.profiles import REFERENCE_URI_ENV
 from service.settings import BatchLimits
 
 PORT_NAME = "http"
+WORKERS_PORT_NAME = "workers"  # the server's HTTP port behind a front proxy (serving.frontProxy)
+WORKERS_PORT, PROXY_STATS_PORT = FRONT_PROXY_PORTS
+FRONT_PROXY_CONTAINER = "front-proxy"
+FRONT_PROXY_CONFIG_ENV = "MLSERVE_FRONT_PROXY_CONFIG"
+# The descriptors HAProxy plans for (two per client connection: 4,096 clients per pod). Container runtimes give a
+# hard RLIMIT_NOFILE far above it, and HAProxy raises its own soft limit to what it needs.
+POD_FD_LIMIT = 8256
+FRONT_PROXY_RESOURCES = {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "128Mi"}}
 GRPC_PORT_NAME = "grpc"  # the name Seldon's operator looks for (operator/constants: GrpcPortName)
 # bentoml_cli/serve.py (1.4.39): `bentoml serve --port` reads BENTOML_PORT (default 3000); the image's
 # entrypoint runs `bentoml serve` without --port, so this variable alone decides where the server listens.
@@ -73,11 +82,51 @@ def standard_labels(identity: Identity, variant: str | None = None) -> dict[str,
 
 
 def container_ports(serving: ServingConfig) -> list[Manifest]:
-    """The HTTP port (REST, probes, /metrics) and the OIP v2 gRPC port, each named."""
-    return [
-        {"name": PORT_NAME, "containerPort": serving.port, "protocol": "TCP"},
-        {"name": GRPC_PORT_NAME, "containerPort": serving.grpc_port, "protocol": "TCP"},
-    ]
+    """The HTTP port (REST, probes, /metrics) and the OIP v2 gRPC port, each named. Behind a front proxy the HTTP
+    port is the proxy's, and the server's own is `WORKERS_PORT_NAME`."""
+    http = ({"name": WORKERS_PORT_NAME, "containerPort": WORKERS_PORT, "protocol": "TCP"} if serving.front_proxy
+            else {"name": PORT_NAME, "containerPort": serving.port, "protocol": "TCP"})
+    return [http, {"name": GRPC_PORT_NAME, "containerPort": serving.grpc_port, "protocol": "TCP"}]
+
+
+def server_port(serving: ServingConfig) -> int:
+    """Where the model server listens for HTTP: serving.port, or behind a front proxy `WORKERS_PORT`."""
+    return WORKERS_PORT if serving.front_proxy else serving.port
+
+
+def admission_limits(serving: ServingConfig) -> AdmissionLimits:
+    """The server's per-worker admission limits (service/admission.py) from stack config ``serving.*``."""
+    return AdmissionLimits(
+        max_concurrency=serving.max_concurrency, max_queue=serving.max_queue,
+        queue_timeout=serving.queue_timeout_seconds, body_timeout=serving.body_timeout_seconds,
+    )
+
+
+def front_proxy_container(serving: ServingConfig, image: Any) -> Manifest:
+    """HAProxy in front of the model server (service/front_proxy.py), from the same image: on serving.port, the
+    serving.* limits applied before any Python runs. Its configuration travels in an environment variable, so a
+    change to it rolls the pods as any other change of the pod template does (a ConfigMap's would not)."""
+    proxy = FrontProxy("0.0.0.0", serving.port, WORKERS_PORT, PROXY_STATS_PORT, workers=1,
+                       limits=admission_limits(serving))
+    http_get = {"port": PORT_NAME, "scheme": "HTTP"}
+    return {
+        "name": FRONT_PROXY_CONTAINER,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["/bin/sh", "-c",
+                    f'printf "%s" "${FRONT_PROXY_CONFIG_ENV}" > /tmp/haproxy.cfg && exec haproxy -db -f /tmp/haproxy.cfg'],
+        "env": [{"name": FRONT_PROXY_CONFIG_ENV, "value": proxy.config(fd_limit=POD_FD_LIMIT)}],
+        "ports": [{"name": PORT_NAME, "containerPort": serving.port, "protocol": "TCP"}],
+        # Ready when the server behind it is (the proxy passes /readyz on); alive while it accepts connections, so
+        # a server still loading its model never gets the proxy restarted.
+        "readinessProbe": {"httpGet": {**http_get, "path": "/readyz"}, "periodSeconds": PROBE_PERIOD_SECONDS,
+                           "timeoutSeconds": 3, "failureThreshold": 2},
+        "livenessProbe": {"tcpSocket": {"port": PORT_NAME}, "periodSeconds": 10, "timeoutSeconds": 3,
+                          "failureThreshold": 3},
+        "resources": FRONT_PROXY_RESOURCES,
+        "securityContext": container_security_context(),
+        "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],
+    }
 # AccessConfig field -> the variable MLflow (mlflow/environment_variables.py) or the store's client reads.
 CREDENTIAL_ENV = {
     "mlflow_tracking_token": "MLFLOW_TRACKING_TOKEN",
@@ -139,7 +188,7 @@ def container_env(pod: PodConfig, variant: str) -> list[Manifest]:
         "MLSERVE_GRPC_PORT": str(serving.grpc_port),
         "MLSERVE_CLASSIFIER_OUTPUT": model.classifier_output,
         "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true" if model.allow_pickle_deserialization else "false",
-        BENTOML_PORT_ENV: str(serving.port),
+        BENTOML_PORT_ENV: str(server_port(serving)),
         # Read-only root filesystem: everything BentoML and MLflow write goes to the tmp volume.
         "BENTOML_HOME": "/tmp/bentoml",
         "HOME": "/tmp",
@@ -156,10 +205,7 @@ def container_env(pod: PodConfig, variant: str) -> list[Manifest]:
 
 def admission_env(serving: ServingConfig) -> dict[str, str]:
     """The server's per-worker admission limits (service/admission.py) from stack config ``serving.*``."""
-    limits = AdmissionLimits(
-        max_concurrency=serving.max_concurrency, max_queue=serving.max_queue,
-        queue_timeout=serving.queue_timeout_seconds, body_timeout=serving.body_timeout_seconds,
-    )
+    limits = admission_limits(serving)
     return {AdmissionLimits.ENV[name]: f"{getattr(limits, name):g}" for name in AdmissionLimits.ENV}
 
 
@@ -185,8 +231,8 @@ def explain_env(explain: ExplainConfig) -> dict[str, str]:
 
 
 def probes(serving: ServingConfig) -> Manifest:
-    """Liveness, readiness and a startup probe long enough for a slow model load."""
-    http_get = {"port": PORT_NAME, "scheme": "HTTP"}
+    """Liveness, readiness and a startup probe long enough for a slow model load, on the server's own port."""
+    http_get = {"port": WORKERS_PORT_NAME if serving.front_proxy else PORT_NAME, "scheme": "HTTP"}
     startup_failures = math.ceil(serving.startup_timeout_seconds / PROBE_PERIOD_SECONDS)
     return {
         "startupProbe": {
@@ -295,7 +341,8 @@ def model_container(pod: PodConfig, variant: str, image: Any) -> Manifest:
 def pod_spec(pod: PodConfig, variant: str, image: Any) -> Manifest:
     """The whole pod spec of one variant, shared by every path that runs model pods."""
     return {
-        "containers": [model_container(pod, variant, image)],
+        "containers": [model_container(pod, variant, image),
+                       *([front_proxy_container(pod.serving, image)] if pod.serving.front_proxy else [])],
         "volumes": [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}}],
         "securityContext": pod_security_context(),
         "serviceAccountName": service_account_name(pod.identity),

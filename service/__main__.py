@@ -11,7 +11,9 @@ Flags: ``--port P`` (default 3000; 0 picks a free port, printed on stderr before
 worker serves the Open Inference Protocol v2 over gRPC on that port. The registry is
 ``MLFLOW_TRACKING_URI``, else SQLite in ``MLSERVE_HOME`` (default ``.mlserve/``). Each server gets its own
 ``BENTOML_HOME`` (``MLSERVE_HOME/servers/<port>``) so that servers on one machine keep separate metrics. The process is replaced by
-``bentoml serve``, so its pid is the server's. Exit status 2 (before serving) when MODEL_URI names no
+``bentoml serve``, so its pid is the server's; with ``--front-proxy`` (or ``MLSERVE_FRONT_PROXY=true``) it stays
+instead, runs the workers on a loopback port behind HAProxy on ``--host:--port`` (``service.front_proxy``), and
+stops both when either stops. Exit status 2 (before serving) when MODEL_URI names no
 registered version; non-zero from ``bentoml serve`` when a worker cannot load the model. The version resolved
 here is the one every worker serves (``service.loading.RESOLVED_MODEL_ENV``).
 """

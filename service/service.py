@@ -103,7 +103,9 @@ def server_pins(path: pathlib.Path = SERVER_REQUIREMENTS) -> list[str]:
     return [line for line in lines if line]
 
 
-IMAGE = bentoml.images.Image(python_version="3.11", lock_python_packages=False).python_packages(*server_pins())
+# Debian's HAProxy too: with serving.frontProxy the pod's `front-proxy` container runs it from this image.
+IMAGE = (bentoml.images.Image(python_version="3.11", lock_python_packages=False)
+         .system_packages("haproxy").python_packages(*server_pins()))
 
 
 # BentoML records an OpenTelemetry span for every request even with tracing off (its sampler always records, for the

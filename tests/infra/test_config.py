@@ -85,6 +85,9 @@ INVALID = [
     ("divergence-min-effect-not-a-share", {"rollout.divergence.minEffect": "5"}, "rollout.divergence.minEffect",
      "between 0 and 0.99"),
     ("divergence-min-rows-too-small", {"rollout.divergence.minRows": 10}, "rollout.divergence.minRows", "between 30"),
+    ("front-proxy-on-seldon", {"serving.frontProxy": True}, "serving.frontProxy", "needs traffic.router service or gateway"),
+    ("front-proxy-port-taken", {"serving.frontProxy": True, "traffic.router": "service", "serving.port": 3080},
+     "serving.port", "a port the front proxy's pod uses itself"),
 ]
 
 

@@ -6,6 +6,7 @@ is held by a request whose body has not finished arriving (so nothing depends on
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import socket
 import subprocess
@@ -25,7 +26,8 @@ ROW = {"tenure": 3, "monthly_charges": 20.5, "total_charges": 61.5, "contract_ty
 def test_the_configuration_carries_the_serving_limits_and_haproxy_accepts_it(tmp_path):
     limits = AdmissionLimits(max_concurrency=16, max_queue=4, queue_timeout=0.25, body_timeout=10.0)
     config = FrontProxy("0.0.0.0", 3000, 3100, 3200, 2, limits).config(fd_limit=4096)
-    assert "server workers 127.0.0.1:3100 maxconn 32 maxqueue 8" in config
+    assert "server workers 127.0.0.1:3100 maxconn 32\n" in config
+    assert "queue(workers) ge 8" in config  # a full queue is refused at once, not parked in the backend's queue
     assert "timeout queue 250ms" in config
     assert "bind 0.0.0.0:3000" in config and "hdr retry-after 1" in config
     body = json.loads(config.split("status 503 content-type application/json string '", 1)[1].split("' hdr", 1)[0])
@@ -61,7 +63,7 @@ LONG_BODY = json.dumps({"instances": [ROW]}).encode()[:-1] + b" " * 32768 + b"}"
 def proxied_server(registry, tmp_path_factory):
     server = start_server(
         registry, tmp_path_factory.mktemp("logs") / "front-proxy.log", "--front-proxy",
-        env={"MLSERVE_MAX_CONCURRENCY": "1", "MLSERVE_MAX_QUEUE": "1", "MLSERVE_QUEUE_TIMEOUT_SECONDS": "0.4",
+        env={"MLSERVE_MAX_CONCURRENCY": "1", "MLSERVE_MAX_QUEUE": "1", "MLSERVE_QUEUE_TIMEOUT_SECONDS": "1.5",
              "MLSERVE_BODY_TIMEOUT_SECONDS": "4", "MLSERVE_EXPLAIN_ENABLED": "false"})
     yield server
     stop_server(server)
@@ -74,13 +76,20 @@ def test_overload_is_answered_503_with_retry_after_by_the_proxy_and_probes_still
     holder.sendall(request_head(len(LONG_BODY)) + LONG_BODY[:-1])
     try:
         time.sleep(0.5)  # the proxy has passed the held request to the worker: its one connection is taken
-        started = time.monotonic()
-        queued = requests.post(f"{url}/predict", json={"instances": [ROW]}, timeout=10)
-        waited = time.monotonic() - started
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            waiting = pool.submit(requests.post, f"{url}/predict", json={"instances": [ROW]}, timeout=10)
+            time.sleep(0.1)  # it sits in the proxy's one-place queue
+            beyond = requests.post(f"{url}/predict", json={"instances": [ROW]}, timeout=10)
+            refused_after = time.monotonic() - started - 0.1
+            queued = waiting.result()
+            waited = time.monotonic() - started
+        assert beyond.status_code == 503 and beyond.headers["Retry-After"] == "2"
+        assert refused_after < 1.0, f"a request beyond the full queue is refused at once, not after {refused_after:.2f}s"
         assert queued.status_code == 503, queued.text
-        assert queued.headers["Retry-After"] == "1"
+        assert queued.headers["Retry-After"] == "2"
         assert queued.json()["error_code"] == "TEMPORARILY_UNAVAILABLE" and "overloaded" in queued.json()["error"]
-        assert 0.3 <= waited < 5, f"a queued request waits out the 0.4 s queue budget, not {waited:.2f}s"
+        assert 1.4 <= waited < 8, f"a queued request waits out the 1.5 s queue budget, not {waited:.2f}s"
         assert requests.get(f"{url}/livez", timeout=5).status_code == 200
         assert requests.get(f"{url}/metrics", timeout=5).status_code == 200
         holder.sendall(LONG_BODY[-1:])
