@@ -338,3 +338,54 @@ def test_quality_queries_compute_accuracy_and_losses_per_variant(tmp_path):
     (tmp_path / "quality_test.yaml").write_text(yaml.safe_dump(test))
     result = promtool("test", "rules", "quality_test.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_has_an_explanations_row_apart_from_predictions(render):
+    dashboard = json.loads(next(iter(one(render("prod"), "ConfigMap")["data"].values())))
+    rows = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"]
+    assert any(title.startswith("Explanations (/explain)") for title in rows), rows
+    explain = [panel for panel in dashboard["panels"] if panel["type"] != "row"
+               and any("model_explain_" in target["expr"] for target in panel["targets"])]
+    assert {panel["title"].split(":")[0] for panel in explain} == {
+        "Explanation requests per second", "p95 explanation latency, by variant"}
+    for panel in explain:
+        for target in panel["targets"]:
+            assert "model_prediction" not in target["expr"] and "by (variant" in target["expr"], panel["title"]
+
+
+@needs_promtool
+def test_explanation_queries_count_answers_and_refusals_per_variant(tmp_path):
+    """promtool evaluates the explanation panels' queries on counters the server would have written."""
+    from infra.dashboard import explain_queries
+
+    queries = explain_queries(stack_config("prod").identity, window="5m")
+    rules = [{"record": f"explain:{name}", "expr": queries[name]} for name in ("requests_per_second", "errors_per_second")]
+    write_rules(tmp_path / "rules.yaml", [{"name": "explain", "rules": rules}])
+    labels = 'namespace="mlserve",job="churn-model",model_name="m",model_version="1"'
+    # Per minute: the champion explains 120 requests and refuses 6 as busy; the challenger explains 60.
+    input_series = [
+        {"series": f'model_explain_requests_total{{{labels},variant="champion"}}', "values": "0+120x60"},
+        {"series": f'model_explain_requests_total{{{labels},variant="challenger"}}', "values": "0+60x60"},
+        {"series": f'model_explain_errors_total{{{labels},variant="champion",error_type="unavailable"}}',
+         "values": "0+6x60"},
+    ]
+    test = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": input_series,
+            "promql_expr_test": [
+                {"expr": 'explain:requests_per_second{variant="champion"}', "eval_time": "30m",
+                 "exp_samples": [{"labels": 'explain:requests_per_second{variant="champion"}', "value": 2}]},
+                {"expr": 'explain:requests_per_second{variant="challenger"}', "eval_time": "30m",
+                 "exp_samples": [{"labels": 'explain:requests_per_second{variant="challenger"}', "value": 1}]},
+                {"expr": "explain:errors_per_second", "eval_time": "30m",
+                 "exp_samples": [{"labels": 'explain:errors_per_second{error_type="unavailable",variant="champion"}',
+                                  "value": 0.1}]},
+            ],
+        }],
+    }
+    (tmp_path / "explain_test.yaml").write_text(yaml.safe_dump(test))
+    result = promtool("test", "rules", "explain_test.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
