@@ -85,6 +85,16 @@ def test_demo_rolls_back_a_less_accurate_challenger_on_quality(home):
     assert scores["challenger"] < scores["champion"] - 0.05
     # The label-free gate (warn only in the demo) reports beside it; only quality decided.
     assert [check["name"] for check in decided["checks"] if check["name"] != "prediction_divergence"] == ["quality"]
+    # Both variants explain: the demo prints their top three reasons for one customer side by side, and the report
+    # keeps each variant's mean absolute attribution per raw column.
+    printed = finished.stdout.split("why, for one customer", 1)[1].splitlines()[1:5]
+    assert printed[0].startswith("demo:   champion: ") and "challenger: " in printed[0], printed
+    assert all(f"{rank}. " in line for rank, line in enumerate(printed[1:], start=1)), printed
+    attributions = data["context"]["mean_absolute_attribution"]
+    columns = {"tenure", "monthly_charges", "total_charges", "contract_type", "payment_method"}
+    assert set(attributions) == {"champion", "challenger"}
+    assert set(attributions["champion"]) == set(attributions["challenger"]) == columns
+    assert attributions["champion"] != attributions["challenger"]  # the worse challenger leans on its columns differently
     assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert processes_started_under(home) == []
 
