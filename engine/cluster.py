@@ -50,6 +50,8 @@ SERVICE_CIDR = "10.96.0.0/16"  # allocation range for ClusterIPs only: nothing r
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 ADMISSION_PLUGINS = "NamespaceLifecycle,ServiceAccount,PodSecurity,DefaultStorageClass,ResourceQuota,LimitRanger"
 READY_TIMEOUT_S = 180.0
+START_ATTEMPTS = 3
+PORT_CLASH = "address already in use"
 SELDON_CRD = "seldondeployments.machinelearning.seldon.io"
 GRAPH_LEVELS = 10  # as Seldon's own build of the CRD
 STOP_TIMEOUT_S = 20.0
@@ -200,10 +202,29 @@ def _spawn(name: str, argv: list[str], state_dir: Path) -> int:
     return process.pid
 
 
-def _wait(what: str, check, timeout: float, logs: Path) -> None:
+def _log_tail(logs: Path, name: str, lines: int = 5) -> str:
+    path = logs / f"{name}.log"
+    return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:]) if path.exists() else ""
+
+
+def _exited_early(pids: dict[str, int]) -> str | None:
+    """The name of a process of `pids` that has already ended (and been reaped), else None."""
+    for name, pid in pids.items():
+        try:
+            if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                return name
+        except ChildProcessError:
+            return name
+    return None
+
+
+def _wait(what: str, check, timeout: float, logs: Path, pids: dict[str, int] | None = None) -> None:
+    """Poll `check` until it holds; fail at once, with the end of its log, if a process of `pids` has ended."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
+        if pids and (name := _exited_early(pids)):
+            raise ClusterError(f"{name} exited while waiting for {what}: {_log_tail(logs, name)}; logs in {logs}")
         try:
             if check():
                 return
@@ -260,7 +281,18 @@ def _node_ready(api: KubeAPI, name: str) -> bool:
 
 def start(state_dir: Path = DEFAULT_STATE_DIR, pools: tuple[NodePool, ...] = (CPU_POOL,)) -> ClusterState:
     """Start a fresh cluster whose files live in `state_dir` (replaced) with the fake nodes of `pools`;
-    returns what it recorded."""
+    returns what it recorded. etcd and the API server listen on ports found free a moment before, which
+    another process may take first: on that clash the whole start is tried again, up to START_ATTEMPTS times."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return _start_once(state_dir, pools)
+        except ClusterError as err:
+            if PORT_CLASH not in str(err) or attempt == START_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_once(state_dir: Path, pools: tuple[NodePool, ...]) -> ClusterState:
     binaries = bin_dir()
     if missing := missing_binaries(binaries):
         raise ClusterError(f"engine binaries missing in {binaries}: {', '.join(missing)}; run `make engine`")
@@ -306,12 +338,13 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, pools: tuple[NodePool, ...] = (CP
         ], state_dir)
         record()
         api = state.api
-        _wait("the API server to be ready", lambda: api.ready(), READY_TIMEOUT_S, logs)
+        _wait("the API server to be ready", lambda: api.ready(), READY_TIMEOUT_S, logs, pids)
         pids["kube-controller-manager"] = _spawn("kube-controller-manager", [
             str(binaries / "kube-controller-manager"), f"--kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
             f"--authentication-kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
             f"--authorization-kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
-            "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false",
+            # No health and metrics port (nothing reads it): one port fewer that another process could take first.
+            "--secure-port=0", "--leader-elect=false",
             "--use-service-account-credentials=true", f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={pki / 'ca.crt'}", f"--service-cluster-ip-range={SERVICE_CIDR}",
             # kwok posts its fake nodes' heartbeats. In one CI run the first came 56 s after the nodes registered,
@@ -323,7 +356,7 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, pools: tuple[NodePool, ...] = (CP
         ], state_dir)
         record()
         _wait("the controller manager to create the default ServiceAccount",
-              lambda: api.exists("v1", "ServiceAccount", "default", namespace="default"), READY_TIMEOUT_S, logs)
+              lambda: api.exists("v1", "ServiceAccount", "default", namespace="default"), READY_TIMEOUT_S, logs, pids)
         install_crds(api, crd_dir(), logs)
         install_crds(api, GATEWAY_API_CRD_DIR, logs)
         (state_dir / "scheduler.kubeconfig").write_text(yaml.safe_dump(kubeconfig(server, pki, "scheduler")))
@@ -331,7 +364,7 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, pools: tuple[NodePool, ...] = (CP
             str(binaries / "kube-scheduler"), f"--kubeconfig={state_dir / 'scheduler.kubeconfig'}",
             f"--authentication-kubeconfig={state_dir / 'scheduler.kubeconfig'}",
             f"--authorization-kubeconfig={state_dir / 'scheduler.kubeconfig'}",
-            "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false", "--v=1",
+            "--secure-port=0", "--leader-elect=false", "--v=1",
         ], state_dir)
         record()
         kwok = tool_path("kwok")
@@ -340,7 +373,9 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, pools: tuple[NodePool, ...] = (CP
         pids["kwok"] = _spawn("kwok", [
             str(kwok), f"--kubeconfig={state_dir / KUBECONFIG}", f"--config={state_dir / 'kwok.yaml'}",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake", f"--cidr={POD_CIDR}",
-            "--node-ip=127.0.0.1", f"--server-address=127.0.0.1:{free_port()}",
+            # No --server-address: kwok's server (logs, exec, port-forward of fake pods) is not used, and kwok
+            # exits when that port is taken, which once left every node NotReady for the whole wait in CI.
+            "--node-ip=127.0.0.1",
         ], state_dir)
         record()
         for pool in pools:
@@ -348,7 +383,7 @@ def start(state_dir: Path = DEFAULT_STATE_DIR, pools: tuple[NodePool, ...] = (CP
                 api.create(node)
         names = [node["metadata"]["name"] for pool in pools for node in pool.nodes()]
         _wait(f"kwok to report nodes {', '.join(names)} Ready", lambda: all(_node_ready(api, n) for n in names),
-              READY_TIMEOUT_S, logs)
+              READY_TIMEOUT_S, logs, pids)
     except BaseException:
         stop(state_dir)
         raise
