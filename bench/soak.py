@@ -1,10 +1,12 @@
 """Soak benchmark: mixed valid and invalid traffic at the highest rate served without shedding, then twice that.
 
 ``make soak`` (``python -m bench.soak``) registers the demo models in a private registry (``build/soak/home``),
-starts ``python -m service serve`` with one worker on 127.0.0.1, and drives it open-loop (requests start on a fixed
-schedule, whether earlier ones have finished or not) with a mix of requests: valid rows on ``/predict``,
-``/predict_batch`` and the OIP infer route, and client mistakes (malformed JSON, an unknown feature, a multipart
-body, no rows, an unknown model). A few slow clients send their body a byte a second the whole time.
+starts ``python -m service serve --front-proxy`` with one worker on 127.0.0.1 (HAProxy in front, as ``make bench``
+and a pod with ``serving.frontProxy`` run it; ``--no-front-proxy`` serves without it), and drives it open-loop
+(requests start on a fixed schedule, whether earlier ones have finished or not) with a mix of requests: valid rows
+on ``/predict``, ``/predict_batch`` and the OIP infer route, and client mistakes (malformed JSON, an unknown
+feature, a multipart body, no rows, an unknown model). A few slow clients send their body a byte a second the
+whole time.
 
 1. **Search**: the rate grows by half each step (``--step-seconds`` each) until a step sheds (503), a valid request
    fails, its p99 exceeds ``--p99-budget-ms``, or fewer than 95% of the requests due could be started; the last
@@ -13,8 +15,9 @@ body, no rows, an unknown model). A few slow clients send their body a byte a se
 3. **Overload**: ``--overload-minutes`` (default a fifth of ``--minutes``) at twice that rate.
 
 Reported per phase: outcomes by request kind (2xx, 4xx by status, shed 503, other 5xx, timeouts), p50/p99 of valid
-requests per 10-second window, server RSS every 2 s (growth after warm-up), file descriptors of the server's
-processes when idle before and after, and the server's own ``model_prediction_errors_total`` by ``error_type``.
+requests per 10-second window, how soon shed requests got their 503 and whether it carried ``Retry-After``, server
+RSS every 2 s (growth after warm-up), file descriptors of the server's processes when idle before and after, and
+the server's own ``model_prediction_errors_total`` by ``error_type``.
 Results: ``bench/results/soak.{json,md,png}`` (the report says when the run was shorter than 10 minutes). Every phase
 is bounded by its duration and every request by a timeout; the server is stopped (its process tree) in a ``finally``.
 """
@@ -44,7 +47,9 @@ import psutil
 from bench.serving import (
     RESULTS,
     ROW,
+    TARGET_OVERLOAD_P99_FACTOR,
     TARGET_RSS_GROWTH_PERCENT,
+    TARGET_SHED_MS,
     TELEMETRY_OFF,
     free_port,
     prepare_registry,
@@ -129,6 +134,8 @@ class Phase:
         default_factory=lambda: collections.defaultdict(collections.Counter))
     # (seconds since the phase began, latency in ms) of valid requests that succeeded
     latencies: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    shed_ms: list[float] = dataclasses.field(default_factory=list)  # how long each shed request waited for its 503
+    shed_without_retry_after: int = 0
     slow_clients: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def valid_latencies_ms(self) -> list[float]:
@@ -140,6 +147,7 @@ class Phase:
 
     def summary(self, kinds: dict[str, Kind]) -> dict[str, t.Any]:
         latencies = sorted(self.valid_latencies_ms())
+        shed_ms = sorted(self.shed_ms)
         valid = {name for name, kind in kinds.items() if kind.valid}
         return {
             "phase": self.name, "rate_rps": round(self.rate, 1), "seconds": self.seconds, "due": self.due,
@@ -149,6 +157,9 @@ class Phase:
             "valid_5xx": self.count(lambda k, o: k in valid and o.startswith("5xx")),
             "valid_failed": self.count(lambda k, o: k in valid and o != "2xx" and o != "shed"),
             "shed": self.count(lambda k, o: o == "shed"),
+            "shed_p99_ms": round(percentile(shed_ms, 99), 2) if shed_ms else None,
+            "shed_over_target": sum(ms > TARGET_SHED_MS for ms in shed_ms),
+            "shed_without_retry_after": self.shed_without_retry_after,
             "invalid_5xx": self.count(lambda k, o: k not in valid and o.startswith("5xx")),
             "invalid_not_4xx": self.count(lambda k, o: k not in valid and not o.startswith("4xx")),
             "outcomes": {kind: dict(counter) for kind, counter in sorted(self.outcomes.items())},
@@ -178,7 +189,7 @@ def windows(latencies: list[tuple[float, float]], seconds: float) -> list[dict[s
 async def send_one(host: str, port: int, kind: Kind, phase: Phase, phase_started: float) -> None:
     """One request on a fresh keep-alive-less connection, recorded in ``phase``."""
     started = time.perf_counter()
-    status, error = None, None
+    status, error, answer = None, None, b""
     writer = None
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), REQUEST_TIMEOUT_SECONDS)
@@ -187,7 +198,7 @@ async def send_one(host: str, port: int, kind: Kind, phase: Phase, phase_started
         writer.write(head + kind.body)
         line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_SECONDS)
         status = int(line.split()[1])
-        await asyncio.wait_for(reader.read(), REQUEST_TIMEOUT_SECONDS)
+        answer = await asyncio.wait_for(reader.read(), REQUEST_TIMEOUT_SECONDS)
     except asyncio.TimeoutError:
         error = "timeout"
     except (OSError, IndexError, ValueError) as err:
@@ -199,6 +210,10 @@ async def send_one(host: str, port: int, kind: Kind, phase: Phase, phase_started
                 await writer.wait_closed()
     outcome = outcome_of(status, error)
     phase.outcomes[kind.name][outcome] += 1
+    if outcome == "shed":
+        phase.shed_ms.append(1000 * (time.perf_counter() - started))
+        headers = answer.split(b"\r\n\r\n", 1)[0].lower()
+        phase.shed_without_retry_after += b"\r\nretry-after:" not in b"\r\n" + headers
     if kind.valid and outcome == "2xx":
         phase.latencies.append((started - phase_started, 1000 * (time.perf_counter() - started)))
 
@@ -366,6 +381,7 @@ def rss_growth(samples: list[tuple[float, float]], soak_start: float, soak_end: 
 
 def targets(result: dict[str, t.Any]) -> list[dict[str, t.Any]]:
     soak_phase = next((phase for phase in result["phases"] if phase["phase"] == "soak"), None)
+    overload = next((phase for phase in result["phases"] if phase["phase"] == "overload 2x"), None)
     growth = result["rss_growth"].get("growth_percent")
     leaked = result["fds"]["idle_after"] - result["fds"]["idle_before"]
     rows = [
@@ -379,6 +395,17 @@ def targets(result: dict[str, t.Any]) -> list[dict[str, t.Any]]:
         ("no leaked descriptors", True, leaked <= 0,
          f"{result['fds']['idle_before']} -> {result['fds']['idle_after']} when idle"),
     ]
+    if overload is not None:
+        rows.append((
+            f"2x overload: the excess answered 503 + Retry-After within {TARGET_SHED_MS:g} ms", True,
+            overload["shed"] > 0 and overload["shed_over_target"] == 0 and overload["shed_without_retry_after"] == 0,
+            f"{overload['shed']} shed, p99 {overload['shed_p99_ms']} ms, {overload['shed_over_target']} over "
+            f"{TARGET_SHED_MS:g} ms, {overload['shed_without_retry_after']} without Retry-After"))
+    if overload is not None and soak_phase is not None:
+        factor = overload["p99_ms"] / soak_phase["p99_ms"] if soak_phase["p99_ms"] else float("nan")
+        rows.append((
+            f"2x overload: accepted p99 at most {TARGET_OVERLOAD_P99_FACTOR:g}x the soak's", True,
+            factor <= TARGET_OVERLOAD_P99_FACTOR, f"{overload['p99_ms']} / {soak_phase['p99_ms']} ms = {factor:.2f}x"))
     return [{"target": name, "measured": measured, "met": bool(met), "value": value}
             for name, measured, met, value in rows]
 
@@ -386,17 +413,18 @@ def targets(result: dict[str, t.Any]) -> list[dict[str, t.Any]]:
 def markdown(meta: dict[str, t.Any], result: dict[str, t.Any]) -> str:
     lines = [
         f"# Soak: {meta['date']}", "",
-        f"{meta['machine']}; server: `python -m service serve`, {meta['workers']} worker; "
+        f"{meta['machine']}; server: `{meta['server']}`, {meta['workers']} worker; "
         f"soak {meta['minutes']:g} min, overload {meta['overload_minutes']:g} min"
         + (" (**shorter than the 10-minute run the issue asks for**)" if meta["minutes"] < FULL_MINUTES else ""),
         "", f"Highest rate served without shedding (search steps of {meta['step_seconds']:g} s, p99 budget "
         f"{meta['p99_budget_ms']:g} ms): **{result['sustained_rps']:.0f} requests/s**.", "",
-        "| phase | offered/s | achieved/s | p50 ms | p99 ms | shed 503 | valid 5xx | valid failed | invalid 5xx |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| phase | offered/s | achieved/s | p50 ms | p99 ms | shed 503 | shed p99 ms | valid 5xx | valid failed | invalid 5xx |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for phase in result["phases"]:
         lines.append(f"| {phase['phase']} | {phase['rate_rps']:.0f} | {phase['achieved_rps']} | {phase['p50_ms']} | "
-                     f"{phase['p99_ms']} | {phase['shed']} | {phase['valid_5xx']} | {phase['valid_failed']} | "
+                     f"{phase['p99_ms']} | {phase['shed']} | {phase['shed_p99_ms'] if phase['shed_p99_ms'] is not None else '-'} | "
+                     f"{phase['valid_5xx']} | {phase['valid_failed']} | "
                      f"{phase['invalid_5xx']} |")
     lines += ["", "Outcomes by request kind:", ""]
     for phase in result["phases"]:
@@ -442,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overload-minutes", type=float, help="2x phase length (default a fifth of --minutes)")
     parser.add_argument("--step-seconds", type=float, default=10.0, help="length of each rate search step")
     parser.add_argument("--p99-budget-ms", type=float, default=250.0, help="p99 a search step may reach")
+    parser.add_argument("--front-proxy", action=argparse.BooleanOptionalAction, default=True,
+                        help="serve behind HAProxy, as make bench does (default); --no-front-proxy: the server alone")
     args = parser.parse_args(argv)
     if args.overload_minutes is None:
         args.overload_minutes = args.minutes / 5
@@ -452,10 +482,11 @@ def main(argv: list[str] | None = None) -> int:
     log_path = BUILD / "server.log"
     env = {**os.environ, **TELEMETRY_OFF, "MLFLOW_TRACKING_URI": tracking_uri, MLSERVE_HOME_ENV: str(BUILD / "home"),
            "MLSERVE_WORKERS": "1", "OMP_NUM_THREADS": "1"}
+    command = ["serve", "--port", str(port), *(["--front-proxy"] if args.front_proxy else [])]
     with open(log_path, "wb") as log_file:
         started = time.monotonic()
         process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port)], cwd=REPO_ROOT, env=env,
+            [sys.executable, "-m", "service", *command], cwd=REPO_ROOT, env=env,
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
@@ -469,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, load average "
                    f"{os.getloadavg()[0]:.1f}, {platform.system()} {platform.release()}, "
                    f"Python {platform.python_version()}",
-        "workers": 1, "minutes": args.minutes, "overload_minutes": args.overload_minutes,
+        "workers": 1, "server": "python -m service " + " ".join(w for w in command if w not in ("--port", str(port))),
+        "minutes": args.minutes, "overload_minutes": args.overload_minutes,
         "step_seconds": args.step_seconds, "p99_budget_ms": args.p99_budget_ms,
     }
     stem = "soak"
