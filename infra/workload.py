@@ -20,7 +20,7 @@ from service.front_proxy import FrontProxy
 from service.names import TELEMETRY_OFF
 from service.prediction_ids import KEY_ENV, MAX_AGE_ENV
 from service.profiles import REFERENCE_URI_ENV
-from service.settings import BatchLimits
+from service.settings import FRONT_PROXY_STATS_PORT_ENV, BatchLimits
 
 PORT_NAME = "http"
 WORKERS_PORT_NAME = "workers"  # the server's HTTP port behind a front proxy (serving.frontProxy)
@@ -197,6 +197,8 @@ def container_env(pod: PodConfig, variant: str) -> list[Manifest]:
         **batching_env(serving),
         **explain_env(pod.explain),
     }
+    if serving.front_proxy:  # the first worker counts the proxy's refusals from its exporter (service/front_proxy.py)
+        env[FRONT_PROXY_STATS_PORT_ENV] = str(PROXY_STATS_PORT)
     if pod.drift.reference_uri:  # only when set: stacks without it keep their pod spec unchanged
         env[REFERENCE_URI_ENV] = pod.drift.reference_uri
     plain = [{"name": name, "value": value} for name, value in env.items()]

@@ -33,7 +33,7 @@ from pathlib import Path
 from service.errors import ModelLoadError
 from service.names import DEMO_MODEL_NAME, TELEMETRY_OFF, VARIANTS, free_port, mlserve_home
 from service.settings import (
-    REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, TRUE_WORDS, Settings, parse_model_uri, tracking_uri_from_env,
+    FRONT_PROXY_STATS_PORT_ENV, REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, TRUE_WORDS, Settings, parse_model_uri, tracking_uri_from_env,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +160,8 @@ def serve_behind_proxy(host: str, port: int, workers: int, environment: dict[str
         proxy = FrontProxy(host, port, free_port(), free_port(), workers, limits)
         # The proxy decides what gets in; each worker takes whatever share of it comes its way (the proxy's
         # connections are not spread evenly over the workers), its own limits a safety net above the proxy's.
-        environment = {**environment, AdmissionLimits.ENV["max_concurrency"]: str(proxy.max_connections)}
+        environment = {**environment, AdmissionLimits.ENV["max_concurrency"]: str(proxy.max_connections),
+                       FRONT_PROXY_STATS_PORT_ENV: str(proxy.stats_port)}
         haproxy = proxy.start(home)
     except (FrontProxyError, ValueError) as err:
         print(f"mlserve: {err}", file=sys.stderr)

@@ -9,20 +9,28 @@ in the kernel's socket backlog, where no Python code sees it: in ``make bench``'
 the same in both places), and answers the rest itself with 503 + ``Retry-After`` in the server's JSON error shape.
 Its cost is about a tenth of one core at 2,400 requests/s (measured in the trial recorded in the README).
 
-Requests the proxy answers never reach a worker, so the workers' ``model_*`` metrics do not count them; HAProxy's
-own Prometheus exporter does, on ``stats_port`` (``haproxy_backend_http_responses_total{code="5xx"}`` and the
-queue gauges). gRPC does not pass through the proxy: its workers apply the same limits in-process.
+Requests the proxy refuses never reach a worker. HAProxy's Prometheus exporter, on ``stats_port`` (loopback: in a
+pod the server's container shares it), counts them, and the first worker reads it every few seconds
+(``RefusalCounter``) and adds them to ``model_predictions_total`` and ``model_prediction_errors_total{error_type=
+"unavailable"}``, as if a worker had shed them: dashboards, alerts and the rollout analysis see a shedding pod the
+same with or without the proxy. gRPC does not pass through the proxy: its workers apply the same limits in-process.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import resource
 import shutil
 import subprocess
+import threading
+import typing as t
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.admission import MEDIA_TYPES_BY_PATH, AdmissionLimits
 from service.errors import mlflow_error_body
@@ -31,6 +39,10 @@ HAPROXY = "haproxy"
 MINIMUM_VERSION = (2, 2)  # `http-error status ... hdr` (answers with our JSON body and Retry-After)
 # Seconds HAProxy waits for a worker's answer; the workers' own request timeout answers first.
 SERVER_TIMEOUT_S = 300
+# The proxy's frontend and the backend that holds prediction requests (their names are the exporter's labels).
+FRONTEND, LIMITED_BACKEND = "mlserve", "workers"
+REFUSALS_PERIOD_S = 5.0
+logger = logging.getLogger(__name__)
 
 
 class FrontProxyError(RuntimeError):
@@ -93,19 +105,19 @@ class FrontProxy:
             f"  timeout client {math.ceil(self.limits.body_timeout) + 5}s",
             f"  timeout server {SERVER_TIMEOUT_S}s",
             f"  timeout queue {queue_ms}ms",
-            "frontend mlserve",
+            f"frontend {FRONTEND}",
             f"  bind {self.host}:{self.port}",
             # Only the routes the workers' admission guards are limited: probes, /metrics and the docs always get
             # through, so a liveness probe never fails because the model is busy.
             *(f"  acl prediction path_reg {pattern.pattern}" for pattern, _ in MEDIA_TYPES_BY_PATH),
             *refuse_when_full,
-            "  use_backend workers if prediction",
+            f"  use_backend {LIMITED_BACKEND} if prediction",
             "  default_backend control",
             f"  http-error status 408 content-type application/json string '{slow}' hdr connection close",
             "frontend stats",
             f"  bind 127.0.0.1:{self.stats_port}",
             "  http-request use-service prometheus-exporter if { path /metrics }",
-            "backend workers",
+            f"backend {LIMITED_BACKEND}",
             # HAProxy's own 503, when no worker slot frees within the queue budget or no worker listens yet
             # (start-up; a readiness probe sees 503 until the workers are ready), gets the same body.
             f"  http-error status 503 content-type application/json string '{body}' {retry_after}",
@@ -145,3 +157,59 @@ def find_haproxy() -> str:
         raise FrontProxyError(f"--front-proxy needs HAProxy {wanted} or later; {binary} is "
                               f"{'.'.join(map(str, version))}")
     return binary
+
+
+def refused(exporter_text: str) -> float:
+    """Prediction requests the proxy answered itself, from its exporter's counters: those refused by rule at the
+    frontend (a full queue; `http-request return` counts as intercepted), plus the limited backend's 5xx that no
+    worker sent (the queue budget spent, or no worker listening yet)."""
+    intercepted = backend = server = 0.0
+    for family in text_string_to_metric_families(exporter_text):
+        for sample in family.samples:
+            proxy, code = sample.labels.get("proxy"), sample.labels.get("code")
+            if sample.name == "haproxy_frontend_intercepted_requests_total" and proxy == FRONTEND:
+                intercepted += sample.value
+            elif proxy == LIMITED_BACKEND and code == "5xx":
+                if sample.name == "haproxy_backend_http_responses_total":
+                    backend += sample.value
+                elif sample.name == "haproxy_server_http_responses_total":
+                    server += sample.value
+    return intercepted + max(0.0, backend - server)
+
+
+class RefusalCounter:
+    """Reads the proxy's refusals every ``period`` seconds in a thread and passes each increase to ``count``.
+    The first read is the baseline (a restarted worker does not count again what its predecessor counted); a
+    count that went down means the proxy restarted, and all of it is new."""
+
+    def __init__(self, stats_url: str, count: t.Callable[[float], None], period: float = REFUSALS_PERIOD_S) -> None:
+        self.stats_url, self.count, self.period = stats_url, count, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="front-proxy-refusals", daemon=True)
+        self._last: float | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.period + 5)
+
+    def poll(self) -> None:
+        """One read: count what the proxy refused since the last one."""
+        try:
+            with urllib.request.urlopen(self.stats_url, timeout=self.period) as answer:
+                now = refused(answer.read().decode())
+        except (OSError, ValueError) as err:  # the proxy not up yet, restarting, or gone
+            logger.debug("front proxy exporter unreadable at %s: %s", self.stats_url, err)
+            return
+        if self._last is not None and now != self._last:
+            self.count(now - self._last if now > self._last else now)
+        self._last = now
+
+    def _run(self) -> None:
+        while True:
+            self.poll()
+            if self._stop.wait(self.period):
+                self.poll()  # what was refused since the last read, before the worker goes
+                return

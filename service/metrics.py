@@ -297,6 +297,14 @@ def count_refused(scope: dict, status: int) -> None:
         ERRORS.labels(**labels, error_type=error_type).inc()
 
 
+def count_proxy_refused(identity: ModelIdentity, count: float) -> None:
+    """Count ``count`` HTTP prediction requests the front proxy refused (service.front_proxy.RefusalCounter) as
+    admission control's own refusals are counted: requests, and errors of type ``unavailable``."""
+    labels = {**identity.labels, "protocol": REST}
+    series(labels).predictions.inc(count)
+    ERRORS.labels(**labels, error_type=error_type_for(503)).inc(count)
+
+
 def _replay(body: bytes, receive: t.Callable) -> t.Callable:
     """An ASGI receive that yields an already-read body once, then defers to the real one."""
     sent = False

@@ -36,6 +36,7 @@ from service.errors import InvalidInput, ModelFailure, ModelLoadError, mlflow_er
 from service.explain import ExplainSettings
 from service.explain_pool import ExplainAnswer, ExplainProtocol, explain_openapi
 from service.feedback import handle_feedback, row_predictions
+from service.front_proxy import RefusalCounter
 from service.grpc_server import GrpcServer
 from service.loading import ModelSource, load_model, missing_requirements, resolve_model
 from service.metrics import (
@@ -46,6 +47,7 @@ from service.metrics import (
     REST,
     PredictionTrafficMiddleware,
     RequestOutcome,
+    count_proxy_refused,
     count_refused,
     start_series,
     track,
@@ -226,6 +228,7 @@ def build_model_server() -> type:
             if self.signer is None:
                 warn(f"{KEY_ENV} is not set: predictions carry no prediction_ids and /feedback is off")
             self.grpc: GrpcServer | None = None
+            self.refusals: RefusalCounter | None = None
             self.explainer = ExplainProtocol(self.model, SETTINGS, self.source, EXPLAIN)
             start_series(identity, (REST, GRPC) if SETTINGS.grpc_port else (REST,))
             if self.model.schema.kind == "none":
@@ -274,6 +277,21 @@ def build_model_server() -> type:
         @bentoml.on_shutdown
         def stop_explainer(self) -> None:
             self.explainer.stop()
+
+        @bentoml.on_startup
+        def start_refusal_counter(self) -> None:
+            """Behind a front proxy, the first worker counts the requests the proxy refused (service.front_proxy)."""
+            if SETTINGS.front_proxy_stats_port is None or bentoml.server_context.worker_index not in (None, 1):
+                return
+            identity = self.model.identity
+            self.refusals = RefusalCounter(f"http://127.0.0.1:{SETTINGS.front_proxy_stats_port}/metrics",
+                                           lambda count: count_proxy_refused(identity, count))
+            self.refusals.start()
+
+        @bentoml.on_shutdown
+        def stop_refusal_counter(self) -> None:
+            if self.refusals is not None:
+                self.refusals.stop()
 
         @bentoml.on_shutdown
         def stop_runner(self) -> None:

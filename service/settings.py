@@ -33,6 +33,9 @@ TRUE_WORDS = ("1", "true", "yes")
 RESOLVED_MODEL_ENV = "MLSERVE_RESOLVED_MODEL"
 # Set by `python -m service serve`: the server may register the demo model when the demo is asked for and missing.
 REGISTER_DEMO_ENV = "MLSERVE_REGISTER_DEMO"
+# Where the front proxy's exporter listens on loopback (set by `serve --front-proxy` and in a pod with one): the
+# first worker counts the requests it refused (service.front_proxy.RefusalCounter).
+FRONT_PROXY_STATS_PORT_ENV = "MLSERVE_FRONT_PROXY_STATS_PORT"
 
 
 def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
@@ -94,6 +97,7 @@ class Settings:
     allow_pickle: bool
     grpc_port: int | None
     grpc_host: str
+    front_proxy_stats_port: int | None  # the front proxy's exporter on loopback, when one is in front (front_proxy.py)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -109,6 +113,7 @@ class Settings:
             allow_pickle=os.environ.get(ALLOW_PICKLE_ENV, "true").lower() in TRUE_WORDS,
             grpc_port=_port_env("MLSERVE_GRPC_PORT"),
             grpc_host=os.environ.get("MLSERVE_GRPC_HOST") or "0.0.0.0",
+            front_proxy_stats_port=_port_env(FRONT_PROXY_STATS_PORT_ENV),
         )
 
 

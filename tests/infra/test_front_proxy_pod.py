@@ -7,6 +7,7 @@ import subprocess
 from infra import workload
 from service.admission import AdmissionLimits
 from service.front_proxy import find_haproxy
+from service.settings import FRONT_PROXY_STATS_PORT_ENV
 from tests.infra.conftest import stack_config
 
 IMAGE = "ghcr.io/acme/churn@sha256:abc"
@@ -37,6 +38,7 @@ def test_without_it_the_pod_is_the_server_alone_on_the_http_port():
     config = stack_config("dev", **{"serving.frontProxy": False})
     (model,) = workload.pod_spec(config.pod, "champion", IMAGE)["containers"]
     assert model["ports"][0]["name"] == "http" and model["livenessProbe"]["httpGet"]["port"] == "http"
+    assert FRONT_PROXY_STATS_PORT_ENV not in {item["name"] for item in model["env"]}
 
 
 def test_the_proxy_applies_the_serving_limits_and_haproxy_accepts_its_configuration(tmp_path):
@@ -47,9 +49,11 @@ def test_the_proxy_applies_the_serving_limits_and_haproxy_accepts_its_configurat
     assert f"server workers 127.0.0.1:{workload.WORKERS_PORT} maxconn 12" in text  # one worker per pod
     assert "queue(workers) ge 3" in text and "timeout queue 200ms" in text
     assert f"bind 127.0.0.1:{workload.PROXY_STATS_PORT}" in text
-    # The server behind the proxy keeps its own limits, the same ones.
+    # The server behind the proxy keeps its own limits, the same ones, and reads the proxy's refusals from the
+    # exporter the pod's containers share on loopback.
     env = {item["name"]: item["value"] for item in workload.pod_spec(config.pod, "champion", IMAGE)["containers"][0]["env"]}
     assert AdmissionLimits.from_env(env).max_concurrency == 12
+    assert env[FRONT_PROXY_STATS_PORT_ENV] == str(workload.PROXY_STATS_PORT)
     path = tmp_path / "haproxy.cfg"
     path.write_text(text)
     check = subprocess.run([find_haproxy(), "-c", "-f", str(path)], capture_output=True, text=True)

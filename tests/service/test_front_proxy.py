@@ -1,7 +1,8 @@
 """`service serve --front-proxy`: HAProxy holds the connections and refuses overload with our 503 before Python.
 
 The configuration is checked by HAProxy itself (``haproxy -c``); the served behaviour with a real server whose one slot
-is held by a request whose body has not finished arriving (so nothing depends on how fast the model is).
+is held by a request whose body has not finished arriving (so nothing depends on how fast the model is), including
+that the worker's metrics count what the proxy refused.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ import concurrent.futures
 import json
 import socket
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.admission import AdmissionLimits
-from service.front_proxy import FrontProxy, find_haproxy
+from service.front_proxy import FRONTEND, LIMITED_BACKEND, REFUSALS_PERIOD_S, FrontProxy, RefusalCounter, find_haproxy
 from tests.service.conftest import start_server, stop_server
 
 ROW = {"tenure": 3, "monthly_charges": 20.5, "total_charges": 61.5, "contract_type": "Two year",
@@ -98,6 +102,69 @@ def test_overload_is_answered_503_with_retry_after_by_the_proxy_and_probes_still
     finally:
         holder.close()
     assert requests.post(f"{url}/predict", json={"instances": [ROW]}, timeout=30).status_code == 200
+    # The two requests the proxy refused never reached the worker, yet its metrics count them as it counts its own
+    # sheds, so the rollout analysis and the alerts see a shedding pod the same with or without the proxy.
+    deadline = time.monotonic() + 4 * REFUSALS_PERIOD_S
+    while (unavailable := served_errors(url, "unavailable")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert unavailable == 2
+    time.sleep(REFUSALS_PERIOD_S + 1)
+    assert served_errors(url, "unavailable") == 2  # counted once
+
+
+def served_errors(url: str, error_type: str) -> float:
+    """The server's model_prediction_errors_total of ``error_type``, summed over its label sets."""
+    text = requests.get(f"{url}/metrics", timeout=5).text
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "model_prediction_errors_total" and sample.labels.get("error_type") == error_type)
+
+
+class Exporter(BaseHTTPRequestHandler):
+    """Stands in for HAProxy's exporter: answers whatever ``text`` holds, or 503 while it is None."""
+
+    text: str | None = None
+
+    def do_GET(self):
+        self.send_response(200 if self.text is not None else 503)
+        self.end_headers()
+        self.wfile.write((self.text or "").encode())
+
+    def log_message(self, *args):
+        pass
+
+
+def exporter_text(intercepted: float, backend_5xx: float, server_5xx: float) -> str:
+    return "\n".join([
+        "# TYPE haproxy_frontend_intercepted_requests_total counter",
+        f'haproxy_frontend_intercepted_requests_total{{proxy="{FRONTEND}"}} {intercepted}',
+        'haproxy_frontend_intercepted_requests_total{proxy="stats"} 7',  # the exporter's own answers
+        "# TYPE haproxy_backend_http_responses_total counter",
+        f'haproxy_backend_http_responses_total{{proxy="{LIMITED_BACKEND}",code="5xx"}} {backend_5xx}',
+        'haproxy_backend_http_responses_total{proxy="control",code="5xx"} 5',
+        "# TYPE haproxy_server_http_responses_total counter",
+        f'haproxy_server_http_responses_total{{proxy="{LIMITED_BACKEND}",server="workers",code="5xx"}} {server_5xx}',
+        "",
+    ])
+
+
+def test_the_refusal_counter_counts_each_increase_once_from_its_first_read_and_across_a_proxy_restart():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Exporter)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    counted: list[float] = []
+    counter = RefusalCounter(f"http://127.0.0.1:{server.server_port}/metrics", counted.append)
+    try:
+        Exporter.text = exporter_text(intercepted=10, backend_5xx=4, server_5xx=1)
+        counter.poll()  # the baseline: refused before this worker started, maybe counted by its predecessor
+        Exporter.text = exporter_text(intercepted=12, backend_5xx=6, server_5xx=2)  # 2 refused, 1 timed out queued
+        counter.poll()
+        counter.poll()  # nothing new
+        Exporter.text = None  # restarting
+        counter.poll()
+        Exporter.text = exporter_text(intercepted=1, backend_5xx=0, server_5xx=0)  # a new proxy: all of it is new
+        counter.poll()
+    finally:
+        server.shutdown()
+    assert counted == [3, 1]
 
 
 def test_a_server_that_cannot_start_stops_its_proxy_and_exits_non_zero(registry, tmp_path):
