@@ -9,10 +9,15 @@ config the engine ran with. Skipped, with the reason, only when the engine is no
 
 from __future__ import annotations
 
+import json
 import shutil
+import threading
 from dataclasses import dataclass
+from functools import partial
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -21,6 +26,7 @@ from engine.cluster import ClusterState, node_pools, start, stop
 from engine.kubeapi import KubeAPI
 from infra.config import PROJECT_DIR, load_stack_config
 from infra.render import render_resources
+from tests.rollout.test_cli_stack import HealthyPrometheus
 
 # Pods never pull it (kwok runs no container), but the reference must be valid for the stack's checks.
 IMAGE = "localhost:5001/mlserve/churn-model@sha256:" + "0" * 64
@@ -30,6 +36,52 @@ ENGINE_SETTINGS = {
     "prod": {"image.reference": IMAGE, "platform.installSeldon": "false", "platform.installIstio": "false"},
 }
 PASSPHRASE = "mlserve-engine-tests"
+
+
+class FailingChallengerPrometheus(HealthyPrometheus):
+    """Both variants busy; the challenger answers 10% of its calls with a 5xx, the champion none. Keeps the
+    queries it was asked in ``queries`` (a list per subclass made by `failing_rollout`)."""
+
+    queries: list[str]
+
+    def error_count(self, query: str) -> str:
+        return "100" if "challenger" in query else "0"
+
+    def do_GET(self):
+        self.queries.append(parse_qs(urlparse(self.path).query).get("query", [""])[0])
+        super().do_GET()
+
+
+def failing_rollout(project: "Project", stack, name: str, monkeypatch, tmp_path: Path):
+    """`python -m rollout start --stack NAME` from weight 0 (steps 10, 50, 100, a look a second) against a
+    Prometheus whose challenger fails. Returns the CLI's exit code, its report, the stack updates it made (oldest
+    first) and the PromQL queries it asked."""
+    import infra.config
+    from pulumi.automation import ConfigValue
+
+    from rollout.cli import main
+
+    handler = type("Recording", (FailingChallengerPrometheus,), {"queries": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # The CLI reads the project in the checkout; here it is this test's copy, with the engine's backend.
+    monkeypatch.setattr(infra.config, "PROJECT_DIR", project.directory)
+    monkeypatch.setattr(infra.config, "load_stack_config",
+                        partial(infra.config.load_stack_config, project_dir=project.directory))
+    monkeypatch.setenv("MLSERVE_HOME", str(tmp_path / "home"))
+    # A rollout resumes at the stack's weight; this one starts from none.
+    stack.set_config("traffic.challengerWeight", ConfigValue("0"), path=True)
+    stack.up()
+    before = len(stack.history())
+    try:
+        code = main(["start", "--stack", name, "--report", str(tmp_path / "report.json"),
+                     "--set", f"rollout.prometheusUrl=http://127.0.0.1:{server.server_port}",
+                     "--set", "rollout.intervalSeconds=1", "--set", "rollout.steps=[10, 50, 100]"])
+    finally:
+        server.shutdown()
+    report = json.loads((tmp_path / "report.json").read_text())
+    updates = list(reversed(stack.history()[: len(stack.history()) - before]))  # history is newest first
+    return code, report, updates, handler.queries
 
 
 def missing_engine() -> list[str]:
@@ -45,14 +97,15 @@ class Project:
     kubeconfig: str
 
     def stack(self, name: str, settings: dict[str, str] | None = None, base: str | None = None):
-        """Create stack `name` (its file copied from Pulumi.BASE.yaml when `base` is given) and set `settings`
-        as `pulumi config set --path KEY VALUE` would."""
+        """Create stack `name` (its file copied from the checkout's Pulumi.BASE.yaml when `base` is given, not from
+        this project's copy, which other modules' tests edit) and set `settings` as `pulumi config set --path KEY
+        VALUE` would."""
         from pulumi.automation import ConfigValue
 
         from infra.automation import select_stack
 
         if base is not None:
-            shutil.copy(self.directory / f"Pulumi.{base}.yaml", self.directory / f"Pulumi.{name}.yaml")
+            shutil.copy(PROJECT_DIR / f"Pulumi.{base}.yaml", self.directory / f"Pulumi.{name}.yaml")
         stack = select_stack(name, self.directory, create=True)
         for key, value in (settings or {}).items():
             stack.set_config(key, ConfigValue(value), path=True)

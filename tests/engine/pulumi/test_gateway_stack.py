@@ -15,20 +15,13 @@ it carries `pulumi.com/waitFor` (provider/pkg/metadata/overrides.go, ReadyCondit
 
 from __future__ import annotations
 
-import json
-import threading
-from functools import partial
-from http.server import ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
-
 import pytest
 from pulumi.automation import ConfigValue
 
 from rollout.router import StackConfigRouter
-from tests.engine.conftest import contains, identity, quantities_as_stored
 from service.names import EXECUTOR_REQUESTS_METRIC
-from tests.engine.pulumi.conftest import ENGINE_SETTINGS
-from tests.engine.pulumi.test_prod_stack import FailingChallengerPrometheus
+from tests.engine.conftest import contains, identity, quantities_as_stored
+from tests.engine.pulumi.conftest import ENGINE_SETTINGS, failing_rollout
 
 pytestmark = pytest.mark.timeout(900)
 ROUTE_TYPES = ("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute", "kubernetes:gateway.networking.k8s.io/v1:GRPCRoute")
@@ -109,43 +102,16 @@ def test_a_rollout_step_is_one_stack_update_that_moves_the_routes(project, gatew
                                       "GRPCRoute": {"champion": 50, "challenger": 50}}
 
 
-class RecordingFailingChallengerPrometheus(FailingChallengerPrometheus):
-    queries: list[str] = []
-
-    def do_GET(self):
-        self.queries.append(parse_qs(urlparse(self.path).query).get("query", [""])[0])
-        super().do_GET()
-
-
 def test_rollout_start_steps_the_routes_on_the_pods_own_series_and_a_rollback_leaves_weight_zero(
         project, gateway, monkeypatch, tmp_path):
-    import infra.config
-    from rollout.cli import main
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingFailingChallengerPrometheus)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setattr(infra.config, "PROJECT_DIR", project.directory)
-    monkeypatch.setattr(infra.config, "load_stack_config",
-                        partial(infra.config.load_stack_config, project_dir=project.directory))
-    monkeypatch.setenv("MLSERVE_HOME", str(tmp_path / "home"))
-    gateway.set_config("traffic.challengerWeight", ConfigValue("0"), path=True)
-    gateway.up()
-    before = len(gateway.history())
-    try:
-        main(["start", "--stack", "gateway", "--report", str(tmp_path / "report.json"),
-              "--set", f"rollout.prometheusUrl=http://127.0.0.1:{server.server_port}",
-              "--set", "rollout.intervalSeconds=1", "--set", "rollout.steps=[10, 50, 100]"])
-    finally:
-        server.shutdown()
-    report = json.loads((tmp_path / "report.json").read_text())
+    _, report, updates, queries = failing_rollout(project, gateway, "gateway", monkeypatch, tmp_path)
     assert report["verdict"] == "rolled_back", report
-    updates = gateway.history()[: len(gateway.history()) - before]  # newest first
-    messages = [update.message for update in reversed(updates)]
+    messages = [update.message for update in updates]
     assert messages[0] == "rollout: traffic.challengerWeight=10"
     assert messages[-1] == "rollout: traffic.challengerWeight=0"
     assert all(update.result == "succeeded" for update in updates)
     assert gateway.get_config("traffic.challengerWeight", path=True).value == "0"
     assert route_weights(project) == {"HTTPRoute": {"champion": 100, "challenger": 0},
                                       "GRPCRoute": {"champion": 100, "challenger": 0}}
-    queries = RecordingFailingChallengerPrometheus.queries
+    # No executor on this router: every look reads the model pods' own series.
     assert queries and not any(EXECUTOR_REQUESTS_METRIC in query for query in queries)

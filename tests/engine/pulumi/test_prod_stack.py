@@ -9,17 +9,11 @@ the API server against the real CRD, but no pods are made from it: pod-level che
 
 from __future__ import annotations
 
-import json
-import threading
-from functools import partial
-from http.server import ThreadingHTTPServer
-
 import pytest
 from pulumi.automation import ConfigValue
 
 from tests.engine.conftest import contains, identity
-from tests.rollout.test_cli_stack import HealthyPrometheus
-from tests.engine.pulumi.conftest import ENGINE_SETTINGS
+from tests.engine.pulumi.conftest import ENGINE_SETTINGS, failing_rollout
 
 pytestmark = pytest.mark.timeout(900)
 SELDON_TYPE = "kubernetes:machinelearning.seldon.io/v1:SeldonDeployment"
@@ -62,38 +56,10 @@ def test_a_weight_edit_previews_as_the_two_traffic_fields_then_applies(project, 
     assert seldon_weights(project) == {"champion": 75, "challenger": 25}
 
 
-class FailingChallengerPrometheus(HealthyPrometheus):
-    """Both variants busy; the challenger answers 10% of its calls with a 5xx, the champion none."""
-
-    def error_count(self, query: str) -> str:
-        return "100" if "challenger" in query else "0"
-
-
 def test_rollout_start_is_one_update_per_step_and_a_rollback_leaves_weight_zero(project, prod, monkeypatch, tmp_path):
-    import infra.config
-    from rollout.cli import main
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FailingChallengerPrometheus)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    # The CLI reads the project in the checkout; here it is this test's copy, with the engine's backend.
-    monkeypatch.setattr(infra.config, "PROJECT_DIR", project.directory)
-    monkeypatch.setattr(infra.config, "load_stack_config",
-                        partial(infra.config.load_stack_config, project_dir=project.directory))
-    monkeypatch.setenv("MLSERVE_HOME", str(tmp_path / "home"))
-    # A rollout resumes at the stack's weight; this one starts from none.
-    prod.set_config("traffic.challengerWeight", ConfigValue("0"), path=True)
-    prod.up()
-    before = len(prod.history())
-    try:
-        code = main(["start", "--stack", "prod", "--report", str(tmp_path / "report.json"),
-                     "--set", f"rollout.prometheusUrl=http://127.0.0.1:{server.server_port}",
-                     "--set", "rollout.intervalSeconds=1", "--set", "rollout.steps=[10, 50, 100]"])
-    finally:
-        server.shutdown()
-    report = json.loads((tmp_path / "report.json").read_text())
+    code, report, updates, _ = failing_rollout(project, prod, "prod", monkeypatch, tmp_path)
     assert report["verdict"] == "rolled_back", report
-    updates = prod.history()[: len(prod.history()) - before]  # newest first
-    messages = [update.message for update in reversed(updates)]
+    messages = [update.message for update in updates]
     assert messages[0] == "rollout: traffic.challengerWeight=10"
     assert messages[-1] == "rollout: traffic.challengerWeight=0"
     assert all(update.result == "succeeded" for update in updates)
