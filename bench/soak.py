@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, load average "
                    f"{os.getloadavg()[0]:.1f}, {platform.system()} {platform.release()}, "
                    f"Python {platform.python_version()}",
-        "workers": 1, "server": "python -m service " + " ".join(w for w in command if w not in ("--port", str(port))),
+        "workers": 1, "server": "python -m service serve" + (" --front-proxy" if args.front_proxy else ""),
         "minutes": args.minutes, "overload_minutes": args.overload_minutes,
         "step_seconds": args.step_seconds, "p99_budget_ms": args.p99_budget_ms,
     }

@@ -33,7 +33,8 @@ from pathlib import Path
 from service.errors import ModelLoadError
 from service.names import DEMO_MODEL_NAME, TELEMETRY_OFF, VARIANTS, free_port, mlserve_home
 from service.settings import (
-    FRONT_PROXY_STATS_PORT_ENV, REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, TRUE_WORDS, Settings, parse_model_uri, tracking_uri_from_env,
+    FRONT_PROXY_STATS_PORT_ENV, REGISTER_DEMO_ENV, RESOLVED_MODEL_ENV, TRUE_WORDS, Settings, parse_model_uri,
+    tracking_uri_from_env,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -291,18 +291,23 @@ def count_refused(scope: dict, status: int) -> None:
     identity = _current_identity()
     if identity is None:
         return
-    labels = {**identity.labels, "protocol": REST}  # admission control stands in front of the HTTP routes only
-    PREDICTIONS.labels(**labels).inc()
-    if (error_type := error_type_for(status)) is not None:
-        ERRORS.labels(**labels, error_type=error_type).inc()
+    _count_unhandled(identity, status)
 
 
 def count_proxy_refused(identity: ModelIdentity, count: float) -> None:
     """Count ``count`` HTTP prediction requests the front proxy refused (service.front_proxy.RefusalCounter) as
-    admission control's own refusals are counted: requests, and errors of type ``unavailable``."""
+    admission control's own refusals are counted."""
+    _count_unhandled(identity, 503, count)
+
+
+def _count_unhandled(identity: ModelIdentity, status: int, count: float = 1) -> None:
+    """Count HTTP prediction requests answered ``status`` before any handler ran: requests, and errors by type;
+    no latency, which the handlers' path alone measures. Admission control and the front proxy stand in front of
+    the HTTP routes only."""
     labels = {**identity.labels, "protocol": REST}
     series(labels).predictions.inc(count)
-    ERRORS.labels(**labels, error_type=error_type_for(503)).inc(count)
+    if (error_type := error_type_for(status)) is not None:
+        ERRORS.labels(**labels, error_type=error_type).inc(count)
 
 
 def _replay(body: bytes, receive: t.Callable) -> t.Callable:

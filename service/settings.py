@@ -64,14 +64,12 @@ def _int_env(name: str, default: int) -> int:
     return value
 
 
-def _port_env(name: str) -> int | None:
+def _port_env(name: str, hint: str = "") -> int | None:
     raw = os.environ.get(name, "")
     if not raw:
         return None
     if not raw.isdigit() or not 1 <= int(raw) <= 65535:
-        # 0 cannot mean "any free port" here: each worker would pick a different one.
-        raise ValueError(f"{name}={raw!r} must be a port between 1 and 65535 (`service serve --grpc-port 0` "
-                         "picks a free one)")
+        raise ValueError(f"{name}={raw!r} must be a port between 1 and 65535{hint}")
     return int(raw)
 
 
@@ -111,7 +109,8 @@ class Settings:
             access_log=os.environ.get("MLSERVE_ACCESS_LOG", "").lower() in TRUE_WORDS,
             classifier_output=_choice_env("MLSERVE_CLASSIFIER_OUTPUT", CLASSIFIER_OUTPUTS, "auto"),
             allow_pickle=os.environ.get(ALLOW_PICKLE_ENV, "true").lower() in TRUE_WORDS,
-            grpc_port=_port_env("MLSERVE_GRPC_PORT"),
+            # 0 cannot mean "any free port" here: each worker would pick a different one.
+            grpc_port=_port_env("MLSERVE_GRPC_PORT", " (`service serve --grpc-port 0` picks a free one)"),
             grpc_host=os.environ.get("MLSERVE_GRPC_HOST") or "0.0.0.0",
             front_proxy_stats_port=_port_env(FRONT_PROXY_STATS_PORT_ENV),
         )
